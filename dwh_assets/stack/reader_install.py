@@ -1,0 +1,113 @@
+"""Install the source reader where the database server can run it, and quote its command.
+
+``file_fdw``'s ``program`` option makes PostgreSQL run a shell command **as the database
+server's OS user** (``postgres`` when ``dwh`` runs as root), from the data directory,
+with the server's environment. So the reader can rely on nothing from this repository
+or its virtualenv: it is a stdlib-only file (``dwh_assets/sources/reader.py``) copied to
+``<DWH_HOME>/reader/dwh_source_reader.py`` and run with the system ``/usr/bin/python3``
+(override with ``DWH_READER_PYTHON``). Next to it:
+
+- ``reader.json``: non-secret settings (API URLs, timeouts, retries, page size, where the
+  secrets are). Foreign table options are world-readable, so no secret goes there.
+- ``secrets.json``: ``{"clerk_secret_key": ...}``, mode 0600.
+
+All three and the directory (0700) belong to the server's OS user; installing again
+rewrites them (atomically), so a changed key or port takes effect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+
+from dwh_assets.config import StackConfig
+from dwh_assets.sources import reader
+from dwh_assets.stack import postgres, secrets
+from dwh_assets.stack.process import StackError
+
+READER_SOURCE = Path(reader.__file__)
+READER_NAME = "dwh_source_reader.py"
+SETTINGS_NAME = "reader.json"
+SECRETS_NAME = "secrets.json"
+DEFAULT_PYTHON = "/usr/bin/python3"
+
+
+def reader_path(cfg: StackConfig) -> Path:
+    return cfg.reader_dir / READER_NAME
+
+
+def settings_path(cfg: StackConfig) -> Path:
+    return cfg.reader_dir / SETTINGS_NAME
+
+
+def reader_python() -> str:
+    return os.environ.get("DWH_READER_PYTHON") or DEFAULT_PYTHON
+
+
+def reader_settings(cfg: StackConfig, overrides: dict | None = None) -> dict:
+    settings = {
+        **reader.DEFAULT_SETTINGS,
+        "clerk_url": cfg.clerk_url,
+        "prometheus_url": cfg.prometheus_url,
+        "secrets_file": str(cfg.reader_dir / SECRETS_NAME),
+    }
+    unknown = set(overrides or {}) - set(settings)
+    if unknown:
+        raise ValueError(f"unknown reader settings {sorted(unknown)}; known: {sorted(settings)}")
+    return {**settings, **(overrides or {})}
+
+
+def _write_owned(cfg: StackConfig, path: Path, data: bytes, mode: int) -> None:
+    """Write atomically, created with ``mode`` and owned by the server user before it is visible."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    postgres.chown_to_server(cfg, tmp, mode)
+    os.replace(tmp, path)
+
+
+def _check_reachable(cfg: StackConfig) -> None:
+    if os.geteuid() != 0:
+        return
+    uid, gid = postgres.server_uid_gid(cfg)
+    for parent in [*reversed(cfg.reader_dir.parents)]:
+        st = parent.stat()
+        if not (st.st_mode & 0o001 or (st.st_uid == uid and st.st_mode & 0o100) or (st.st_gid == gid and st.st_mode & 0o010)):
+            raise StackError(
+                f"{parent} is not searchable by OS user {cfg.server_user!r}, which runs the source reader "
+                f"for file_fdw; `chmod o+x {parent}` or set DWH_HOME to a directory it can reach."
+            )
+
+
+def install_reader(cfg: StackConfig, settings: dict | None = None) -> Path:
+    """Install reader, settings and Clerk key for the server user; returns the reader's path.
+
+    ``settings`` overrides entries of ``reader.json`` (e.g. shorter timeouts in tests).
+    """
+    _check_reachable(cfg)
+    cfg.reader_dir.mkdir(parents=True, exist_ok=True)
+    postgres.chown_to_server(cfg, cfg.reader_dir, 0o700)
+    values = reader_settings(cfg, settings)
+    _write_owned(cfg, Path(values["secrets_file"]),
+                 json.dumps({"clerk_secret_key": secrets.clerk_secret_key(cfg)}).encode(), 0o600)
+    _write_owned(cfg, settings_path(cfg), (json.dumps(values, indent=2) + "\n").encode(), 0o600)
+    _write_owned(cfg, reader_path(cfg), READER_SOURCE.read_bytes(), 0o700)
+    return reader_path(cfg)
+
+
+def reader_argv(cfg: StackConfig, *args: str) -> list[str]:
+    """The installed reader's command line (``-I``: ignore PYTHON* variables and user site)."""
+    return [reader_python(), "-I", str(reader_path(cfg)), "--config", str(settings_path(cfg)), *map(str, args)]
+
+
+def reader_program(cfg: StackConfig, *args: str) -> str:
+    """The shell command for file_fdw's ``program`` option, every element quoted.
+
+    PostgreSQL hands this string to ``/bin/sh -c`` as the server's OS user, so each
+    argument is ``shlex.quote``d: a value can never become shell syntax. The reader
+    validates its arguments again (metric names, integer windows).
+    """
+    return " ".join(shlex.quote(a) for a in reader_argv(cfg, *args))

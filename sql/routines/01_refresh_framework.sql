@@ -1,0 +1,210 @@
+-- What every refresh routine does before and after its own SQL: validate the window,
+-- serialise on advisory locks, make sure partitions exist, and log in the same transaction.
+
+-- Facts: [p_start, p_end) must be non-empty, not in the future, not older than retention.
+CREATE OR REPLACE FUNCTION dwh.check_window(p_table text, p_start timestamptz, p_end timestamptz)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_retention interval;
+    v_latest timestamptz := date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '1 day';
+BEGIN
+    IF p_start IS NULL OR p_end IS NULL THEN
+        RAISE EXCEPTION 'dwh.refresh_%: window start and end are required', p_table;
+    END IF;
+    IF p_start >= p_end THEN
+        RAISE EXCEPTION 'dwh.refresh_%: window [%, %) is empty or reversed', p_table, p_start, p_end
+            USING HINT = 'The start must be before the end (windows are closed-open).';
+    END IF;
+    IF p_end > v_latest THEN
+        RAISE EXCEPTION 'dwh.refresh_%: window [%, %) reaches into the future', p_table, p_start, p_end
+            USING HINT = format('The latest refreshable window ends at %s (end of today, UTC).', v_latest);
+    END IF;
+    SELECT retention::interval INTO v_retention FROM partman.part_config WHERE parent_table = 'dwh.' || p_table;
+    IF v_retention IS NOT NULL AND p_start < v_latest - v_retention - interval '1 day' THEN
+        RAISE EXCEPTION 'dwh.refresh_%: window [%, %) starts before the retention of % (%)', p_table, p_start, p_end, p_table, v_retention
+            USING HINT = 'Older partitions are dropped by pg_partman; raise retention_days in the catalog to keep more.';
+    END IF;
+END
+$$;
+
+-- Transaction-level advisory locks: one per (table, UTC day) for facts, one per table for
+-- dimensions, taken in ascending order so overlapping windows serialise without deadlock
+-- while disjoint windows run side by side. Returns how long it waited (ms).
+CREATE OR REPLACE FUNCTION dwh.lock_refresh(p_table text, p_start timestamptz DEFAULT NULL, p_end timestamptz DEFAULT NULL)
+RETURNS double precision
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_t0 timestamptz := clock_timestamp();
+    v_class int := hashtext('dwh.refresh:' || p_table);
+    v_day int;
+    v_days int[];
+BEGIN
+    IF p_start IS NULL THEN
+        v_days := ARRAY[-1];
+    ELSE
+        SELECT array_agg(d ORDER BY d) INTO v_days
+        FROM generate_series(floor(extract(epoch FROM p_start) / 86400)::int,
+                             ceil(extract(epoch FROM p_end) / 86400)::int - 1) AS d;
+    END IF;
+    FOREACH v_day IN ARRAY v_days LOOP
+        IF NOT pg_try_advisory_xact_lock(v_class, v_day) THEN
+            RAISE NOTICE 'dwh.refresh_%: waiting for a concurrent refresh of the same table/window', p_table;
+            PERFORM pg_advisory_xact_lock(v_class, v_day);
+        END IF;
+    END LOOP;
+    RETURN extract(epoch FROM clock_timestamp() - v_t0) * 1000;
+END
+$$;
+
+-- Partitions for every day of a window (older than pg_partman's start, e.g. a backfill).
+CREATE OR REPLACE FUNCTION dwh.ensure_partitions(p_parent text, p_start timestamptz, p_end timestamptz)
+RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_fmt text;
+    v_missing timestamptz[];
+BEGIN
+    SELECT datetime_string INTO v_fmt FROM partman.part_config WHERE parent_table = p_parent;
+    IF v_fmt IS NULL THEN
+        RAISE EXCEPTION '% is not managed by pg_partman', p_parent;
+    END IF;
+    SELECT array_agg(d_local AT TIME ZONE 'UTC') INTO v_missing
+    FROM generate_series(date_trunc('day', p_start AT TIME ZONE 'UTC'),
+                         (p_end AT TIME ZONE 'UTC') - interval '1 microsecond', interval '1 day') AS d_local
+    WHERE to_regclass(p_parent || '_p' || to_char(d_local, v_fmt)) IS NULL;
+    IF v_missing IS NOT NULL THEN
+        PERFORM partman.create_partition_time(p_parent, v_missing);
+        RETURN cardinality(v_missing);
+    END IF;
+    RETURN 0;
+END
+$$;
+
+-- Dimensions: a snapshot can only be taken of today's source state.
+CREATE OR REPLACE FUNCTION dwh.check_snapshot_day(p_table text, p_day date)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_today date := (now() AT TIME ZONE 'UTC')::date;
+BEGIN
+    IF p_day IS NULL OR p_day <> v_today THEN
+        RAISE EXCEPTION 'dwh.refresh_%: cannot build the snapshot of % from a current-state source (today is %)', p_table, coalesce(p_day::text, 'NULL'), v_today
+            USING HINT = 'Dimension sources only know their current state: refresh today''s partition; past snapshots are kept as they were taken.';
+    END IF;
+END
+$$;
+
+-- A dimension source that suddenly returns far fewer rows is more likely broken than
+-- emptied: refuse beyond the drop threshold instead of wiping the table.
+CREATE OR REPLACE FUNCTION dwh.check_source_drop(p_table text, p_source_rows bigint, p_current_rows bigint)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_max_drop numeric := dwh.setting('refresh.max_drop_fraction', '0.5')::numeric;
+BEGIN
+    IF p_current_rows > 0 AND p_source_rows < p_current_rows * (1 - v_max_drop) THEN
+        RAISE EXCEPTION 'dwh.refresh_%: the source returned % rows, the warehouse has %: refusing to delete more than % of the table', p_table, p_source_rows, p_current_rows, to_char(v_max_drop * 100, 'FM990') || '%'
+            USING HINT = 'Check the source; if the drop is real, raise refresh.max_drop_fraction in dwh.settings for one run.';
+    END IF;
+END
+$$;
+
+-- Upsert the staged source rows into dwh.<p_table> and delete the rows gone at the source.
+-- The stage has the current table's columns; returns {inserted, updated, deleted}.
+CREATE OR REPLACE FUNCTION dwh.merge_dimension(p_table text, p_stage regclass, p_key text[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cols text[];
+    v_set text;
+    v_cmp_t text;
+    v_cmp_x text;
+    v_keys text := (SELECT string_agg(quote_ident(k), ', ') FROM unnest(p_key) k);
+    v_ins bigint;
+    v_upd bigint;
+    v_del bigint;
+BEGIN
+    SELECT array_agg(quote_ident(attname::text) ORDER BY attnum) INTO v_cols
+    FROM pg_attribute
+    WHERE attrelid = ('dwh.' || p_table)::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
+    SELECT string_agg(format('%s = excluded.%s', c, c), ', '),
+           string_agg('t.' || c, ', '), string_agg('excluded.' || c, ', ')
+      INTO v_set, v_cmp_t, v_cmp_x
+    FROM unnest(v_cols) c WHERE c <> ALL (SELECT quote_ident(k) FROM unnest(p_key) k);
+    EXECUTE format(
+        'WITH up AS (INSERT INTO dwh.%I AS t (%s) SELECT %s FROM %s '
+        'ON CONFLICT (%s) DO UPDATE SET %s WHERE (%s) IS DISTINCT FROM (%s) '
+        'RETURNING (t.xmax = 0) AS inserted) '
+        'SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up',
+        p_table, array_to_string(v_cols, ', '), array_to_string(v_cols, ', '), p_stage,
+        v_keys, v_set, v_cmp_t, v_cmp_x)
+    INTO v_ins, v_upd;
+    EXECUTE format('DELETE FROM dwh.%I t WHERE NOT EXISTS (SELECT 1 FROM %s s WHERE (%s) = (%s))',
+        p_table, p_stage,
+        (SELECT string_agg('s.' || quote_ident(k), ', ') FROM unnest(p_key) k),
+        (SELECT string_agg('t.' || quote_ident(k), ', ') FROM unnest(p_key) k));
+    GET DIAGNOSTICS v_del = ROW_COUNT;
+    RETURN ARRAY[v_ins, v_upd, v_del];
+END
+$$;
+
+-- Today's snapshot partition = the current table.
+CREATE OR REPLACE FUNCTION dwh.write_snapshot(p_table text, p_day date)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rows bigint;
+BEGIN
+    PERFORM dwh.ensure_partitions('dwh.' || p_table || '_snapshot', p_day::timestamptz, (p_day + 1)::timestamptz);
+    EXECUTE format('DELETE FROM dwh.%I WHERE snapshot_day = $1', p_table || '_snapshot') USING p_day;
+    EXECUTE format('INSERT INTO dwh.%I SELECT $1, * FROM dwh.%I', p_table || '_snapshot', p_table) USING p_day;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    RETURN v_rows;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION dwh.log_refresh(
+    p_table text, p_start timestamptz, p_end timestamptz, p_snapshot_day date,
+    p_inserted bigint, p_updated bigint, p_deleted bigint, p_source_rows bigint,
+    p_started_at timestamptz, p_lock_wait_ms double precision)
+RETURNS dwh.refresh_log
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO dwh.refresh_log (table_name, window_start, window_end, snapshot_day, rows_inserted,
+                                 rows_updated, rows_deleted, rows_source, started_at, finished_at, lock_wait_ms)
+    VALUES (p_table, p_start, p_end, p_snapshot_day, coalesce(p_inserted, 0), coalesce(p_updated, 0),
+            coalesce(p_deleted, 0), p_source_rows, p_started_at, clock_timestamp(), coalesce(p_lock_wait_ms, 0))
+    RETURNING *
+$$;
+
+-- The common start of a fact refresh: validate, lock, make partitions. Returns lock wait (ms).
+CREATE OR REPLACE FUNCTION dwh.begin_fact_refresh(p_table text, p_start timestamptz, p_end timestamptz)
+RETURNS double precision
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_wait double precision;
+BEGIN
+    PERFORM dwh.check_window(p_table, p_start, p_end);
+    v_wait := dwh.lock_refresh(p_table, p_start, p_end);
+    PERFORM dwh.ensure_partitions('dwh.' || p_table, p_start, p_end);
+    RETURN v_wait;
+END
+$$;

@@ -1,0 +1,25 @@
+-- Control plane instances -> dwh.instances (+ today's snapshot).
+CREATE OR REPLACE FUNCTION dwh.refresh_instances(p_snapshot_day date DEFAULT current_date)
+RETURNS dwh.refresh_log
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_t0 timestamptz := clock_timestamp();
+    v_wait double precision;
+    v_src bigint;
+    v_counts bigint[];
+BEGIN
+    PERFORM dwh.check_snapshot_day('instances', p_snapshot_day);
+    v_wait := dwh.lock_refresh('instances');
+    CREATE TEMP TABLE stage_instances ON COMMIT DROP AS
+    SELECT instance_id, organization_id, name, region, cpu, memory_gb, storage_gb, created_at, updated_at, deleted_at
+    FROM src_control_plane.instances;
+    GET DIAGNOSTICS v_src = ROW_COUNT;
+    PERFORM dwh.check_source_drop('instances', v_src, (SELECT count(*) FROM dwh.instances));
+    v_counts := dwh.merge_dimension('instances', 'pg_temp.stage_instances', ARRAY['instance_id']);
+    PERFORM dwh.write_snapshot('instances', p_snapshot_day);
+    RETURN dwh.log_refresh('instances', NULL, NULL, p_snapshot_day, v_counts[1], v_counts[2], v_counts[3], v_src, v_t0, v_wait);
+END
+$$;

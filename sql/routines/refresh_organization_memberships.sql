@@ -1,0 +1,29 @@
+-- Clerk organization memberships (instance-wide endpoint) -> dwh.organization_memberships.
+CREATE OR REPLACE FUNCTION dwh.refresh_organization_memberships(p_snapshot_day date DEFAULT current_date)
+RETURNS dwh.refresh_log
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_t0 timestamptz := clock_timestamp();
+    v_wait double precision;
+    v_src bigint;
+    v_counts bigint[];
+BEGIN
+    PERFORM dwh.check_snapshot_day('organization_memberships', p_snapshot_day);
+    v_wait := dwh.lock_refresh('organization_memberships');
+    CREATE TEMP TABLE stage_organization_memberships ON COMMIT DROP AS
+    SELECT DISTINCT ON (organization_id, user_id)
+           organization_id, user_id, role,
+           to_timestamp((attrs ->> 'created_at')::bigint / 1000.0) AS created_at,
+           coalesce(attrs, '{}') AS attrs
+    FROM src_clerk.organization_memberships
+    ORDER BY organization_id, user_id;
+    GET DIAGNOSTICS v_src = ROW_COUNT;
+    PERFORM dwh.check_source_drop('organization_memberships', v_src, (SELECT count(*) FROM dwh.organization_memberships));
+    v_counts := dwh.merge_dimension('organization_memberships', 'pg_temp.stage_organization_memberships', ARRAY['organization_id', 'user_id']);
+    PERFORM dwh.write_snapshot('organization_memberships', p_snapshot_day);
+    RETURN dwh.log_refresh('organization_memberships', NULL, NULL, p_snapshot_day, v_counts[1], v_counts[2], v_counts[3], v_src, v_t0, v_wait);
+END
+$$;

@@ -1,0 +1,31 @@
+-- Clerk users -> dwh.users (+ today's snapshot). Timestamps arrive as epoch ms.
+CREATE OR REPLACE FUNCTION dwh.refresh_users(p_snapshot_day date DEFAULT current_date)
+RETURNS dwh.refresh_log
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_t0 timestamptz := clock_timestamp();
+    v_wait double precision;
+    v_src bigint;
+    v_counts bigint[];
+BEGIN
+    PERFORM dwh.check_snapshot_day('users', p_snapshot_day);
+    v_wait := dwh.lock_refresh('users');
+    -- Read the source once (each scan of a reader table is a full API read).
+    CREATE TEMP TABLE stage_users ON COMMIT DROP AS
+    SELECT DISTINCT ON (user_id)
+           user_id, first_name, last_name, nullif(email, '') AS email, nullif(gender, '') AS gender,
+           to_timestamp(created_at / 1000.0) AS created_at, to_timestamp(updated_at / 1000.0) AS updated_at,
+           to_timestamp(last_sign_in_at / 1000.0) AS last_sign_in_at,
+           coalesce(phone_numbers, 0)::int AS phone_numbers, username, coalesce(attrs, '{}') AS attrs
+    FROM src_clerk.users
+    ORDER BY user_id;
+    GET DIAGNOSTICS v_src = ROW_COUNT;
+    PERFORM dwh.check_source_drop('users', v_src, (SELECT count(*) FROM dwh.users));
+    v_counts := dwh.merge_dimension('users', 'pg_temp.stage_users', ARRAY['user_id']);
+    PERFORM dwh.write_snapshot('users', p_snapshot_day);
+    RETURN dwh.log_refresh('users', NULL, NULL, p_snapshot_day, v_counts[1], v_counts[2], v_counts[3], v_src, v_t0, v_wait);
+END
+$$;
