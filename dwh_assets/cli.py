@@ -32,22 +32,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"dwh: stack directory {cfg.home}", flush=True)
     stack = LocalStack(cfg)
     stack.up(dagster=not args.no_dagster)
-    if not args.no_dagster and not args.no_materialize:
-        materialize = _optional_materialize()
-        if materialize is not None:
-            materialize(cfg)
+    if not args.no_materialize:
+        from dwh_assets.materialize import materialize_all
+
+        print("materialising the warehouse ...", flush=True)
+        materialize_all(cfg)
     print(_status_text(stack))
     if not args.no_dagster:
         print(f"\nDagster UI: {cfg.dagster_url}   (shell: eval \"$(dwh env)\")")
     return 0
-
-
-def _optional_materialize():
-    try:
-        from dwh_assets.materialize import materialize_all
-    except ImportError:
-        return None
-    return materialize_all
 
 
 def cmd_down(args: argparse.Namespace) -> int:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
-
 import psycopg
 from psycopg import sql
 from yoyo import get_backend, read_migrations
@@ -28,8 +26,6 @@ from dwh_assets.sources.generator import METRIC_NAMES
 from dwh_assets.stack import secrets
 from dwh_assets.stack.postgres import Postgres
 from dwh_assets.stack.reader_install import reader_program
-
-Progress = Callable[[str], None]
 
 METRICS_STEP_SECONDS = int(os.environ.get("DWH_METRICS_STEP", "3600"))
 
@@ -115,7 +111,7 @@ def sync_retention(conn: psycopg.Connection) -> None:
             )
 
 
-def migrate(cfg: StackConfig, progress: Progress = print) -> str:
+def migrate(cfg: StackConfig) -> str:
     bootstrap(cfg)
     applied = apply_migrations(cfg)
     with _owner_connect(cfg) as conn:

@@ -90,6 +90,9 @@ def test_users_page_through_in_a_stable_order(api, world):
     expected = [u.id for u in sorted(world.users, key=lambda u: (to_ms(u.created_at), u.id))]
     assert got == expected and len(got) == len(world.users) == 60
     assert api("GET", "/v1/users?limit=5&offset=1000")[2] == []
+    newest = api("GET", "/v1/users?limit=3&order_by=-created_at")[2]
+    assert [u["id"] for u in newest] == expected[::-1][:3]
+    assert api("GET", "/v1/users?limit=60&order_by=%2Bcreated_at")[2] == [u for p in pages for u in p]
     assert api("GET", "/v1/users/count")[2] == {"object": "total_count", "total_count": 60}
 
 
@@ -140,7 +143,7 @@ def test_requests_without_the_right_bearer_get_401(api, key):
         assert body["errors"][0]["code"] == "authentication_invalid" and body["errors"][0]["message"]
 
 
-@pytest.mark.parametrize("query", ["limit=501", "limit=0", "limit=abc", "offset=-1"])
+@pytest.mark.parametrize("query", ["limit=501", "limit=0", "limit=abc", "offset=-1", "order_by=name"])
 def test_bad_paging_parameters_get_422(api, query):
     status, _, body = api("GET", f"/v1/organizations?{query}")
     assert status == 422 and body["errors"][0]["code"] == "form_param_value_invalid"

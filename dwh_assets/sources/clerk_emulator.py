@@ -7,8 +7,9 @@ the three list endpoints the warehouse reads, in Clerk's public payload shapes:
 - ``GET /v1/organizations`` and ``GET /v1/organization_memberships``:
   ``{"data": [...], "total_count": N}``.
 
-Paging is ``limit`` (default 10, 1..500, else 422) and ``offset``, over a stable order
-(``created_at`` then ``id``). Every request needs ``Authorization: Bearer <key>`` with the
+Paging is ``limit`` (default 10, 1..500, else 422) and ``offset``, over a stable order:
+``created_at`` then ``id``, ascending unless ``order_by=-created_at`` (Clerk's default is
+newest first; the reader asks for ``+created_at`` explicitly, so both agree). Every request needs ``Authorization: Bearer <key>`` with the
 key from ``--secret-file`` (else 401). Above ``--rate-limit`` requests per second
 (0 = off) data requests get 429 with ``Retry-After``. Errors carry Clerk's body shape
 ``{"errors": [{"message", "long_message", "code"}]}``.
@@ -24,8 +25,9 @@ Test hooks (bearer-protected as well, never rate limited):
   ``GET``/``DELETE /_admin/faults`` show / clear them.
 - ``POST /_admin/{users|organizations|organization_memberships}`` adds an object (id and
   timestamps generated when missing; memberships accept ``organization_id`` and
-  ``user_id``); ``PATCH .../{id}`` merges top-level fields (``updated_at`` bumped unless
-  given); ``DELETE .../{id}`` removes it (deleting a user or an organization deletes its
+  ``user_id``); ``PATCH .../{id}`` merges top-level fields as given, invalid ones too (a
+  null ``id``, a string ``created_at``: that is how reader validation is tested;
+  ``updated_at`` bumped unless given); ``DELETE .../{id}`` removes it (deleting a user or an organization deletes its
   memberships too, as Clerk does).
 - ``POST /_admin/reset``: back to the generated world, faults cleared.
 - ``GET /_health``: unauthenticated liveness probe (no data).
@@ -362,6 +364,10 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(404, "resource_not_found", "not found", f"No endpoint GET {path}")
         limit = _int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         offset = _int_param(query, "offset", 0, 0, None)
+        order_by = query.get("order_by", "+created_at")
+        if order_by not in ("created_at", "+created_at", "-created_at"):
+            raise ApiError(422, "form_param_value_invalid", "is invalid",
+                           "order_by must be created_at with an optional + or - (the emulator sorts by nothing else)")
         with self.state.lock:
             self.state.check_rate()
             fault = self.state.active_fault(path)
@@ -373,7 +379,10 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(status, "injected_fault", f"Injected fault: HTTP {status}", headers=headers)
         offset = max(0, offset - int(fault.get("offset_shift", 0)))
         with self.state.lock:
-            rows = [self.state.render(kind, o) for o in self.state.ordered(kind)[offset:offset + limit]]
+            ordered = self.state.ordered(kind)
+            if order_by == "-created_at":
+                ordered = ordered[::-1]
+            rows = [self.state.render(kind, o) for o in ordered[offset:offset + limit]]
             total = len(self.state.objects[kind])
             self.state.pages_served += 1
         payload: Any = rows if kind == "users" else {"data": rows, "total_count": total}

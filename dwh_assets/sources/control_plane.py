@@ -61,6 +61,10 @@ class ControlPlaneLoad:
     row_counts: dict[str, int]
     seconds: float
 
+    def __str__(self) -> str:
+        counts = ", ".join(f"{rows:,} {table.split('.')[-1]}" for table, rows in self.row_counts.items())
+        return f"{'loaded' if self.loaded else 'already loaded'}: {counts}"
+
 
 def apply_schema(conn: psycopg.Connection) -> None:
     """Create the tables, grants and the event generator (idempotent)."""

@@ -201,8 +201,9 @@ def backfill(
     if step <= 0 or step > BLOCK_RANGES_S[0] or BLOCK_RANGES_S[0] % step:
         raise StackError(f"back-fill step {step}s must divide 2h (7200s), e.g. 60, 300 or 3600.")
     t0 = time.monotonic()
-    lo = _epoch(start if start is not None else world.history_start)
-    hi = _epoch(end if end is not None else world.history_end)
+    # Samples sit at whole seconds: ceil keeps the same samples and makes [lo, hi) exact.
+    lo = math.ceil(_epoch(start if start is not None else world.history_start))
+    hi = math.ceil(_epoch(end if end is not None else world.history_end))
     instances = [i for i in world.instances if sample_times(i, lo, hi, step)]
     block = choose_block_seconds(len(instances), step, hi - lo)
 
@@ -221,7 +222,7 @@ def backfill(
                 _wait(*pending)
             pending = (_promtool(om_file, staging / "blocks", block), om_file)
             if progress and (k + 1) % 10 == 0:
-                progress(f"back-fill: {k + 1}/{len(spans)} blocks written")
+                progress(f"back-fill: {k + 1}/{len(spans)} windows written")
         if pending is not None:
             _wait(*pending)
             pending = None
@@ -235,7 +236,7 @@ def backfill(
             pending[0].wait()
         shutil.rmtree(staging, ignore_errors=True)
     report = BackfillReport(
-        start=int(lo), end=int(hi), step=step, block_seconds=block, series=len(instances) * len(FAMILIES),
+        start=lo, end=hi, step=step, block_seconds=block, series=len(instances) * len(FAMILIES),
         samples=samples, blocks=len(blocks), seconds=round(time.monotonic() - t0, 1),
         seed=world.seed, scale=world.scale, anchor_day=world.anchor_day.isoformat(),
     )

@@ -40,8 +40,10 @@ and nothing on stdout. All rows are buffered and written only after the whole re
 succeeded, because file_fdw consumes stdout while the program runs. 429 and 5xx /
 connection errors / timeouts are retried ``max_retries`` times (429 and 503 wait for
 ``Retry-After``, capped at ``max_retry_after_seconds``; others back off exponentially).
-Rows whose id repeats across pages (the source changed while paging) are kept once (the
-last copy) with a warning on stderr.
+Clerk is paged with ``limit``/``offset`` and ``order_by=+created_at`` (new rows land on
+later pages); rows whose id still repeats across pages (the source changed while paging)
+are kept once (the last copy) with a warning on stderr. stderr goes to the PostgreSQL
+server log; the failing SQL statement itself only says the program exited with code 1.
 """
 
 from __future__ import annotations
@@ -190,14 +192,14 @@ class HttpSource:
         timeout = float(self.settings["timeout_seconds"])
         attempts = int(self.settings["max_retries"]) + 1
         for attempt in range(1, attempts + 1):
-            wait = None
+            wait, detail = None, ""
             try:
                 status, body = self._get(path, timeout)
             except urllib.error.HTTPError as e:
                 detail = self._error_detail(e)
                 if e.code == 429 or e.code >= 500:
                     wait = parse_retry_after(e.headers.get("Retry-After")) if e.code in (429, 503) else None
-                    problem = f"HTTP {e.code} from {path}{detail}"
+                    problem = f"HTTP {e.code} from {path}"
                 else:
                     raise ReaderError(self._redact(f"HTTP {e.code} from {path}{detail}")) from None
             except (socket.timeout, TimeoutError):
@@ -214,7 +216,8 @@ class HttpSource:
                 except (UnicodeDecodeError, ValueError) as e:
                     raise ReaderError(f"malformed JSON from {path} (HTTP {status}): {e}") from None
             if attempt == attempts:
-                raise ReaderError(self._redact(f"{problem} after {attempts} attempt{'s' if attempts > 1 else ''}"))
+                plural = "s" if attempts > 1 else ""
+                raise ReaderError(self._redact(f"{problem} after {attempts} attempt{plural}{detail}"))
             backoff = float(self.settings["backoff_seconds"]) * 2 ** (attempt - 1)
             time.sleep(min(float(self.settings["max_retry_after_seconds"]), wait if wait is not None else backoff))
         raise AssertionError("unreachable")
@@ -419,7 +422,9 @@ def read_clerk(settings: dict, table: str) -> RowBuffer:
     rows = RowBuffer()
     page_size, offset, duplicates = settings["page_size"], 0, 0
     while True:
-        path = f"/v1/{table}?" + urllib.parse.urlencode({"limit": page_size, "offset": offset})
+        # Oldest first: rows created while paging land on later pages instead of shifting earlier ones.
+        query = {"limit": page_size, "offset": offset, "order_by": "+created_at"}
+        path = f"/v1/{table}?" + urllib.parse.urlencode(query)
         payload = source.get_json(path)
         # /v1/users answers a bare array, the others {"data": [...], "total_count": N}.
         items = payload.get("data") if isinstance(payload, dict) else payload

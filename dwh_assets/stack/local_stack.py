@@ -79,6 +79,7 @@ class LocalStack:
         self.progress(f"      control plane events: {done:,} / {total:,}")
 
     def up(self, *, dagster: bool = True) -> None:
+        from dwh_assets.migrate import migrate
         from dwh_assets.sources.control_plane import ensure_control_plane
         from dwh_assets.stack.reader_install import install_reader
 
@@ -91,9 +92,7 @@ class LocalStack:
             (f"prometheus on {self.cfg.prometheus_url}", self.prometheus.start),
             ("source reader for file_fdw", lambda: f"installed in {install_reader(self.cfg)}"),
         ]
-        migrate = _optional_migrate()
-        if migrate is not None:
-            steps.append(("warehouse migrations and pg_cron jobs", lambda: migrate(self.cfg, progress=self.progress)))
+        steps.append(("warehouse migrations and pg_cron jobs", lambda: migrate(self.cfg)))
         if dagster:
             steps += [
                 (f"dagster webserver on {self.cfg.dagster_url}", self.webserver.start),
@@ -119,12 +118,3 @@ class LocalStack:
                 state = "starting/unresponsive"
             rows.append(ComponentStatus(c.name, c.port, pid, state, str(c.log_file)))
         return rows
-
-
-def _optional_migrate():
-    """``dwh migrate`` once the warehouse schema exists in this checkout (issue #3)."""
-    try:
-        from dwh_assets.migrate import migrate
-    except ImportError:
-        return None
-    return migrate

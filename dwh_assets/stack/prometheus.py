@@ -14,6 +14,12 @@ stored usage series has the labels::
 does not start new series, and the history back-fill (run by ``start()`` before the
 server first starts on a data directory) writes exactly the same label sets. The scrape
 also yields Prometheus' own ``up`` and ``scrape_*`` series for the job.
+
+Flags: retention is ten years (the 15d default would delete the back-filled history);
+admin and lifecycle APIs stay off; Debian's default console paths
+(/etc/prometheus/consoles, console_libraries) exist, so no console flags are needed.
+Back-filled series have no staleness markers: a ``query_range`` at a step finer than
+5 minutes repeats a deleted instance's last sample for up to 5 minutes (lookback).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ BEGIN
     ),
     timed AS (
         SELECT d.n, a.instance_id, a.organization_id, d.h_detail,
-               a.life_start + (d.h_time % (a.life_us * 2)) * interval '1 microsecond' AS enqueued_at,
+               a.life_start + (d.h_time % a.life_us) * interval '1 microsecond' AS enqueued_at,
                -- the consumer archived it 20 ms .. 30 s after it was enqueued
                (20 + (d.h_detail >> 16) % 30000) * interval '1 millisecond' AS processing
         FROM drawn d

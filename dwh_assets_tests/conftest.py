@@ -1,0 +1,94 @@
+"""Shared fixtures: one real local stack per test session.
+
+The session stack lives in its own DWH_HOME under /tmp (the server's OS user must be
+able to reach it) on free loopback ports, so it never collides with a demo stack.
+Scale 0.5 gives 600 Clerk users, more than one page of 500.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from dwh_assets.config import (
+    DEFAULT_PORTS,
+    LOADER_ROLE,
+    OWNER_ROLE,
+    READER_ROLE,
+    WAREHOUSE_DB,
+    StackConfig,
+    free_port,
+    load_config,
+)
+from dwh_assets.stack.local_stack import LocalStack
+
+TEST_SCALE = "0.5"
+
+
+def make_home(prefix: str) -> Path:
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(home, 0o755)  # traversable by the server's OS user
+    return home
+
+
+def stack_env(home: Path, scale: str = TEST_SCALE) -> dict[str, str]:
+    env = {"DWH_HOME": str(home), "DWH_SCALE": scale, "DWH_SEED": "42"}
+    env.update({f"DWH_{name.upper()}_PORT": str(free_port()) for name in DEFAULT_PORTS})
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    home = make_home("dwh-test-")
+    saved = dict(os.environ)
+    os.environ.update(stack_env(home))
+    cfg = load_config(create=True)
+    os.environ.update(cfg.client_env())
+    local = LocalStack(cfg)
+    try:
+        local.up(dagster=True)
+        yield local
+    finally:
+        local.down()
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cfg(stack: LocalStack) -> StackConfig:
+    return stack.cfg
+
+
+def _connect(cfg: StackConfig, role: str) -> psycopg.Connection:
+    return psycopg.connect(cfg.dsn(WAREHOUSE_DB, role), autocommit=True)
+
+
+@pytest.fixture()
+def loader(cfg: StackConfig) -> Iterator[psycopg.Connection]:
+    with _connect(cfg, LOADER_ROLE) as conn:
+        yield conn
+
+
+@pytest.fixture()
+def owner(cfg: StackConfig) -> Iterator[psycopg.Connection]:
+    with _connect(cfg, OWNER_ROLE) as conn:
+        yield conn
+
+
+@pytest.fixture()
+def reader_role(cfg: StackConfig) -> Iterator[psycopg.Connection]:
+    with _connect(cfg, READER_ROLE) as conn:
+        yield conn
+
+
+@pytest.fixture()
+def superuser(stack: LocalStack) -> Iterator[psycopg.Connection]:
+    with stack.postgres.connect(WAREHOUSE_DB) as conn:
+        yield conn

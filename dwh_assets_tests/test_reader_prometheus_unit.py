@@ -1,0 +1,240 @@
+"""Pure parts of the source reader: window alignment and splitting, CSV quoting, argument
+validation and shell quoting of the file_fdw program (real ``sh -c``). The reader against
+a real Prometheus is tested elsewhere."""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import json
+import os
+import pwd
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from dwh_assets.config import StackConfig, free_port
+from dwh_assets.sources import generator
+from dwh_assets.sources import reader as r
+from dwh_assets.stack.reader_install import install_reader, reader_program
+
+READER_SOURCE = Path(r.__file__)
+DAY = 86_400
+
+
+def times(start: int, end: int, step: int) -> list[int]:
+    first, count = r.aligned_times(start, end, step)
+    return [first + k * step for k in range(count)]
+
+
+# ----- alignment and splitting -------------------------------------------------------------------
+
+def test_window_is_closed_open_on_the_step_grid():
+    assert times(0, 60, 15) == [0, 15, 30, 45]  # end excluded
+    assert times(1, 61, 15) == [15, 30, 45, 60]  # first = ceil(start/step)*step
+    assert times(16, 30, 15) == []
+    assert times(30, 31, 15) == [30]
+    assert times(100, 100, 15) == []
+
+
+def test_adjacent_windows_partition_and_overlapping_windows_agree():
+    rng = random.Random(5)
+    for _ in range(2000):
+        step = rng.choice([1, 7, 15, 60, 300, 3600])
+        a = rng.randrange(0, 10**6)
+        b = a + rng.randrange(0, 10**4)
+        c = b + rng.randrange(0, 10**4)
+        left, right, whole = times(a, b, step), times(b, c, step), times(a, c, step)
+        assert left + right == whole  # no gap, no duplicate at the seam
+        inner = times(a + (b - a) // 3, c, step)
+        assert set(inner) <= set(whole) and inner == [t for t in whole if t >= a + (b - a) // 3]
+
+
+def test_split_respects_the_point_limit_and_covers_each_time_once():
+    rng = random.Random(9)
+    for _ in range(500):
+        step, limit = rng.choice([1, 15, 60]), rng.choice([1, 2, 5, 11_000])
+        start = rng.randrange(0, 10**6)
+        end = start + rng.randrange(0, 200 * step)
+        chunks = r.split_window(start, end, step, limit)
+        covered = [t for s, e in chunks for t in range(s, e + 1, step)]
+        assert covered == times(start, end, step)
+        assert all((e - s) // step + 1 <= limit for s, e in chunks)
+
+
+def test_a_month_at_15s_takes_16_requests_of_at_most_11000_points():
+    start = int(dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc).timestamp())
+    chunks = r.split_window(start, start + 30 * DAY, 15, 11_000)
+    assert len(chunks) == 16  # 172,800 points
+    assert chunks[0] == (start, start + 10_999 * 15) and chunks[1][0] == start + 11_000 * 15
+    assert chunks[-1][1] == start + 30 * DAY - 15
+
+
+# ----- CSV for file_fdw ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("value", "field"),
+    [(None, ""), ("", '""'), ("a", '"a"'), ('say "hi", ok', '"say ""hi"", ok"'), ("two\nlines", '"two\nlines"'),
+     ("nul\x00byte", '"nulbyte"'), (0, "0"), (-12, "-12"), (1.5, "1.5"), (1e300, "1e+300"),
+     (float("nan"), "NaN"), (float("inf"), "Infinity"), (float("-inf"), "-Infinity")],
+)
+def test_csv_fields_keep_null_and_empty_apart(value, field):
+    assert r.csv_field(value) == field
+
+
+def test_csv_line_is_one_utf8_row():
+    assert r.csv_line(["Zoë", None, 3, ""]) == '"Zoë",,3,""\n'.encode()
+
+
+# ----- arguments -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["up", "dwh_instance_memory_bytes", "job:rate5m:sum", "_x9"])
+def test_valid_metric_names_pass(name):
+    assert r.validate_metric_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "9up", "up{job='x'}", "up;rm -rf /", "$(touch /tmp/x)", "a b", "up\n", "a'b", 'a"b', "ü"])
+def test_other_metric_names_are_refused(name):
+    with pytest.raises(r.ReaderError) as e:
+        r.validate_metric_name(name)
+    assert e.value.exit_code == 2
+
+
+def test_default_metrics_are_the_generators():
+    assert r.DEFAULT_METRICS == generator.METRIC_NAMES
+
+
+@pytest.mark.parametrize(("header", "seconds"), [("3", 3.0), ("0", 0.0), (None, None), ("soon", None)])
+def test_retry_after_seconds(header, seconds):
+    assert r.parse_retry_after(header) == seconds
+
+
+def test_retry_after_http_date():
+    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30)
+    header = when.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    assert 25 <= r.parse_retry_after(header) <= 31
+
+
+def test_reader_is_stdlib_only_and_python_39_syntax():
+    tree = ast.parse(READER_SOURCE.read_text(), feature_version=(3, 9))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported - {"__future__"} <= sys.stdlib_module_names
+
+
+# ----- splitting against a stub query_range ---------------------------------------------------------
+
+class StubPrometheus(BaseHTTPRequestHandler):
+    """Answers query_range with one series valued t/10 at every evaluation time (NaN at 0)."""
+
+    requests: list[dict] = []
+
+    def do_GET(self):  # noqa: N802
+        q = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+        self.requests.append(q)
+        start, end, step = int(q["start"]), int(q["end"]), int(q["step"])
+        values = [[t, "NaN" if t == 0 else str(t / 10)] for t in range(start, end + 1, step)]
+        body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": [
+            {"metric": {"__name__": q["query"], "instance_id": "i-1", "zone": "a"}, "values": values}]}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_reader_splits_requests_and_returns_each_sample_once(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StubPrometheus)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    StubPrometheus.requests = []
+    config = tmp_path / "reader.json"
+    config.write_text(json.dumps({"prometheus_url": f"http://127.0.0.1:{server.server_port}",
+                                  "max_points_per_request": 4}))
+    try:
+        result = subprocess.run(
+            ["/usr/bin/python3", str(READER_SOURCE), "--config", str(config), "prometheus",
+             "--start", "0", "--end", "151", "--step", "15", "--metric", "m_a", "--metric", "m_b"],
+            capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    expected_times = list(range(0, 151, 15))  # 11 points: 4 + 4 + 3
+    assert [(q["query"], int(q["start"]), int(q["end"])) for q in StubPrometheus.requests] == [
+        (m, s, e) for m in ("m_a", "m_b") for s, e in ((0, 45), (60, 105), (120, 150))
+    ]
+    lines = result.stdout.splitlines()
+    assert lines[0] == '"m_a","{""instance_id"":""i-1"",""zone"":""a""}",0,NaN'
+    assert lines[1] == '"m_a","{""instance_id"":""i-1"",""zone"":""a""}",15,1.5'
+    assert [int(line.split(",")[-2]) for line in lines] == expected_times * 2
+
+
+# ----- shell safety of the file_fdw program ----------------------------------------------------------
+
+@pytest.fixture()
+def installed(tmp_path, monkeypatch):
+    monkeypatch.delenv("CLERK_SECRET_KEY", raising=False)
+    home = Path(tempfile.mkdtemp(prefix="dwh-reader-unit-", dir="/tmp"))
+    home.chmod(0o755)
+    user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+    cfg = StackConfig(home=home, ports={"clerk": free_port(), "prometheus": free_port()},
+                      anchor_day=dt.date(2024, 6, 1), seed=1, scale=0.01, server_user=user)
+    install_reader(cfg)
+    yield cfg
+    shutil.rmtree(home, ignore_errors=True)
+
+
+PAYLOADS = ["$(touch {m})", "`touch {m}`", "x; touch {m}", "x' ; touch {m}; '", 'x" ; touch {m}; "', "x\ntouch {m}",
+            "x && touch {m}", "x | touch {m}"]
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+@pytest.mark.parametrize("position", ["metric", "start", "table"])
+def test_program_string_cannot_run_a_payload(installed, tmp_path, payload, position):
+    marker = tmp_path / "pwned"
+    value = payload.format(m=marker)
+    args = {
+        "metric": ["prometheus", "--start", "0", "--end", "60", "--step", "15", "--metric", value],
+        "start": ["prometheus", "--start", value, "--end", "60", "--step", "15"],
+        "table": ["clerk", value],
+    }[position]
+    program = reader_program(installed, *args)
+    result = subprocess.run(["/bin/sh", "-c", program], capture_output=True, text=True, timeout=60)
+    assert not marker.exists(), program
+    assert result.returncode == 2, result.stderr  # the reader itself refuses the value
+    assert result.stdout == "" and result.stderr.count("\n") == 1 and result.stderr.startswith("dwh reader")
+
+
+def test_program_string_runs_the_installed_reader(installed):
+    program = reader_program(installed, "prometheus", "--start", "0", "--end", "0", "--step", "15")
+    assert program.startswith("/usr/bin/python3 -I ") and str(installed.reader_dir) in program
+    result = subprocess.run(["/bin/sh", "-c", program], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")  # an empty window reads nothing
+
+
+def test_bad_windows_and_settings_are_usage_errors(installed, tmp_path):
+    def run(*args: str, config: Path | None = None) -> subprocess.CompletedProcess:
+        conf = config or installed.reader_dir / "reader.json"
+        return subprocess.run(["/usr/bin/python3", str(READER_SOURCE), "--config", str(conf), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    for args in (["--start", "100", "--end", "50", "--step", "15"], ["--start", "0", "--end", "60", "--step", "0"],
+                 ["--start", "0", "--end", str(10**12), "--step", "1"]):
+        result = run("prometheus", *args)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"page_size": 501}))
+    assert "page_size" in run("clerk", "users", config=bad).stderr
+    bad.write_text(json.dumps({"clerk_secret_key": "sk_on_the_wrong_file"}))
+    result = run("clerk", "users", config=bad)
+    assert result.returncode == 2 and "unknown setting" in result.stderr and "sk_on_the_wrong_file" not in result.stderr
