@@ -71,7 +71,7 @@ def sync_sources(conn: psycopg.Connection, cfg: StackConfig) -> bool:
     """Write settings and (re)build the source layer when its definition changed."""
     passwords = secrets.passwords(cfg)
     ddl = foreign_tables.control_plane_ddl(cfg, passwords).statements
-    ddl += foreign_tables.reader_ddl(cfg).statements
+    ddl += foreign_tables.reader_ddl(cfg, METRICS_STEP_SECONDS).statements
     rendered = [s.as_string(conn) for s in ddl]
     fingerprint = hashlib.sha256("\n".join(rendered).encode()).hexdigest()
     settings = _settings(cfg) | {"sources.fingerprint": fingerprint}

@@ -26,6 +26,7 @@ from dwh_assets.sources.control_plane import add_events, ensure_control_plane, l
 from dwh_assets.sources.generator import World, build_world
 from dwh_assets.stack import secrets
 from dwh_assets.stack.postgres import Postgres
+from dwh_assets.stack.process import StackError
 
 pytestmark = pytest.mark.integration
 
@@ -369,3 +370,9 @@ def test_cp_reader_needs_its_password(cfg, first_load):
             host=cfg.host, port=cfg.pg_port, dbname=CONTROL_PLANE_DB, user=CONTROL_PLANE_READER_ROLE,
             password="wrong", connect_timeout=5,
         )
+
+
+def test_ensure_without_a_cluster_says_what_to_do(cfg):
+    nowhere = dataclasses.replace(cfg, ports={**cfg.ports, "pg": free_port()})
+    with pytest.raises(StackError, match=r"control plane database .*`dwh up`"):
+        ensure_control_plane(nowhere)

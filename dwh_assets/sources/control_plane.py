@@ -31,6 +31,7 @@ from psycopg.types.json import Jsonb
 
 from dwh_assets.config import CONTROL_PLANE_DB, CONTROL_PLANE_READER_ROLE, SQL_DIR, StackConfig
 from dwh_assets.sources.generator import World, build_world
+from dwh_assets.stack.process import StackError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,15 @@ def ensure_control_plane(
 ) -> ControlPlaneLoad:
     """Load the control plane for ``cfg``'s world unless it is already loaded."""
     started = time.monotonic()
-    with psycopg.connect(cfg.superuser_dsn(CONTROL_PLANE_DB)) as conn, conn.transaction():
+    try:
+        conn = psycopg.connect(cfg.superuser_dsn(CONTROL_PLANE_DB))
+    except psycopg.OperationalError as e:
+        reason = " ".join(str(e).split())
+        raise StackError(
+            f"cannot reach the control plane database {CONTROL_PLANE_DB!r} on port {cfg.pg_port} "
+            f"({reason}); start and provision the cluster first (`dwh up`)."
+        ) from e
+    with conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOAD_LOCK_KEY,))
         apply_schema(conn)
         wanted = _marker_key(cfg.seed, cfg.scale, cfg.anchor_day, n_events)

@@ -4,8 +4,9 @@ The column contracts are the public FDWs' (clerk_fdw, prometheus_fdw): whichever
 serves them, the refresh routines read the same names and columns.
 
 - ``reader`` (default): file_fdw tables whose ``program`` runs the project's source reader
-  as the database server's OS user. Prometheus has no static table: the metrics refresh
-  makes a temporary foreign table per window (sql/routines/read_metrics_window.sql).
+  as the database server's OS user. The static ``src_prometheus.metrics`` holds the last
+  ``RECENT_METRICS_SECONDS`` (for people and checks); the metrics refresh makes a
+  temporary foreign table per window instead (sql/routines/read_metrics_window.sql).
 - The control plane is always postgres_fdw + ``IMPORT FOREIGN SCHEMA``.
 
 Everything that reaches a ``program`` string is shell-quoted (``reader_program``) here or
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from psycopg import sql
 
 from dwh_assets.config import CONTROL_PLANE_DB, CONTROL_PLANE_READER_ROLE, LOADER_ROLE, OWNER_ROLE, StackConfig
+from dwh_assets.sources.generator import METRIC_NAMES
 from dwh_assets.stack.reader_install import reader_program
 
 CLERK_COLUMNS: dict[str, list[tuple[str, str]]] = {
@@ -38,6 +40,8 @@ CLERK_COLUMNS: dict[str, list[tuple[str, str]]] = {
 PROMETHEUS_COLUMNS = [
     ("metric_name", "text"), ("metric_labels", "jsonb"), ("metric_time", "bigint"), ("metric_value", "float8"),
 ]
+# The window src_prometheus.metrics shows with the reader backend: [now - this, now).
+RECENT_METRICS_SECONDS = 86400
 # Control plane tables imported into src_control_plane, per remote schema.
 CONTROL_PLANE_IMPORTS = {"public": None, "pgmq": ("a_instance_events",)}
 
@@ -83,14 +87,25 @@ def control_plane_ddl(cfg: StackConfig, passwords: dict[str, str]) -> SourceDDL:
     return ddl
 
 
-def reader_ddl(cfg: StackConfig) -> SourceDDL:
+def reader_ddl(cfg: StackConfig, step_seconds: int = 3600) -> SourceDDL:
     ddl = SourceDDL()
     ddl.add("DROP SERVER IF EXISTS dwh_reader CASCADE")
     ddl.add("CREATE SERVER dwh_reader FOREIGN DATA WRAPPER file_fdw")
     for obj, cols in CLERK_COLUMNS.items():
         program = reader_program(cfg, "clerk", obj)
         ddl.add(
-            "CREATE FOREIGN TABLE src_clerk.{} ({}) SERVER dwh_reader OPTIONS (program {}, format 'csv')",
+            "CREATE FOREIGN TABLE src_clerk.{} ({}) SERVER dwh_reader OPTIONS (program {}, format 'csv', encoding 'UTF8')",
             sql.Identifier(obj), _columns(cols), sql.Literal(program),
         )
+    metrics = [arg for name in METRIC_NAMES for arg in ("--metric", name)]
+    program = reader_program(cfg, "prometheus", "--last", str(RECENT_METRICS_SECONDS), "--step", str(int(step_seconds)), *metrics)
+    ddl.add(
+        "CREATE FOREIGN TABLE src_prometheus.metrics ({}) SERVER dwh_reader OPTIONS (program {}, format 'csv', encoding 'UTF8')",
+        _columns(PROMETHEUS_COLUMNS), sql.Literal(program),
+    )
+    ddl.add(
+        "COMMENT ON FOREIGN TABLE src_prometheus.metrics IS {}",
+        sql.Literal(f"Prometheus samples of the last {RECENT_METRICS_SECONDS} s at a {int(step_seconds)} s step; "
+                    "refreshes read their own window (dwh.read_metrics_window)."),
+    )
     return ddl

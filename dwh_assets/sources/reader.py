@@ -10,6 +10,7 @@ Usage::
 
     dwh_source_reader.py --config reader.json clerk users|organizations|organization_memberships
     dwh_source_reader.py --config reader.json prometheus --start EPOCH_S --end EPOCH_S --step S [--metric NAME ...]
+    dwh_source_reader.py --config reader.json prometheus --last SECONDS --step S [--metric NAME ...]
 
 ``reader.json`` holds non-secret settings (see ``DEFAULT_SETTINGS``); the Clerk key is read
 from ``secrets_file`` (JSON ``{"clerk_secret_key": "..."}``, mode 0600) and never taken
@@ -541,11 +542,24 @@ def parse_args(argv: list) -> argparse.Namespace:
     clerk = sources.add_parser("clerk", help="Clerk Backend API v1")
     clerk.add_argument("table", choices=sorted(CLERK_TABLES))
     prom = sources.add_parser("prometheus", help="Prometheus /api/v1/query_range, window [start, end)")
-    prom.add_argument("--start", type=int, required=True, help="epoch seconds, inclusive")
-    prom.add_argument("--end", type=int, required=True, help="epoch seconds, exclusive")
+    prom.add_argument("--start", type=int, help="epoch seconds, inclusive")
+    prom.add_argument("--end", type=int, help="epoch seconds, exclusive")
+    # A relative window for a static foreign table (src_prometheus.metrics): [now - last, now).
+    prom.add_argument("--last", type=int, help="seconds before now (instead of --start/--end)")
     prom.add_argument("--step", type=int, required=True, help="seconds between evaluation times")
     prom.add_argument("--metric", action="append", help=f"metric name (repeatable; default {', '.join(DEFAULT_METRICS)})")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.source == "prometheus":
+        if args.last is not None:
+            if args.start is not None or args.end is not None:
+                raise usage_error("give either --last or --start and --end, not both")
+            if args.last < 1:
+                raise usage_error(f"--last must be at least 1 second, got {args.last}")
+            args.end = int(time.time())
+            args.start = args.end - args.last
+        elif args.start is None or args.end is None:
+            raise usage_error("the window needs --start and --end (or --last)")
+    return args
 
 
 def main(argv: list | None = None) -> int:

@@ -66,6 +66,8 @@ CREATE OR REPLACE FUNCTION dwh.ensure_partitions(p_parent text, p_start timestam
 RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- pg_partman names and bounds partitions in the session's TimeZone: days are UTC days.
+SET TimeZone = 'UTC'
 AS $$
 DECLARE
     v_fmt text;
@@ -166,6 +168,7 @@ CREATE OR REPLACE FUNCTION dwh.write_snapshot(p_table text, p_day date)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
 AS $$
 DECLARE
     v_rows bigint;

@@ -61,8 +61,8 @@ BEGIN
         -- A temporary foreign table per window: the window is part of the program's
         -- arguments, concurrent refreshes don't collide, nothing lands in the catalog.
         EXECUTE format('CREATE FOREIGN TABLE pg_temp.%I (metric_name text, metric_labels jsonb, metric_time bigint, metric_value double precision) '
-                       'SERVER dwh_reader OPTIONS (program %L, format %L)',
-                       v_ft, dwh.reader_command(v_args), 'csv');
+                       'SERVER dwh_reader OPTIONS (program %L, format %L, encoding %L)',
+                       v_ft, dwh.reader_command(v_args), 'csv', 'UTF8');
         EXECUTE format('INSERT INTO pg_temp.stage_metrics SELECT * FROM pg_temp.%I', v_ft);
         EXECUTE format('DROP FOREIGN TABLE pg_temp.%I', v_ft);
     ELSIF v_backend = 'tembo' THEN

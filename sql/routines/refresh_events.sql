@@ -5,6 +5,7 @@ RETURNS dwh.refresh_log
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
 AS $$
 DECLARE
     v_t0 timestamptz := clock_timestamp();

@@ -4,6 +4,8 @@ RETURNS dwh.refresh_log
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- The marts' days (generate_series + interval '1 day') are UTC days whatever the caller's TimeZone.
+SET TimeZone = 'UTC'
 AS $$
 DECLARE
     v_t0 timestamptz := clock_timestamp();

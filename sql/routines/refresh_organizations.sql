@@ -1,9 +1,10 @@
 -- Clerk organizations + the control plane's plan -> dwh.organizations (+ today's snapshot).
-CREATE OR REPLACE FUNCTION dwh.refresh_organizations(p_snapshot_day date DEFAULT current_date)
+CREATE OR REPLACE FUNCTION dwh.refresh_organizations(p_snapshot_day date DEFAULT (now() AT TIME ZONE 'UTC')::date)
 RETURNS dwh.refresh_log
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
 AS $$
 DECLARE
     v_t0 timestamptz := clock_timestamp();

@@ -1,9 +1,10 @@
 -- Clerk users -> dwh.users (+ today's snapshot). Timestamps arrive as epoch ms.
-CREATE OR REPLACE FUNCTION dwh.refresh_users(p_snapshot_day date DEFAULT current_date)
+CREATE OR REPLACE FUNCTION dwh.refresh_users(p_snapshot_day date DEFAULT (now() AT TIME ZONE 'UTC')::date)
 RETURNS dwh.refresh_log
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
 AS $$
 DECLARE
     v_t0 timestamptz := clock_timestamp();
