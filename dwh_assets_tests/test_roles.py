@@ -1,0 +1,154 @@
+"""Who may do what in the warehouse: reader reads, loader refreshes, only the owner changes.
+
+Every check runs as the role itself over TCP with its own password, as users would.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg import errors, sql
+
+from dwh_assets import catalog
+from dwh_assets.config import LOADER_ROLE, WAREHOUSE_DB
+from dwh_assets.stack import secrets
+
+pytestmark = pytest.mark.integration
+
+LOCAL_COPIES = [spec.local_table for spec in catalog.CATALOG] + [
+    spec.snapshot_table for spec in catalog.CATALOG if spec.snapshot_table
+] + ["dwh.metric_series", "dwh.metric_samples", "dwh.refresh_log"]
+FOREIGN_TABLES = ["src_control_plane.instances", "src_control_plane.a_instance_events", "src_clerk.users",
+                  "src_clerk.organization_memberships", "src_prometheus.metrics"]
+
+
+def relation(name: str) -> sql.Composable:
+    return sql.Identifier(*name.split("."))
+
+
+def routine_call(spec: catalog.TableSpec) -> sql.Composable:
+    if spec.kind is catalog.Kind.FACT:
+        args = sql.SQL("now() - interval '1 hour', now()")
+    else:
+        args = sql.SQL("")
+    return sql.SQL("SELECT {}({})").format(relation(spec.routine), args)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def marts_built(cfg):
+    """The marts hold rows (a never-refreshed materialized view cannot be read by anyone)."""
+    with psycopg.connect(cfg.dsn(WAREHOUSE_DB, LOADER_ROLE), autocommit=True) as conn:
+        conn.execute("SELECT dwh.refresh_users()")
+        for mart in catalog.MARTS:
+            conn.execute("SELECT dwh.refresh_mart(%s)", (mart.split(".", 1)[1],))
+
+
+# ----- the reader ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("table", [*catalog.MARTS, *LOCAL_COPIES])
+def test_reader_selects_marts_and_local_copies(reader_role, table):
+    reader_role.execute(sql.SQL("SELECT count(*) FROM {}").format(relation(table))).fetchone()
+
+
+@pytest.mark.parametrize("table", FOREIGN_TABLES)
+def test_reader_cannot_read_sources(reader_role, table):
+    with pytest.raises(errors.InsufficientPrivilege, match="permission denied for schema"):
+        reader_role.execute(sql.SQL("SELECT count(*) FROM {}").format(relation(table)))
+
+
+def test_reader_sees_no_user_mapping_options(reader_role):
+    options = reader_role.execute("SELECT srvname, usename, umoptions FROM pg_user_mappings").fetchall()
+    assert options, "the control plane's user mappings should be listed"
+    assert all(umoptions is None for _, _, umoptions in options), options
+
+
+@pytest.mark.parametrize("query, denied", [
+    ("SELECT * FROM dwh.settings", "permission denied for table settings"),
+    ("SELECT * FROM cron.job", "permission denied for schema cron"),
+    ("SELECT * FROM cron.job_run_details", "permission denied for schema cron"),
+    ("SELECT * FROM partman.part_config", "permission denied for schema partman"),
+])
+def test_reader_cannot_read_configuration(reader_role, query, denied):
+    with pytest.raises(errors.InsufficientPrivilege, match=denied):
+        reader_role.execute(query)
+
+
+@pytest.mark.parametrize("spec", catalog.CATALOG, ids=lambda s: s.name)
+def test_reader_cannot_run_refreshes(reader_role, spec):
+    with pytest.raises(errors.InsufficientPrivilege, match=f"permission denied for function refresh_{spec.name}"):
+        reader_role.execute(routine_call(spec))
+
+
+def test_reader_cannot_refresh_marts_or_write(reader_role):
+    with pytest.raises(errors.InsufficientPrivilege, match="permission denied for function refresh_mart"):
+        reader_role.execute("SELECT dwh.refresh_mart('daily_signups')")
+    with pytest.raises(errors.InsufficientPrivilege):
+        reader_role.execute("DELETE FROM dwh.users")
+    with pytest.raises(errors.InsufficientPrivilege):
+        reader_role.execute("REFRESH MATERIALIZED VIEW mart.daily_signups")
+
+
+def executable_routines(conn: psycopg.Connection, role: str) -> set[str]:
+    return {row[0] for row in conn.execute(
+        "SELECT proname::text FROM pg_proc WHERE pronamespace = 'dwh'::regnamespace"
+        " AND has_function_privilege(%s, oid, 'EXECUTE')", (role,),
+    ).fetchall()}
+
+
+def test_only_refresh_routines_are_executable_and_only_by_the_loader(owner):
+    assert executable_routines(owner, "dwh_reader") == set()
+    loader_may = executable_routines(owner, LOADER_ROLE)
+    assert {f"refresh_{spec.name}" for spec in catalog.CATALOG} | {"refresh_mart"} <= loader_may
+    # Helpers (ensure_partitions, merge_dimension, reader_command, ...) run only inside the routines.
+    assert all(name.startswith("refresh_") for name in loader_may), loader_may
+
+
+# ----- the loader ---------------------------------------------------------------------------
+
+
+def test_loader_runs_refreshes_but_cannot_write_tables_directly(loader):
+    assert loader.execute("SELECT (dwh.refresh_instances()).table_name").fetchone()[0] == "instances"
+    for statement, denied in [
+        ("DELETE FROM dwh.instances", "permission denied for table instances"),
+        ("INSERT INTO dwh.refresh_log (table_name, rows_inserted, rows_updated, rows_deleted, started_at, finished_at)"
+         " VALUES ('x', 0, 0, 0, now(), now())", "permission denied for table refresh_log"),
+        ("UPDATE dwh.settings SET value = 'x'", "permission denied for table settings"),
+    ]:
+        with pytest.raises(errors.InsufficientPrivilege, match=denied):
+            loader.execute(statement)
+
+
+@pytest.mark.parametrize("statement, denied", [
+    ("CREATE TABLE dwh.loader_table (a int)", "permission denied for schema dwh"),
+    ("CREATE TABLE mart.loader_table (a int)", "permission denied for schema mart"),
+    ("CREATE TABLE public.loader_table (a int)", "permission denied for schema public"),
+    ("ALTER TABLE dwh.users ADD COLUMN loader_column int", "must be owner of table users"),
+    ("DROP TABLE dwh.events", "must be owner of table events"),
+    ("ALTER SERVER control_plane OPTIONS (SET port '1')", "must be owner of foreign server control_plane"),
+    ("CREATE FOREIGN TABLE src_clerk.x (a int) SERVER dwh_reader OPTIONS (program 'id')",
+     "permission denied for schema src_clerk"),
+    ("SELECT dwh.ensure_partitions('dwh.events', now(), now() + interval '1 day')",
+     "permission denied for function ensure_partitions"),
+])
+def test_loader_cannot_change_the_schema(loader, statement, denied):
+    with pytest.raises(errors.InsufficientPrivilege, match=denied):
+        loader.execute(statement)
+
+
+def test_loader_reads_only_its_own_cron_jobs(loader):
+    users = {row[0] for row in loader.execute("SELECT DISTINCT username FROM cron.job").fetchall()}
+    assert users == {"dwh_loader"}, "cron.job is row-level secured by username"
+
+
+# ----- secrets ------------------------------------------------------------------------------
+
+
+def test_no_secret_is_visible_in_the_catalog(cfg, loader):
+    """Foreign table and server options are world-readable: no password or API key may sit there."""
+    options = " ".join(str(row) for row in loader.execute(
+        "SELECT ftoptions FROM pg_foreign_table UNION ALL SELECT srvoptions FROM pg_foreign_server"
+    ).fetchall())
+    assert "program" in options and "host" in options
+    for secret in [*secrets.passwords(cfg).values(), secrets.clerk_secret_key(cfg)]:
+        assert secret not in options

@@ -1,0 +1,189 @@
+"""`dwh migrate`: builds the warehouse on an empty database, and a second run changes nothing.
+
+The session stack was migrated by `dwh up`; a fresh cluster (Postgres only, control plane
+schema without data) checks that a migrate on an *empty* database creates the same
+objects, and a re-run on either is a no-op down to the oids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from dwh_assets import catalog, cron_jobs
+from dwh_assets.config import CONTROL_PLANE_DB, LOADER_ROLE, SQL_DIR, WAREHOUSE_DB, StackConfig, free_port
+from dwh_assets.migrate import METRICS_STEP_SECONDS, migrate
+from dwh_assets.sources import control_plane, foreign_tables, reader
+from dwh_assets.sources.generator import METRIC_NAMES
+from dwh_assets.stack.postgres import Postgres
+from dwh_assets_tests.conftest import make_home
+
+pytestmark = pytest.mark.integration
+
+NO_OP = "0 new migration(s); sources unchanged; pg_cron: jobs unchanged"
+OUR_SCHEMAS = ["src_control_plane", "src_clerk", "src_prometheus", "dwh", "mart"]
+EXPECTED_FOREIGN_TABLES = {
+    ("src_control_plane", "organizations"), ("src_control_plane", "instances"),
+    ("src_control_plane", "instance_state_history"), ("src_control_plane", "a_instance_events"),
+    ("src_clerk", "users"), ("src_clerk", "organizations"), ("src_clerk", "organization_memberships"),
+    ("src_prometheus", "metrics"),
+}
+
+
+def inventory(conn: psycopg.Connection) -> dict[str, list]:
+    """What migrate creates, without oids: relations, columns, routines, partman config, cron jobs."""
+    return {
+        "relations": conn.execute(
+            "SELECT n.nspname, c.relname, c.relkind, pg_get_userbyid(c.relowner), c.relacl::text FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = ANY(%s) AND NOT c.relispartition AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'i', 'I', 'S')"
+            " ORDER BY 1, 2", (OUR_SCHEMAS,),
+        ).fetchall(),
+        "columns": conn.execute(
+            "SELECT c.oid::regclass::text, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull"
+            " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = ANY(%s) AND NOT c.relispartition AND a.attnum > 0 AND NOT a.attisdropped"
+            " ORDER BY 1, a.attnum", (OUR_SCHEMAS,),
+        ).fetchall(),
+        "routines": conn.execute(
+            "SELECT p.oid::regprocedure::text, p.prosecdef, p.proconfig, p.proacl::text FROM pg_proc p"
+            " WHERE p.pronamespace = 'dwh'::regnamespace ORDER BY 1",
+        ).fetchall(),
+        "partman": conn.execute(
+            "SELECT parent_table, control, partition_interval, premake, retention, retention_keep_table,"
+            " infinite_time_partitions FROM partman.part_config ORDER BY 1",
+        ).fetchall(),
+        "cron": conn.execute(
+            "SELECT jobname, schedule, command, database, username, active FROM cron.job"
+            " WHERE starts_with(jobname, %s) AND jobname NOT LIKE 'dwh:test%%' ORDER BY 1", (catalog.CRON_JOB_PREFIX,),
+        ).fetchall(),
+    }
+
+
+def identities(conn: psycopg.Connection) -> dict[str, list]:
+    """Oids and ids that a rebuild would change: a no-op migrate must keep every one."""
+    return {
+        "foreign_tables": conn.execute(
+            "SELECT ftrelid, ftrelid::regclass::text, ftoptions FROM pg_foreign_table ORDER BY 1"
+        ).fetchall(),
+        "servers": conn.execute("SELECT oid, srvname, srvoptions FROM pg_foreign_server ORDER BY 1").fetchall(),
+        "routines": conn.execute(
+            "SELECT oid, oid::regprocedure::text, md5(prosrc) FROM pg_proc WHERE pronamespace = 'dwh'::regnamespace ORDER BY 1"
+        ).fetchall(),
+        "relations": conn.execute(
+            "SELECT c.oid, c.relfilenode FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = ANY(%s) ORDER BY 1", (OUR_SCHEMAS,),
+        ).fetchall(),
+        "cron": conn.execute("SELECT jobid, jobname, schedule, command, username, active FROM cron.job ORDER BY 1").fetchall(),
+        "settings": conn.execute("SELECT key, value FROM dwh.settings ORDER BY 1").fetchall(),
+    }
+
+
+# ----- the session stack ----------------------------------------------------------------------
+
+
+def test_second_migrate_changes_nothing(cfg, superuser):
+    before = identities(superuser)
+    assert migrate(cfg) == NO_OP
+    assert identities(superuser) == before
+
+
+def test_foreign_tables_of_every_source_are_listed(loader):
+    listed = set(loader.execute(
+        "SELECT foreign_table_schema, foreign_table_name FROM information_schema.foreign_tables"
+    ).fetchall())
+    assert EXPECTED_FOREIGN_TABLES <= listed
+    contracts = {f"src_clerk.{t}": c for t, c in foreign_tables.CLERK_COLUMNS.items()}
+    contracts["src_prometheus.metrics"] = foreign_tables.PROMETHEUS_COLUMNS
+    for table, columns in contracts.items():
+        schema, name = table.split(".")
+        actual = loader.execute(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position", (schema, name),
+        ).fetchall()
+        assert actual == [(n, {"float8": "double precision"}.get(t, t)) for n, t in columns], table
+
+
+def test_loader_reads_the_recent_prometheus_window(loader):
+    now = dt.datetime.now(dt.timezone.utc).timestamp()
+    names, rows, oldest, newest, off_grid = loader.execute(
+        "SELECT array_agg(DISTINCT metric_name ORDER BY metric_name), count(*), min(metric_time), max(metric_time),"
+        " count(*) FILTER (WHERE metric_time %% %s <> 0) FROM src_prometheus.metrics",
+        (METRICS_STEP_SECONDS,),
+    ).fetchone()
+    assert names == sorted(METRIC_NAMES) and rows > 0
+    assert off_grid == 0, "samples must sit on the step grid"
+    assert now - foreign_tables.RECENT_METRICS_SECONDS <= oldest <= newest < now
+    assert newest > now - 2 * METRICS_STEP_SECONDS, "the window should reach the latest step"
+    labels = loader.execute("SELECT metric_labels FROM src_prometheus.metrics LIMIT 1").fetchone()[0]
+    assert {"instance_id", "organization_id"} <= set(labels) and "__name__" not in labels
+
+
+def test_loader_reads_every_source(loader):
+    for schema, table in sorted(EXPECTED_FOREIGN_TABLES - {("src_prometheus", "metrics")}):
+        rows = loader.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0]
+        assert rows > 0, f"{schema}.{table} is empty"
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["--last", "60", "--start", "0"], "either --last or --start and --end"),
+    (["--last", "0"], "--last must be at least 1 second"),
+    ([], r"needs --start and --end \(or --last\)"),
+])
+def test_reader_rejects_ambiguous_prometheus_windows(args, problem):
+    with pytest.raises(reader.ReaderError, match=problem) as failure:
+        reader.parse_args(["--config", "unused.json", "prometheus", "--step", "60", *args])
+    assert failure.value.exit_code == reader.EXIT_USAGE
+
+
+# ----- an empty database ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fresh(cfg: StackConfig) -> Iterator[tuple[StackConfig, str]]:
+    """A new cluster with empty databases (the control plane has its schema, no rows), migrated once."""
+    home = make_home("dwh-test-migrate-")
+    ports = {name: free_port() for name in cfg.ports}
+    fresh_cfg = StackConfig(home=home, ports=ports, anchor_day=cfg.anchor_day, seed=cfg.seed, scale=0.05,
+                            server_user=cfg.server_user)
+    pg = Postgres(fresh_cfg)
+    try:
+        pg.start()
+        pg.provision()
+        with pg.connect(CONTROL_PLANE_DB) as conn:
+            control_plane.apply_schema(conn)
+        yield fresh_cfg, migrate(fresh_cfg)
+    finally:
+        pg.stop(mode="immediate")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_migrate_on_an_empty_database_creates_everything(fresh, superuser):
+    fresh_cfg, summary = fresh
+    n_migrations = len(list((SQL_DIR / "migrations").glob("*.sql")))
+    n_jobs = len(cron_jobs.desired_jobs(fresh_cfg.server_user))
+    assert summary == f"{n_migrations} new migration(s); sources rebuilt; pg_cron: {n_jobs} scheduled, 0 updated, 0 unscheduled"
+    with Postgres(fresh_cfg).connect(WAREHOUSE_DB) as conn:
+        created = inventory(conn)
+        listed = set(conn.execute(
+            "SELECT foreign_table_schema, foreign_table_name FROM information_schema.foreign_tables"
+        ).fetchall())
+        assert EXPECTED_FOREIGN_TABLES <= listed
+        for spec in catalog.CATALOG:
+            routine = spec.routine + ("(timestamptz, timestamptz)" if spec.kind is catalog.Kind.FACT else "(date)")
+            assert conn.execute("SELECT has_function_privilege(%s, %s, 'EXECUTE')", (LOADER_ROLE, routine)).fetchone()[0]
+    # The same objects as the long-lived session stack, which was migrated the same way.
+    assert created == inventory(superuser)
+
+
+def test_migrate_on_the_fresh_database_is_then_a_no_op(fresh):
+    fresh_cfg, _ = fresh
+    with Postgres(fresh_cfg).connect(WAREHOUSE_DB) as conn:
+        before = identities(conn)
+        assert migrate(fresh_cfg) == NO_OP
+        assert identities(conn) == before

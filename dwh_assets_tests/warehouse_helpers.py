@@ -1,0 +1,154 @@
+"""Helpers of the warehouse integration tests: read the sources directly, checksum tables.
+
+The tests compare every local copy with its source read *without* the warehouse: the
+control plane database over the superuser socket, the Clerk emulator's HTTP API, and
+Prometheus' ``query_range``. Checksums are the same SQL on both sides of a comparison.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from dwh_assets.config import CONTROL_PLANE_DB, StackConfig
+from dwh_assets.stack import secrets
+
+UTC = dt.timezone.utc
+
+
+def utc_midnight(days_from_today: int) -> dt.datetime:
+    """Midnight (UTC) of today + ``days_from_today``."""
+    today = dt.datetime.now(UTC).date() + dt.timedelta(days=days_from_today)
+    return dt.datetime(today.year, today.month, today.day, tzinfo=UTC)
+
+
+def connect_control_plane(cfg: StackConfig) -> psycopg.Connection:
+    """The control plane database as the cluster superuser (to read and to change the source)."""
+    return psycopg.connect(cfg.superuser_dsn(CONTROL_PLANE_DB), autocommit=True)
+
+
+# ----- checksums: (row count, md5 over the rows in key order), same SQL on both sides -----
+
+# Fact tables of the control plane: warehouse table, source table, time column, row text, key.
+FACTS = {
+    "events": (
+        "dwh.events", "pgmq.a_instance_events", "enqueued_at",
+        "concat_ws('|', msg_id, read_ct, extract(epoch FROM enqueued_at), extract(epoch FROM archived_at),"
+        " extract(epoch FROM vt), message::text)",
+        "msg_id",
+    ),
+    "instance_state": (
+        "dwh.instance_state", "public.instance_state_history", "changed_at",
+        "concat_ws('|', id, instance_id, state, extract(epoch FROM changed_at))",
+        "id",
+    ),
+}
+
+INSTANCE_ROW = (
+    "concat_ws('|', instance_id, organization_id, name, region, cpu, memory_gb, storage_gb,"
+    " extract(epoch FROM created_at), extract(epoch FROM updated_at), extract(epoch FROM deleted_at))"
+)
+
+
+def _checksum(conn: psycopg.Connection, table: str, row: str, key: str, where: sql.Composable, params: tuple) -> tuple:
+    query = sql.SQL("SELECT count(*), md5(coalesce(string_agg({row}, ',' ORDER BY {key}), '')) FROM {table} {where}").format(
+        row=sql.SQL(row), key=sql.SQL(key), table=sql.Identifier(*table.split(".")), where=where
+    )
+    return conn.execute(query, params).fetchone()
+
+
+def fact_checksum(conn: psycopg.Connection, name: str, start: dt.datetime, end: dt.datetime, *, source: bool) -> tuple:
+    local, remote, time_col, row, key = FACTS[name]
+    where = sql.SQL("WHERE {t} >= %s AND {t} < %s").format(t=sql.Identifier(time_col))
+    return _checksum(conn, remote if source else local, row, key, where, (start, end))
+
+
+def instances_checksum(conn: psycopg.Connection, table: str, snapshot_day: dt.date | None = None) -> tuple:
+    if snapshot_day is None:
+        return _checksum(conn, table, INSTANCE_ROW, "instance_id", sql.SQL(""), ())
+    return _checksum(conn, table, INSTANCE_ROW, "instance_id", sql.SQL("WHERE snapshot_day = %s"), (snapshot_day,))
+
+
+def table_checksum(conn: psycopg.Connection, table: str) -> tuple:
+    """Checksum of every column of a local table (for "unchanged" assertions)."""
+    query = sql.SQL("SELECT count(*), md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {} t").format(
+        sql.Identifier(*table.split("."))
+    )
+    return conn.execute(query).fetchone()
+
+
+# ----- Clerk emulator -----------------------------------------------------------------------
+
+
+class ClerkApi:
+    """The Clerk emulator's public and admin endpoints, with the stack's bearer key."""
+
+    def __init__(self, cfg: StackConfig):
+        self.url = cfg.clerk_url
+        self._key = secrets.clerk_secret_key(cfg)
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method,
+            headers={"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.load(resp)
+
+    def list_all(self, kind: str) -> tuple[list[dict], int]:
+        """Every object of ``kind`` (pages of 500) and the number of pages read."""
+        objects, pages = [], 0
+        while True:
+            query = urllib.parse.urlencode({"limit": 500, "offset": len(objects)})
+            payload = self.request("GET", f"/v1/{kind}?{query}")
+            page = payload if isinstance(payload, list) else payload["data"]
+            objects += page
+            pages += 1
+            if len(page) < 500:
+                return objects, pages
+
+    def reset(self) -> None:
+        self.request("POST", "/_admin/reset")
+
+
+def primary_email(user: dict) -> str | None:
+    for address in user.get("email_addresses") or []:
+        if address.get("id") == user.get("primary_email_address_id"):
+            return address.get("email_address")
+    return None
+
+
+# ----- Prometheus ---------------------------------------------------------------------------
+
+
+def prometheus_samples(cfg: StackConfig, metric: str, start: dt.datetime, end: dt.datetime, step: int) -> set[tuple]:
+    """(metric, labels json, epoch s, value) of ``metric`` at the step grid inside [start, end)."""
+    first = -(-int(start.timestamp()) // step) * step
+    last = int(end.timestamp()) - 1
+    query = urllib.parse.urlencode({"query": metric, "start": first, "end": last - (last - first) % step, "step": step})
+    with urllib.request.urlopen(f"{cfg.prometheus_url}/api/v1/query_range?{query}", timeout=60) as resp:
+        payload = json.load(resp)
+    assert payload["status"] == "success", payload
+    samples = set()
+    for series in payload["data"]["result"]:
+        labels = {k: v for k, v in series["metric"].items() if k != "__name__"}
+        key = json.dumps(labels, sort_keys=True)
+        samples |= {(metric, key, int(float(t)), float(v)) for t, v in series["values"]}
+    return samples
+
+
+def local_samples(conn: psycopg.Connection, metric: str, start: dt.datetime, end: dt.datetime) -> list[tuple]:
+    """The warehouse's samples of ``metric`` in [start, end), in the shape of prometheus_samples."""
+    rows = conn.execute(
+        "SELECT metric_name, labels, extract(epoch FROM ts)::bigint, value FROM dwh.metric_samples"
+        " WHERE metric_name = %s AND ts >= %s AND ts < %s",
+        (metric, start, end),
+    ).fetchall()
+    return [(m, json.dumps(labels, sort_keys=True), int(t), v) for m, labels, t, v in rows]
