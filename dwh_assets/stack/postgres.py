@@ -104,17 +104,17 @@ def chown_to_server(cfg: StackConfig, path: Path, mode: int | None = None) -> No
         os.chmod(path, mode)
 
 
-def _check_traversable(cfg: StackConfig) -> None:
-    """The server user must be able to reach the data directory through every parent."""
+def check_searchable(cfg: StackConfig, path: Path, purpose: str) -> None:
+    """The server user must be able to reach ``path`` through every parent directory."""
     if os.geteuid() != 0:
         return
     uid, gid = server_uid_gid(cfg)
-    for parent in reversed(cfg.home.parents):
+    for parent in reversed(path.parents):
         st = parent.stat()
         ok = st.st_mode & 0o001 or (st.st_uid == uid and st.st_mode & 0o100) or (st.st_gid == gid and st.st_mode & 0o010)
         if not ok:
             raise StackError(
-                f"{parent} is not searchable by OS user {cfg.server_user!r}, which runs PostgreSQL; "
+                f"{parent} is not searchable by OS user {cfg.server_user!r}, which runs {purpose}; "
                 f"`chmod o+x {parent}` or set DWH_HOME to a directory it can reach."
             )
 
@@ -147,7 +147,7 @@ class Postgres:
     def init(self) -> bool:
         if (self.cfg.pgdata / "PG_VERSION").exists():
             return False
-        _check_traversable(self.cfg)
+        check_searchable(self.cfg, self.cfg.home, "PostgreSQL")
         for d in (self.cfg.home, self.cfg.log_dir, self.cfg.socket_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.cfg.pgdata.mkdir(mode=0o700, exist_ok=True)

@@ -25,7 +25,6 @@ from pathlib import Path
 from dwh_assets.config import StackConfig
 from dwh_assets.sources import reader
 from dwh_assets.stack import postgres, secrets
-from dwh_assets.stack.process import StackError
 
 READER_SOURCE = Path(reader.__file__)
 READER_NAME = "dwh_source_reader.py"
@@ -69,25 +68,12 @@ def _write_owned(cfg: StackConfig, path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def _check_reachable(cfg: StackConfig) -> None:
-    if os.geteuid() != 0:
-        return
-    uid, gid = postgres.server_uid_gid(cfg)
-    for parent in [*reversed(cfg.reader_dir.parents)]:
-        st = parent.stat()
-        if not (st.st_mode & 0o001 or (st.st_uid == uid and st.st_mode & 0o100) or (st.st_gid == gid and st.st_mode & 0o010)):
-            raise StackError(
-                f"{parent} is not searchable by OS user {cfg.server_user!r}, which runs the source reader "
-                f"for file_fdw; `chmod o+x {parent}` or set DWH_HOME to a directory it can reach."
-            )
-
-
 def install_reader(cfg: StackConfig, settings: dict | None = None) -> Path:
     """Install reader, settings and Clerk key for the server user; returns the reader's path.
 
     ``settings`` overrides entries of ``reader.json`` (e.g. shorter timeouts in tests).
     """
-    _check_reachable(cfg)
+    postgres.check_searchable(cfg, cfg.reader_dir, "the source reader for file_fdw")
     cfg.reader_dir.mkdir(parents=True, exist_ok=True)
     postgres.chown_to_server(cfg, cfg.reader_dir, 0o700)
     values = reader_settings(cfg, settings)
