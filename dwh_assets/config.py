@@ -185,8 +185,7 @@ class StackConfig:
             "DWH_PG_HOST": self.host,
             "DWH_PG_PORT": str(self.pg_port),
             "DWH_WAREHOUSE_DSN": self.dsn(WAREHOUSE_DB, LOADER_ROLE),
-            "DWH_DAGSTER_PG_USER": DAGSTER_ROLE,
-            "DWH_DAGSTER_PG_DB": DAGSTER_DB,
+            "DWH_DAGSTER_PG_URL": f"postgresql+psycopg2://{DAGSTER_ROLE}@{self.host}:{self.pg_port}/{DAGSTER_DB}",
             "DWH_HISTORY_START": self.history_start.isoformat(),
         }
 

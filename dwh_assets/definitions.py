@@ -1,5 +1,10 @@
-"""The Dagster code location: everything is derived from the catalog in defs/."""
+"""The Dagster code location (``workspace.yaml``, ``dagster ... -m dwh_assets.definitions``).
 
-import dagster as dg
+Everything is derived from the catalog in ``dwh_assets/defs``; the partitions start on the
+first day of source history, which the stack exports as ``DWH_HISTORY_START``.
+"""
 
-defs = dg.Definitions()
+from dwh_assets.defs import build_definitions
+from dwh_assets.defs.partitions import history_start
+
+defs = build_definitions(history_start())

@@ -1,54 +1,76 @@
-"""Fill the warehouse once after ``dwh up``: every catalog table, then the marts.
+"""Fill the warehouse once after ``dwh up``, through Dagster, as a user would from the shell.
 
-Dimensions take today's snapshot; facts are refreshed over the whole source history
-``[history_start, end of today)`` as one window each, through the same routines pg_cron
-runs. Progress is printed per table with the row counts from ``dwh.refresh_log``.
+Three ``dagster asset materialize`` runs, recorded in Dagster's Postgres storage:
+
+1. the dimensions, today's snapshot partition;
+2. the facts, the whole source history ``history_start...today`` as one range run
+   (``BackfillPolicy.single_run``: one window per table, through the routine pg_cron runs);
+3. the marts.
+
+Output of each run goes to ``logs/materialize.log``; progress lines name the run and its
+row counts (read back from ``dwh.refresh_log``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
 import time
 from collections.abc import Callable
 
 import psycopg
-from psycopg import sql
 
 from dwh_assets import catalog
-from dwh_assets.config import LOADER_ROLE, WAREHOUSE_DB, StackConfig
+from dwh_assets.config import LOADER_ROLE, REPO_ROOT, WAREHOUSE_DB, StackConfig
+from dwh_assets.stack.dagster import venv_bin, prepare_dagster_home
+from dwh_assets.stack.process import StackError
 
-UTC = dt.timezone.utc
-
-
-def history_window(cfg: StackConfig) -> tuple[dt.datetime, dt.datetime]:
-    start = dt.datetime.combine(cfg.history_start, dt.time(), UTC)
-    end = dt.datetime.combine(dt.datetime.now(UTC).date() + dt.timedelta(days=1), dt.time(), UTC)
-    return start, end
+CODE_LOCATION_MODULE = "dwh_assets.definitions"
 
 
-def refresh(conn: psycopg.Connection, spec: catalog.TableSpec, window: tuple[dt.datetime, dt.datetime]) -> dict:
-    routine = sql.SQL(".").join(sql.Identifier(p) for p in spec.routine.split("."))
-    if spec.kind is catalog.Kind.FACT:
-        query = sql.SQL("SELECT * FROM {}(%s, %s)").format(routine)
-        params: tuple = window
-    else:
-        query = sql.SQL("SELECT * FROM {}()").format(routine)
-        params = ()
-    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-        return cur.execute(query, params).fetchone()
+def asset_path(relation: str) -> str:
+    """``schema.table`` as the CLI's ``--select`` spells an asset key."""
+    return relation.replace(".", "/")
+
+
+def planned_runs(cfg: StackConfig, today: dt.date) -> list[tuple[str, list[str]]]:
+    dims = [s.local_table for s in catalog.CATALOG if s.kind is catalog.Kind.DIMENSION]
+    facts = [s.local_table for s in catalog.CATALOG if s.kind is catalog.Kind.FACT]
+    select = lambda rels: ",".join(asset_path(r) for r in rels)  # noqa: E731
+    return [
+        (f"dimensions, snapshot {today}", ["--select", select(dims), "--partition", today.isoformat()]),
+        (f"facts, {cfg.history_start}...{today} as one run",
+         ["--select", select(facts), "--partition-range", f"{cfg.history_start.isoformat()}...{today.isoformat()}"]),
+        ("marts", ["--select", select(catalog.MARTS)]),
+    ]
+
+
+def _logged_rows(cfg: StackConfig, since: dt.datetime) -> list[tuple]:
+    with psycopg.connect(cfg.dsn(WAREHOUSE_DB, LOADER_ROLE)) as conn:
+        return conn.execute(
+            "SELECT table_name, rows_inserted, rows_updated, rows_deleted, duration_ms FROM dwh.refresh_log "
+            "WHERE finished_at >= %s ORDER BY id",
+            (since,),
+        ).fetchall()
 
 
 def materialize_all(cfg: StackConfig, progress: Callable[[str], None] = print) -> None:
-    window = history_window(cfg)
-    specs = sorted(catalog.CATALOG, key=lambda s: s.kind is catalog.Kind.FACT)
-    with psycopg.connect(cfg.dsn(WAREHOUSE_DB, LOADER_ROLE), autocommit=True) as conn:
-        for spec in specs:
+    prepare_dagster_home(cfg)
+    env = os.environ | cfg.client_env()
+    today = dt.datetime.now(dt.timezone.utc).date()
+    log_path = cfg.log_file("materialize")
+    with open(log_path, "a") as log:
+        for title, args in planned_runs(cfg, today):
+            argv = [venv_bin("dagster"), "asset", "materialize", "-m", CODE_LOCATION_MODULE, *args]
+            progress(f"  dagster asset materialize {' '.join(args)}")
+            since = dt.datetime.now(dt.timezone.utc)
             t0 = time.monotonic()
-            log = refresh(conn, spec, window)
-            progress(
-                f"  {spec.local_table}: +{log['rows_inserted']:,} ~{log['rows_updated']:,} "
-                f"-{log['rows_deleted']:,} rows ({time.monotonic() - t0:.1f}s)"
-            )
-        for mart in catalog.MARTS:
-            log = conn.execute("SELECT rows_inserted FROM dwh.refresh_mart(%s)", (mart.split(".", 1)[1],)).fetchone()
-            progress(f"  {mart}: {log[0]:,} rows")
+            log.write(f"\n=== {title}: {' '.join(argv)}\n")
+            log.flush()
+            done = subprocess.run(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+            if done.returncode != 0:
+                raise StackError(f"materialising {title} failed (exit {done.returncode}); see {log_path}")
+            for table, ins, upd, dele, ms in _logged_rows(cfg, since):
+                progress(f"    {table}: +{ins:,} ~{upd:,} -{dele:,} rows in {ms / 1000:.1f}s")
+            progress(f"    {title}: done in {time.monotonic() - t0:.1f}s")

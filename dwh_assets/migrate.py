@@ -98,6 +98,8 @@ def grant_routines(conn: psycopg.Connection) -> None:
                 )
             )
         conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION dwh.refresh_mart(text) TO {}").format(sql.Identifier(LOADER_ROLE)))
+        # Dagster's checks read the metrics step; settings hold no secrets.
+        conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION dwh.setting(text, text) TO {}").format(sql.Identifier(LOADER_ROLE)))
 
 
 def sync_retention(conn: psycopg.Connection) -> None:

@@ -16,7 +16,7 @@ from dwh_assets.config import REPO_ROOT, StackConfig
 from dwh_assets.stack.process import ManagedProcess
 
 
-def _venv_bin(name: str) -> str:
+def venv_bin(name: str) -> str:
     # The console scripts installed next to the running interpreter (the project's venv).
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else (shutil.which(name) or name)
@@ -41,7 +41,7 @@ class DagsterWebserver(ManagedProcess):
         super().__init__(
             name="dagster-webserver",
             argv=[
-                _venv_bin("dagster-webserver"), "-h", cfg.host, "-p", str(cfg.ports["dagster"]),
+                venv_bin("dagster-webserver"), "-h", cfg.host, "-p", str(cfg.ports["dagster"]),
                 "-w", str(REPO_ROOT / "workspace.yaml"),
             ],
             port=cfg.ports["dagster"],
@@ -63,7 +63,7 @@ class DagsterDaemon(ManagedProcess):
     def __init__(self, cfg: StackConfig):
         super().__init__(
             name="dagster-daemon",
-            argv=[_venv_bin("dagster-daemon"), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
+            argv=[venv_bin("dagster-daemon"), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
             port=None,
             pid_file=cfg.pid_file("dagster-daemon"),
             log_file=cfg.log_file("dagster-daemon"),

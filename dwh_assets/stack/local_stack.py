@@ -13,7 +13,7 @@ from typing import Protocol
 
 from dwh_assets.config import StackConfig
 from dwh_assets.stack.clerk import ClerkEmulator
-from dwh_assets.stack.dagster import DagsterDaemon, DagsterWebserver
+from dwh_assets.stack.dagster import DagsterDaemon, DagsterWebserver, prepare_dagster_home
 from dwh_assets.stack.postgres import Postgres
 from dwh_assets.stack.prometheus import PrometheusServer, UsageExporter
 
@@ -93,6 +93,8 @@ class LocalStack:
             ("source reader for file_fdw", lambda: f"installed in {install_reader(self.cfg)}"),
         ]
         steps.append(("warehouse migrations and pg_cron jobs", lambda: migrate(self.cfg)))
+        # The Dagster instance directory serves the `dagster` CLI even without webserver/daemon.
+        steps.append(("dagster instance (Postgres storage)", lambda: prepare_dagster_home(self.cfg)))
         if dagster:
             steps += [
                 (f"dagster webserver on {self.cfg.dagster_url}", self.webserver.start),

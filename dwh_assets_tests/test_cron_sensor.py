@@ -1,0 +1,193 @@
+"""The pg_cron sensor against real pg_cron runs.
+
+Four throwaway jobs run once each on a one-minute schedule (then paused), as the loader (the role the
+sensor reads history as): one refresh that commits, one that fails, one that pg_cron
+logs ``succeeded`` although its refresh rolled back, and one that hangs. The sensor,
+evaluated like the daemon does, must report exactly: a materialization for the first,
+failed ``pg_cron_job_health`` checks for the other three, an advanced cursor, and
+nothing new on the next tick.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import dagster as dg
+import pytest
+
+from dwh_assets.config import LOADER_ROLE, WAREHOUSE_DB
+from dwh_assets.defs import build_definitions, cron_targets
+from dwh_assets.defs.assets import key_of
+from dwh_assets.defs.checks import PG_CRON_HEALTH
+from dwh_assets.defs.cron_sensor import CronCursor, CronRunJudge, JobTarget, build_cron_sensor
+from dwh_assets.defs.partitions import daily_partitions
+from dwh_assets.defs.resources import WarehouseResource
+
+UTC = dt.timezone.utc
+STUCK_AFTER = dt.timedelta(seconds=20)
+
+JOBS = {
+    # job name: (command, asset it stands for, refresh_log table, partitioning)
+    "dwhtest:ok": ("SELECT dwh.refresh_instances(current_date)", "dwh.instances", "instances", "snapshot"),
+    "dwhtest:fails": ("SELECT dwh.refresh_events(now(), now() - interval '1 day')", "dwh.events", "events", "window"),
+    "dwhtest:rolled_back": (
+        "DO $$ BEGIN PERFORM dwh.refresh_users(current_date); RAISE EXCEPTION 'undo'; "
+        "EXCEPTION WHEN raise_exception THEN NULL; END $$",
+        "dwh.users", "users", "snapshot",
+    ),
+    "dwhtest:stuck": ("SELECT pg_sleep(600)", "dwh.organizations", "organizations", "snapshot"),
+}
+
+
+def _wait(what: str, predicate, timeout: float, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def cron_runs(stack, cfg):
+    """Schedule the four jobs, let each run once, unschedule them; yields (start cursor, runs)."""
+    import psycopg
+
+    with stack.postgres.connect(WAREHOUSE_DB) as su:
+        su.autocommit = True
+        start_runid = su.execute("SELECT coalesce(max(runid), 0) FROM cron.job_run_details").fetchone()[0]
+        jobids = {
+            name: su.execute("SELECT cron.schedule_in_database(%s, '* * * * *', %s, %s, %s)",
+                             (name, command, WAREHOUSE_DB, LOADER_ROLE)).fetchone()[0]
+            for name, (command, *_rest) in JOBS.items()
+        }
+        try:
+            def first_runs():
+                rows = su.execute("SELECT jobid, min(runid) FROM cron.job_run_details WHERE jobid = ANY(%s) "
+                                  "AND runid > %s GROUP BY jobid", (list(jobids.values()), start_runid)).fetchall()
+                return dict(rows) if len(rows) == len(jobids) else None
+
+            runids = _wait("each job's first run", first_runs, timeout=150)
+            # Paused, not unscheduled: the run history keeps its job name only while the job exists.
+            for jobid in jobids.values():
+                su.execute("SELECT cron.alter_job(%s, active := false)", (jobid,))
+
+            def settled():
+                rows = su.execute("SELECT jobid, status, start_time, job_pid FROM cron.job_run_details WHERE runid = ANY(%s)",
+                                  (list(runids.values()),)).fetchall()
+                by_job = {r[0]: r for r in rows}
+                stuck = by_job[jobids["dwhtest:stuck"]]
+                others_done = all(by_job[jobids[n]][1] in ("succeeded", "failed") for n in JOBS if n != "dwhtest:stuck")
+                stuck_long = stuck[1] == "running" and stuck[2] is not None and \
+                    dt.datetime.now(UTC) - stuck[2] > STUCK_AFTER + dt.timedelta(seconds=2)
+                pids = [r[3] for r in rows if r[1] == "succeeded"]
+                alive = su.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone()[0]
+                return others_done and stuck_long and alive == 0
+
+            _wait("the runs to finish (and the stuck one to pass its threshold)", settled, timeout=90)
+            yield CronCursor(runid=start_runid).dump(), {name: runids[jobid] for name, jobid in jobids.items()}
+        finally:
+            su.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(600)%%' "
+                       "AND pid <> pg_backend_pid()")
+            for jobid in jobids.values():
+                try:
+                    su.execute("SELECT cron.unschedule(%s)", (jobid,))
+                except psycopg.Error:
+                    pass  # already unscheduled
+
+
+def _test_sensor(cfg):
+    targets = {name: JobTarget(key_of(asset), table, part) for name, (_c, asset, table, part) in JOBS.items()}
+    return build_cron_sensor(targets, daily_partitions(cfg.history_start), stuck_after=STUCK_AFTER,
+                             schedule_grace=dt.timedelta(minutes=5))
+
+
+def _tick(cfg, sensor, cursor: str | None):
+    warehouse = WarehouseResource(dsn=cfg.dsn(WAREHOUSE_DB, LOADER_ROLE))
+    with dg.DagsterInstance.ephemeral() as instance:
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"warehouse": warehouse})
+        return sensor(context)
+
+
+def test_sensor_reports_each_kind_of_pg_cron_run_exactly_once(cfg, loader, cron_runs):
+    start_cursor, runids = cron_runs
+    sensor = _test_sensor(cfg)
+    result = _tick(cfg, sensor, start_cursor)
+
+    materializations = [e for e in result.asset_events if isinstance(e, dg.AssetMaterialization)]
+    checks = [e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
+    today = dt.datetime.now(UTC).date().isoformat()
+
+    # the committed refresh: one materialization of today's snapshot, with the logged counts
+    assert [(m.asset_key, m.partition) for m in materializations] == [(key_of("dwh.instances"), today)]
+    meta = materializations[0].metadata
+    assert meta["pg_cron_runid"].value == runids["dwhtest:ok"]
+    log = loader.execute("SELECT rows_inserted, rows_updated, rows_deleted, backend_pid FROM dwh.refresh_log WHERE id = %s",
+                         (meta["refresh_log_id"].value,)).fetchone()
+    assert (meta["rows_inserted"].value, meta["rows_updated"].value, meta["rows_deleted"].value) == log[:3]
+    pid = loader.execute("SELECT job_pid FROM cron.job_run_details WHERE runid = %s", (runids["dwhtest:ok"],)).fetchone()[0]
+    assert log[3] == pid
+
+    failed = {c.asset_key: c for c in checks if not c.passed}
+    passed = {c.asset_key for c in checks if c.passed}
+    assert all(c.check_name == PG_CRON_HEALTH for c in checks)
+    assert passed == {key_of("dwh.instances")}
+    assert set(failed) == {key_of("dwh.events"), key_of("dwh.users"), key_of("dwh.organizations")}
+    assert "empty or reversed" in failed[key_of("dwh.events")].metadata["reason"].value
+    assert "committed no refresh" in failed[key_of("dwh.users")].metadata["reason"].value
+    assert "still running" in failed[key_of("dwh.organizations")].metadata["reason"].value
+    for name, key in (("dwhtest:fails", "dwh.events"), ("dwhtest:rolled_back", "dwh.users"), ("dwhtest:stuck", "dwh.organizations")):
+        assert failed[key_of(key)].metadata["runid"].value == runids[name]
+
+    cursor = CronCursor.parse(result.cursor)
+    assert cursor.runid >= max(runids.values())
+    assert cursor.open_runs == [runids["dwhtest:stuck"]]
+
+    again = _tick(cfg, sensor, result.cursor)
+    assert again.asset_events == []
+    assert CronCursor.parse(again.cursor).runid >= cursor.runid
+
+
+def test_sensor_reports_the_stuck_run_when_it_finally_ends(cfg, superuser, cron_runs):
+    start_cursor, runids = cron_runs
+    sensor = _test_sensor(cfg)
+    first = _tick(cfg, sensor, start_cursor)
+    superuser.execute("SELECT pg_terminate_backend(job_pid) FROM cron.job_run_details WHERE runid = %s",
+                      (runids["dwhtest:stuck"],))
+    _wait("pg_cron to record the end of the stuck run",
+          lambda: superuser.execute("SELECT status FROM cron.job_run_details WHERE runid = %s",
+                                    (runids["dwhtest:stuck"],)).fetchone()[0] not in ("running", "starting"), timeout=30)
+    later = _tick(cfg, sensor, first.cursor)
+    assert [(e.asset_key, e.passed) for e in later.asset_events] == [(key_of("dwh.organizations"), False)]
+    assert CronCursor.parse(later.cursor).open_runs == []
+
+
+def test_missed_schedule_is_reported_once_per_tick():
+    judge = CronRunJudge({"dwh:refresh_users": JobTarget(key_of("dwh.users"), "users", "snapshot")}, set(),
+                         stuck_after=dt.timedelta(hours=1), commit_grace=dt.timedelta(seconds=60),
+                         schedule_grace=dt.timedelta(minutes=2))
+    now = dt.datetime(2026, 11, 24, 12, 10, 30, tzinfo=UTC)
+    job = {"jobname": "dwh:refresh_users", "schedule": "*/15 * * * *", "active": True}
+    cursor = CronCursor(last_start={"dwh:refresh_users": "2026-11-24T11:45:01+00:00"})
+    events = judge.missed([job], cursor, now, open_jobs=set())
+    assert len(events) == 1 and not events[0].passed
+    assert "12:00" in events[0].metadata["reason"].value
+    assert judge.missed([job], cursor, now, open_jobs=set()) == []  # same tick: once
+    on_time = CronCursor(last_start={"dwh:refresh_users": "2026-11-24T12:00:00.8+00:00"})
+    assert judge.missed([job], on_time, now, open_jobs=set()) == []
+    assert judge.missed([job | {"active": False}], CronCursor(last_start=cursor.last_start), now, set()) == []
+
+
+def test_code_location_maps_every_pg_cron_job_to_its_asset(cfg, superuser):
+    defs = build_definitions(cfg.history_start)
+    jobs = {r[0] for r in superuser.execute(
+        "SELECT jobname FROM cron.job WHERE username = %s AND jobname LIKE 'dwh:%%'", (LOADER_ROLE,)).fetchall()}
+    targets = cron_targets()
+    assert jobs == set(targets)
+    graph = defs.resolve_asset_graph()
+    for target in targets.values():
+        assert graph.has(target.asset_key)
+    sensor = defs.get_sensor_def("pg_cron_runs")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING

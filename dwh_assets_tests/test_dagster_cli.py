@@ -1,0 +1,204 @@
+"""The Dagster code location against the real stack: graph, CLI materialisations, bad input.
+
+Runs go through the real ``dagster`` CLI in a subprocess, with the stack's instance
+(``DAGSTER_HOME``: runs and events in the cluster's ``dagster`` database); assertions
+read the warehouse and Dagster's Postgres storage, never the CLI's output alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+
+import dagster as dg
+import pytest
+
+from dwh_assets import catalog
+from dwh_assets.config import REPO_ROOT
+from dwh_assets.defs import build_definitions
+from dwh_assets.defs.assets import key_of
+from dwh_assets.stack.dagster import venv_bin
+from dwh_assets_tests.warehouse_helpers import connect_control_plane, fact_checksum, table_checksum
+
+UTC = dt.timezone.utc
+MODULE = "dwh_assets.definitions"
+
+
+def dagster_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([venv_bin("dagster"), *args], cwd=REPO_ROOT, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def materialize(*args: str) -> subprocess.CompletedProcess:
+    return dagster_cli("asset", "materialize", "-m", MODULE, *args)
+
+
+@pytest.fixture(scope="module")
+def defs(cfg) -> dg.Definitions:
+    return build_definitions(cfg.history_start)
+
+
+@pytest.fixture()
+def instance(cfg):
+    with dg.DagsterInstance.get() as inst:
+        yield inst
+
+
+def test_definitions_validate_from_the_shell(cfg):
+    done = dagster_cli("definitions", "validate", "-m", MODULE, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Validation successful" in done.stdout + done.stderr
+
+
+def test_asset_graph_runs_from_every_source_table_through_its_copy_to_the_marts(defs):
+    graph = defs.resolve_asset_graph()
+    for spec in catalog.CATALOG:
+        copy = key_of(spec.local_table)
+        assert graph.get(copy).parent_keys == {key_of(s) for s in spec.sources}, spec.name
+        for source in spec.sources:
+            node = graph.get(key_of(source))
+            assert not node.is_materializable, f"{source} should be an external asset"
+            assert node.group_name == source.split(".")[0].removeprefix("src_")  # the system it lives in
+    for mart, reads in catalog.MARTS.items():
+        assert graph.get(key_of(mart)).parent_keys == {key_of(r) for r in reads}
+    # every copy reaches at least one mart or is a documented leaf
+    feeding = {r for reads in catalog.MARTS.values() for r in reads}
+    assert feeding <= {s.local_table for s in catalog.CATALOG}
+
+
+def test_copies_are_partitioned_daily_with_single_run_backfills(defs, cfg):
+    graph = defs.resolve_asset_graph()
+    for spec in catalog.CATALOG:
+        node = graph.get(key_of(spec.local_table))
+        keys = node.partitions_def.get_partition_keys()
+        assert keys[0] == cfg.history_start.isoformat()
+        assert keys[-1] == dt.datetime.now(UTC).date().isoformat()
+        assert node.backfill_policy == dg.BackfillPolicy.single_run()
+        assert node.freshness_policy is not None
+
+
+def _events_window_delete(superuser, first: dt.date, last: dt.date) -> None:
+    superuser.execute("DELETE FROM dwh.events WHERE enqueued_at >= %s AND enqueued_at < %s",
+                      (dt.datetime.combine(first, dt.time(), UTC), dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), UTC)))
+
+
+def _window(first: dt.date, last: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    return dt.datetime.combine(first, dt.time(), UTC), dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), UTC)
+
+
+def _materialized_runs(instance, key: dg.AssetKey, partitions: list[str]) -> dict[str, set[str]]:
+    runs: dict[str, set[str]] = {p: set() for p in partitions}
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=partitions), limit=1000
+    ).records
+    for rec in records:
+        runs[rec.partition_key].add(rec.run_id)
+    return runs
+
+
+def test_one_partition_then_a_seven_day_range_in_one_run(cfg, superuser, loader, instance):
+    today = dt.datetime.now(UTC).date()
+    day = today - dt.timedelta(days=20)
+    key = key_of("dwh.events")
+    with connect_control_plane(cfg) as cp:
+        # one partition: the local rows of that day are gone, the CLI brings them back
+        _events_window_delete(superuser, day, day)
+        assert fact_checksum(loader, "events", *_window(day, day), source=False)[0] == 0
+        done = materialize("--select", "dwh/events", "--partition", day.isoformat())
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert fact_checksum(loader, "events", *_window(day, day), source=False) == \
+            fact_checksum(cp, "events", *_window(day, day), source=True)
+        assert _materialized_runs(instance, key, [day.isoformat()])[day.isoformat()]
+
+        # a 7-day range: one run, one refresh window, a materialization per partition
+        first, last = today - dt.timedelta(days=14), today - dt.timedelta(days=8)
+        partitions = [(first + dt.timedelta(days=i)).isoformat() for i in range(7)]
+        _events_window_delete(superuser, first, last)
+        before = _materialized_runs(instance, key, partitions)
+        log_before = loader.execute("SELECT max(id) FROM dwh.refresh_log").fetchone()[0]
+        done = materialize("--select", "dwh/events", "--partition-range", f"{first}...{last}")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert fact_checksum(loader, "events", *_window(first, last), source=False) == \
+            fact_checksum(cp, "events", *_window(first, last), source=True)
+        logged = loader.execute(
+            "SELECT window_start, window_end FROM dwh.refresh_log WHERE id > %s AND table_name = 'events'", (log_before,)
+        ).fetchall()
+        assert logged == [_window(first, last)], "a range run must refresh the whole range as one window"
+        after = _materialized_runs(instance, key, partitions)
+        new_runs = {run for p in partitions for run in after[p] - before[p]}
+        assert len(new_runs) == 1, f"expected one run for the range, got {new_runs}"
+        assert all(after[p] - before[p] for p in partitions), "every partition of the range needs a materialization"
+
+
+def test_materialization_metadata_comes_from_the_refresh_log(loader, instance):
+    today = dt.datetime.now(UTC).date().isoformat()
+    done = materialize("--select", "dwh/instances", "--partition", today)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = instance.fetch_materializations(key_of("dwh.instances"), limit=1).records[0]
+    meta = record.asset_materialization.metadata
+    log = loader.execute("SELECT * FROM dwh.refresh_log WHERE id = %s", (meta["refresh_log_id"].value,)).fetchone()
+    assert log is not None
+    assert log[1] == "instances"
+    assert meta["rows_inserted"].value == log[5] and meta["rows_updated"].value == log[6] and meta["rows_deleted"].value == log[7]
+    assert meta["snapshot_day"].value == today
+
+
+def _nothing_changed(loader):
+    return loader.execute("SELECT count(*), max(id) FROM dwh.refresh_log").fetchone(), table_checksum(loader, "dwh.events")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--select", "dwh/no_such_table", "--partition", "2026-01-01"), "no_such_table"),
+        (("--select", "dwh/events", "--partition", "2026-13-45"), "2026-13-45"),
+        (("--select", "dwh/events", "--partition-range", "{d2}...{d1}x"), "{d1}x"),
+        (("--select", "dwh/events", "--partition", "1999-01-01"), "1999-01-01"),
+        (("--select", "dwh/events", "--partition-range", "{d5}...{d1}"), "is reversed"),
+    ],
+    ids=["unknown-asset", "malformed-day", "malformed-range", "outside-partitions", "reversed-range"],
+)
+def test_bad_selection_or_partition_is_a_clear_error_and_changes_nothing(loader, args, expected):
+    today = dt.datetime.now(UTC).date()
+    days = {f"d{n}": (today - dt.timedelta(days=10 - n)).isoformat() for n in range(1, 6)}
+    args = tuple(a.format(**days) for a in args)
+    expected = expected.format(**days)
+    before = _nothing_changed(loader)
+    done = materialize(*args)
+    assert done.returncode != 0
+    assert expected in done.stdout + done.stderr
+    assert _nothing_changed(loader) == before
+
+
+def test_a_past_dimension_partition_is_refused_with_a_reason(loader):
+    past = (dt.datetime.now(UTC).date() - dt.timedelta(days=3)).isoformat()
+    before = loader.execute("SELECT count(*) FROM dwh.refresh_log WHERE table_name = 'users'").fetchone()
+    done = materialize("--select", "dwh/users", "--partition", past)
+    assert done.returncode != 0
+    assert "current-state source" in done.stdout + done.stderr
+    assert loader.execute("SELECT count(*) FROM dwh.refresh_log WHERE table_name = 'users'").fetchone() == before
+
+
+def test_dwh_up_materialises_every_asset_through_dagster(cfg, loader, instance):
+    """What `dwh up` does after starting the stack: three CLI runs, every asset materialised."""
+    from dwh_assets.materialize import materialize_all
+
+    lines: list[str] = []
+    since = loader.execute("SELECT coalesce(max(id), 0) FROM dwh.refresh_log").fetchone()[0]
+    materialize_all(cfg, progress=lines.append)
+    logged = {r[0] for r in loader.execute("SELECT table_name FROM dwh.refresh_log WHERE id > %s", (since,))}
+    assert logged == {s.name for s in catalog.CATALOG} | set(catalog.MARTS)
+    today = dt.datetime.now(UTC).date().isoformat()
+    for spec in catalog.CATALOG:
+        materialized = instance.get_materialized_partitions(key_of(spec.local_table))
+        assert today in materialized, spec.name
+        if spec.kind is catalog.Kind.FACT:
+            assert cfg.history_start.isoformat() in materialized, spec.name
+    for mart in catalog.MARTS:
+        assert instance.get_latest_materialization_event(key_of(mart)) is not None
+    facts_window = loader.execute(
+        "SELECT DISTINCT window_start::date, window_end::date FROM dwh.refresh_log WHERE id > %s AND window_start IS NOT NULL",
+        (since,)).fetchall()
+    assert facts_window == [(cfg.history_start, dt.datetime.now(UTC).date() + dt.timedelta(days=1))]
+    assert any("as one run: done" in line for line in lines)
