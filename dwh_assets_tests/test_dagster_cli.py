@@ -202,3 +202,26 @@ def test_dwh_up_materialises_every_asset_through_dagster(cfg, loader, instance):
         (since,)).fetchall()
     assert facts_window == [(cfg.history_start, dt.datetime.now(UTC).date() + dt.timedelta(days=1))]
     assert any("as one run: done" in line for line in lines)
+
+
+def test_nightly_schedule_refreshes_the_last_days_of_facts_in_one_run_then_the_marts(cfg, defs, loader, instance):
+    today = dt.datetime.now(UTC).date()
+    tick = dt.datetime.combine(today, dt.time(2, 30), UTC)
+    schedule = defs.get_schedule_def("nightly_late_data_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context:
+        request = schedule.evaluate_tick(context).run_requests[0]
+    first = today - dt.timedelta(days=3)
+    assert (request.partition_key_range.start, request.partition_key_range.end) == (first.isoformat(), today.isoformat())
+
+    since = loader.execute("SELECT coalesce(max(id), 0) FROM dwh.refresh_log").fetchone()[0]
+    result = defs.resolve_job_def("nightly_late_data").execute_in_process(instance=instance, tags=request.tags)
+    assert result.success
+    logged = loader.execute("SELECT table_name, window_start, window_end FROM dwh.refresh_log WHERE id > %s ORDER BY id",
+                            (since,)).fetchall()
+    facts = [s.name for s in catalog.CATALOG if s.kind is catalog.Kind.FACT]
+    window = _window(first, today)
+    assert sorted(r for r in logged if r[1] is not None) == sorted((f, *window) for f in facts)
+    assert {r[0] for r in logged if r[1] is None} == set(catalog.MARTS)
+    last_fact = max(i for i, r in enumerate(logged) if r[1] is not None)
+    assert all(i > last_fact for i, r in enumerate(logged) if r[1] is None), "marts must run after the facts"

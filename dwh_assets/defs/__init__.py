@@ -35,7 +35,7 @@ def cron_targets() -> dict[str, JobTarget]:
 
 def build_definitions(history_start: dt.date) -> dg.Definitions:
     partitions = daily_partitions(history_start)
-    job = nightly_job(partitions)
+    job = nightly_job()
     return dg.Definitions(
         assets=[*source_specs(), *copy_assets(partitions), *mart_assets()],
         asset_checks=all_checks(history_start),

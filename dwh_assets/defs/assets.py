@@ -10,7 +10,6 @@ Metadata of a materialization comes from the routine's ``dwh.refresh_log`` row.
 
 
 import datetime as dt
-import os
 from typing import Any
 
 import dagster as dg
@@ -18,6 +17,8 @@ import dagster as dg
 from dwh_assets import catalog
 from dwh_assets.defs.partitions import today_utc, window_of_days
 from dwh_assets.defs.resources import WarehouseResource
+from dwh_assets.migrate import source_backends
+from dwh_assets.sources import foreign_tables
 
 MARTS_GROUP = "marts"
 
@@ -27,22 +28,22 @@ def key_of(relation: str) -> dg.AssetKey:
     return dg.AssetKey(relation.split(".", 1))
 
 
-def _source_backend(system: catalog.SourceSystem) -> tuple[str, str]:
-    """(FDW, foreign server) serving a source system's foreign tables."""
+def _source_backend(system: catalog.SourceSystem, backends: dict[str, str]) -> tuple[str, str]:
+    """(FDW, foreign server) serving a source system's foreign tables, as `dwh migrate` built them."""
     if system is catalog.SourceSystem.CONTROL_PLANE:
         return "postgres_fdw", "control_plane"
-    backend = os.environ.get(f"DWH_{system.value.upper()}_BACKEND", "reader")
-    if backend == "tembo":
-        return f"{system.value}_fdw", f"{system.value}_server"
+    if backends[system.value] == "tembo":
+        return f"{system.value}_fdw", foreign_tables.TEMBO_SERVERS[system.value]
     return "file_fdw (dwh source reader)", "dwh_reader"
 
 
 def source_specs() -> list[dg.AssetSpec]:
+    backends = source_backends()
     specs: dict[str, dg.AssetSpec] = {}
     for spec in catalog.CATALOG:
         for relation in spec.sources:
             system = catalog.SourceSystem(relation.split(".", 1)[0].removeprefix("src_"))
-            fdw, server = _source_backend(system)
+            fdw, server = _source_backend(system, backends)
             specs[relation] = dg.AssetSpec(
                 key=key_of(relation),
                 description=f"Foreign table {relation} ({system.value} source).",

@@ -1,0 +1,251 @@
+"""Dagster's webserver as the stack runs it: GraphQL answers and the global asset lineage page.
+
+The webserver is the one the session ``stack`` started (its own Postgres instance storage).
+GraphQL is compared with ``build_definitions``, the same function the code location loads;
+headless Chromium renders the lineage page the way a user's browser would, and leaves its
+screenshot in ``test-artifacts/asset-lineage.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import urllib.parse
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from PIL import Image
+
+from dwh_assets.config import REPO_ROOT
+from dwh_assets.defs import build_definitions
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+SCREENSHOT = ARTIFACTS / "asset-lineage.png"
+# Dagster 1.13's "Global asset lineage" page (the UI's own links to it use this path).
+LINEAGE_PATH = "/asset-groups"
+WINDOW = (1600, 1000)
+# Virtual time runs ahead while the page is idle and stops while requests are in flight, so
+# the budget covers the GraphQL fetches and the graph layout without a fixed sleep.
+VIRTUAL_TIME_BUDGET_MS = 15_000
+CHROMIUM_TIMEOUT_S = 120
+
+ASSET_NODES_QUERY = """
+query AssetGraph {
+  assetNodes {
+    assetKey { path }
+    dependencyKeys { path }
+    groupName
+    kinds
+    isMaterializable
+  }
+}
+"""
+
+INSTIGATORS_QUERY = """
+query Instigators($sensor: SensorSelector!, $schedule: ScheduleSelector!) {
+  sensorOrError(sensorSelector: $sensor) {
+    __typename
+    ... on Sensor { name sensorState { status } }
+    ... on Error { message }
+  }
+  scheduleOrError(scheduleSelector: $schedule) {
+    __typename
+    ... on Schedule { name scheduleState { status } }
+    ... on Error { message }
+  }
+}
+"""
+
+
+def graphql(url: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(f"{url}/graphql", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        answer = json.load(resp)
+    assert "errors" not in answer, f"GraphQL errors from {url}: {answer['errors']}"
+    return answer["data"]
+
+
+def location_name() -> str:
+    """The code location's name, as workspace.yaml declares it."""
+    workspace = yaml.safe_load((REPO_ROOT / "workspace.yaml").read_text())
+    return workspace["load_from"][0]["python_module"]["location_name"]
+
+
+@pytest.fixture(scope="module")
+def defs(cfg):
+    return build_definitions(cfg.history_start)
+
+
+def expected_graph(defs) -> dict[tuple[str, ...], dict[str, Any]]:
+    graph = defs.resolve_asset_graph()
+    nodes = {}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        nodes[tuple(key.path)] = {
+            "deps": sorted(tuple(parent.path) for parent in node.parent_keys),
+            "group": node.group_name,
+            "kinds": sorted(node.kinds),
+            "materializable": node.is_materializable,
+        }
+    return nodes
+
+
+def served_graph(data: dict[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
+    return {
+        tuple(node["assetKey"]["path"]): {
+            "deps": sorted(tuple(dep["path"]) for dep in node["dependencyKeys"]),
+            "group": node["groupName"],
+            "kinds": sorted(node["kinds"]),
+            "materializable": node["isMaterializable"],
+        }
+        for node in data["assetNodes"]
+    }
+
+
+def test_webserver_serves_the_asset_graph_of_the_definitions(cfg, defs):
+    served = served_graph(graphql(cfg.dagster_url, ASSET_NODES_QUERY))
+    expected = expected_graph(defs)
+    assert served.keys() == expected.keys()
+    for key, node in expected.items():
+        assert served[key] == node, f"asset {'/'.join(key)} differs between the webserver and build_definitions"
+    # the lineage runs source -> copy -> mart, so the served graph has all three layers as edges
+    layers = {(dep[0].split("_")[0], key[0]) for key, node in served.items() for dep in node["deps"]}
+    assert {("src", "dwh"), ("dwh", "mart")} <= layers
+
+
+def test_cron_sensor_and_nightly_schedule_are_running_in_the_stack_instance(cfg):
+    repo = {"repositoryLocationName": location_name(), "repositoryName": "__repository__"}
+    data = graphql(cfg.dagster_url, INSTIGATORS_QUERY, {
+        "sensor": {**repo, "sensorName": "pg_cron_runs"},
+        "schedule": {**repo, "scheduleName": "nightly_late_data_schedule"},
+    })
+    sensor, schedule = data["sensorOrError"], data["scheduleOrError"]
+    assert sensor["__typename"] == "Sensor", sensor
+    assert sensor["sensorState"]["status"] == "RUNNING"
+    assert schedule["__typename"] == "Schedule", schedule
+    assert schedule["scheduleState"]["status"] == "RUNNING"
+
+
+# ----- the global asset lineage page, rendered by headless Chromium -----
+
+
+def lineage_url(base_url: str, groups: list[str]) -> str:
+    """The lineage page with every group expanded in the graph and opened in the sidebar tree.
+
+    Group ids are the UI's own (``global@global:<group>`` while code-location grouping is off);
+    the open sidebar lists every asset by name, whatever part of the graph fits the window.
+    """
+    ids = [f"global@global:{group}" for group in sorted(groups)]
+    query = urllib.parse.urlencode([("expanded", ",".join(ids)), *(("open-nodes", i) for i in ids)])
+    return f"{base_url}{LINEAGE_PATH}?{query}"
+
+
+def run_chromium(url: str, profile: Path, *mode: str) -> subprocess.CompletedProcess:
+    """One headless Chromium call; the whole process group dies if it outlives the timeout."""
+    argv = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--no-first-run", f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}", *mode, url,
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=CHROMIUM_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"chromium did not finish rendering {url} within {CHROMIUM_TIMEOUT_S} s")
+    finally:
+        try:  # renderer or zygote processes left behind by this call
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, f"chromium failed on {url}: {err[-2000:]}"
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+class _TextCollector(HTMLParser):
+    """Visible text nodes of a DOM dump (not scripts or styles)."""
+
+    def __init__(self):
+        super().__init__()
+        self.texts: set[str] = set()
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style"):
+            self._skip += 1
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style") and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data):
+        if not self._skip and data.strip():
+            self.texts.add(data.strip())
+
+
+def dom_texts(html: str) -> set[str]:
+    collector = _TextCollector()
+    collector.feed(html)
+    return collector.texts
+
+
+def inked_tile_share(image: Image.Image, box: tuple[int, int, int, int], tile: int = 40) -> float:
+    """Share of ``tile``-pixel squares inside ``box`` holding dark pixels (text, borders, edges)."""
+    region = image.crop(box).convert("L")
+    tiles = inked = 0
+    for x in range(0, region.width - tile + 1, tile):
+        for y in range(0, region.height - tile + 1, tile):
+            tiles += 1
+            inked += sum(region.crop((x, y, x + tile, y + tile)).histogram()[:160]) >= 20
+    return inked / tiles
+
+
+@pytest.fixture(scope="module")
+def lineage(cfg, defs, tmp_path_factory) -> tuple[Path, str]:
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: run `bash .ci/setup` (it installs Debian's chromium)"
+    groups = sorted({node["group"] for node in expected_graph(defs).values()})
+    url = lineage_url(cfg.dagster_url, groups)
+    ARTIFACTS.mkdir(exist_ok=True)
+    SCREENSHOT.unlink(missing_ok=True)  # never judge a previous run's picture
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    try:
+        run_chromium(url, profile, f"--screenshot={SCREENSHOT}")
+        dom = run_chromium(url, profile, "--dump-dom").stdout
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    return SCREENSHOT, dom
+
+
+def test_lineage_page_screenshot_is_a_rendered_graph(lineage):
+    screenshot, _ = lineage
+    assert screenshot.exists(), "chromium wrote no screenshot"
+    with Image.open(screenshot) as png:
+        image = png.convert("RGB")
+    assert image.size == WINDOW
+    assert len(image.getcolors(maxcolors=WINDOW[0] * WINDOW[1])) > 256, "the screenshot is (nearly) blank"
+    # The graph canvas (right of the navigation and the asset tree, under the toolbar): asset
+    # nodes fill it with text; a loading spinner inks a few tiles in the middle, a blank page none.
+    share = inked_tile_share(image, (560, 120, WINDOW[0] - 40, WINDOW[1]))
+    assert share >= 0.10, f"the graph canvas is mostly empty ({share:.0%} of it drawn): a spinner or an error?"
+
+
+def test_lineage_page_dom_names_every_asset_and_group(lineage, defs):
+    _, dom = lineage
+    texts = dom_texts(dom)
+    assert "Global asset lineage" in texts, "chromium did not land on the global asset lineage page"
+    nodes = expected_graph(defs)
+    missing = {key[-1] for key in nodes} - texts
+    assert not missing, f"asset names missing from the rendered lineage page: {sorted(missing)}"
+    assert {node["group"] for node in nodes.values()} <= texts
+    assert {"org_daily_usage", "users"} <= texts
