@@ -3,7 +3,8 @@
 1. bootstrap (cluster superuser): extensions and the grants that let the owner migrate;
 2. versioned migrations (``sql/migrations``, yoyo-migrations, as ``dwh_owner``), tracked
    in the database; repeatable routines (``sql/routines``) re-applied every time;
-3. settings, source servers and foreign tables for the configured backends;
+3. settings, source servers and foreign tables for the configured backends
+   (``DWH_CLERK_BACKEND`` / ``DWH_PROMETHEUS_BACKEND``: ``reader``, the default, or ``tembo``);
 4. grants, pg_partman retention and pg_cron jobs derived from the catalog.
 
 A second run changes nothing: yoyo skips applied migrations, routines are
@@ -25,18 +26,50 @@ from dwh_assets.sources import foreign_tables
 from dwh_assets.sources.generator import METRIC_NAMES
 from dwh_assets.stack import secrets
 from dwh_assets.stack.postgres import Postgres
+from dwh_assets.stack.process import StackError
 from dwh_assets.stack.reader_install import reader_program
 
 METRICS_STEP_SECONDS = int(os.environ.get("DWH_METRICS_STEP", "3600"))
+BACKEND_VARIABLES = {"clerk": "DWH_CLERK_BACKEND", "prometheus": "DWH_PROMETHEUS_BACKEND"}
 
 
 def _owner_connect(cfg: StackConfig) -> psycopg.Connection:
     return psycopg.connect(cfg.dsn(WAREHOUSE_DB, OWNER_ROLE))
 
 
-def bootstrap(cfg: StackConfig) -> None:
+def source_backends() -> dict[str, str]:
+    """The backend of each configurable source, from its environment variable (default reader)."""
+    backends = {}
+    for source, variable in BACKEND_VARIABLES.items():
+        value = os.environ.get(variable) or "reader"
+        if value not in foreign_tables.BACKENDS:
+            raise StackError(
+                f"{variable}={value!r} is not a source backend: set it to one of "
+                f"{', '.join(foreign_tables.BACKENDS)} (or unset it for reader)."
+            )
+        backends[source] = value
+    return backends
+
+
+def source_ddl(cfg: StackConfig, backends: dict[str, str]) -> foreign_tables.SourceDDL:
+    """The source layer: control plane, then reader tables, then tembo tables, per ``backends``."""
+    ddl = foreign_tables.control_plane_ddl(cfg, secrets.passwords(cfg))
+    readers = tuple(source for source in foreign_tables.SOURCES if backends[source] == "reader")
+    ddl += foreign_tables.reader_ddl(cfg, METRICS_STEP_SECONDS, readers)
+    if backends["clerk"] == "tembo":
+        ddl += foreign_tables.tembo_clerk_ddl(secrets.clerk_secret_key(cfg))
+    if backends["prometheus"] == "tembo":
+        ddl += foreign_tables.tembo_prometheus_ddl(cfg, METRICS_STEP_SECONDS)
+    return ddl
+
+
+def bootstrap(cfg: StackConfig, backends: dict[str, str]) -> None:
+    superuser = source_ddl(cfg, backends).superuser
     with Postgres(cfg).connect(WAREHOUSE_DB) as conn:
         conn.execute((SQL_DIR / "bootstrap.sql").read_text())
+        # Extensions and wrappers of tembo sources (nothing for the reader backend).
+        for statement in superuser:
+            conn.execute(statement)
 
 
 def apply_migrations(cfg: StackConfig) -> int:
@@ -56,10 +89,23 @@ def apply_migrations(cfg: StackConfig) -> int:
     return len(pending)
 
 
-def _settings(cfg: StackConfig) -> dict[str, str]:
+def max_drop_fraction() -> str:
+    """How much of a dimension one refresh may delete (``DWH_MAX_DROP_FRACTION``, default 0.5)."""
+    raw = os.environ.get("DWH_MAX_DROP_FRACTION") or "0.5"
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise StackError(f"DWH_MAX_DROP_FRACTION={raw!r} must be a fraction between 0 and 1 (default 0.5).")
+    return raw
+
+
+def _settings(cfg: StackConfig, backends: dict[str, str]) -> dict[str, str]:
     return {
-        "backend.prometheus": os.environ.get("DWH_PROMETHEUS_BACKEND", "reader"),
-        "backend.clerk": os.environ.get("DWH_CLERK_BACKEND", "reader"),
+        "refresh.max_drop_fraction": max_drop_fraction(),
+        "backend.prometheus": backends["prometheus"],
+        "backend.clerk": backends["clerk"],
         "reader.command": reader_program(cfg),
         "metrics.step_seconds": str(METRICS_STEP_SECONDS),
         "metrics.names": ",".join(METRIC_NAMES),
@@ -67,14 +113,13 @@ def _settings(cfg: StackConfig) -> dict[str, str]:
     }
 
 
-def sync_sources(conn: psycopg.Connection, cfg: StackConfig) -> bool:
+def sync_sources(conn: psycopg.Connection, cfg: StackConfig, backends: dict[str, str] | None = None) -> bool:
     """Write settings and (re)build the source layer when its definition changed."""
-    passwords = secrets.passwords(cfg)
-    ddl = foreign_tables.control_plane_ddl(cfg, passwords).statements
-    ddl += foreign_tables.reader_ddl(cfg, METRICS_STEP_SECONDS).statements
+    backends = backends or source_backends()
+    ddl = source_ddl(cfg, backends).statements
     rendered = [s.as_string(conn) for s in ddl]
     fingerprint = hashlib.sha256("\n".join(rendered).encode()).hexdigest()
-    settings = _settings(cfg) | {"sources.fingerprint": fingerprint}
+    settings = _settings(cfg, backends) | {"sources.fingerprint": fingerprint}
     current = dict(conn.execute("SELECT key, value FROM dwh.settings").fetchall())
     if current == settings:
         return False
@@ -83,6 +128,11 @@ def sync_sources(conn: psycopg.Connection, cfg: StackConfig) -> bool:
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO dwh.settings (key, value) VALUES (%s, %s)", list(settings.items()))
         if current.get("sources.fingerprint") != fingerprint:
+            # A source switched back to the reader would keep its tembo tables otherwise
+            # (kept out of the fingerprint, so the default reader layer hashes as before).
+            for source, server in foreign_tables.TEMBO_SERVERS.items():
+                if backends[source] != "tembo":
+                    conn.execute(sql.SQL("DROP SERVER IF EXISTS {} CASCADE").format(sql.Identifier(server)))
             for statement in ddl:
                 conn.execute(statement)
     return True
@@ -114,11 +164,12 @@ def sync_retention(conn: psycopg.Connection) -> None:
 
 
 def migrate(cfg: StackConfig) -> str:
-    bootstrap(cfg)
+    backends = source_backends()  # a misspelt backend fails before anything is touched
+    bootstrap(cfg, backends)
     applied = apply_migrations(cfg)
     with _owner_connect(cfg) as conn:
         conn.autocommit = True
-        rebuilt = sync_sources(conn, cfg)
+        rebuilt = sync_sources(conn, cfg, backends)
         grant_routines(conn)
         sync_retention(conn)
     jobs = cron_jobs.sync(cfg)

@@ -1,8 +1,13 @@
-"""Marts against an independent computation with pandas over the same local rows.
+"""Marts against an independent computation with pandas over the same local rows, and
+readers never blocked by a refresh.
 
 The refresh and the reads share one REPEATABLE READ transaction, so pandas sees exactly
 the rows the mart was built from, and ``now()`` (which bounds running instances) is the
 same instant. The refresh runs from a client in another time zone: mart days are UTC days.
+
+dwh.refresh_mart refreshes a populated mart CONCURRENTLY: a refresh left open in one
+transaction holds an EXCLUSIVE lock, and a reader with a lock_timeout still reads the last
+committed build (a plain refresh, the control, makes that reader fail).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import pandas as pd
 import psycopg
 import pytest
 
-from dwh_assets.config import LOADER_ROLE, WAREHOUSE_DB, StackConfig
+from dwh_assets.config import LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB, StackConfig
 from dwh_assets_tests.warehouse_helpers import utc_midnight
 
 pytestmark = pytest.mark.integration
@@ -122,3 +127,79 @@ def test_daily_signups_matches_pandas(snapshot):
 def test_refresh_mart_rejects_unknown_marts(loader):
     with pytest.raises(psycopg.errors.RaiseException, match="no mart named 'users'"):
         loader.execute("SELECT dwh.refresh_mart('users')")
+
+
+# ----- refreshes never block readers ----------------------------------------------------------
+
+PROBE_USER = "user_mart_concurrency_probe"
+
+
+def open_transaction(cfg: StackConfig) -> psycopg.Connection:
+    """An owner session that is not autocommit: what it does stays uncommitted until it ends."""
+    return psycopg.connect(cfg.dsn(WAREHOUSE_DB, OWNER_ROLE))
+
+
+def total_users(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT max(total_users) FROM mart.daily_signups").fetchone()[0]
+
+
+def test_readers_read_a_mart_while_it_refreshes(cfg, local_copies, loader, reader_role):
+    loader.execute("SELECT dwh.refresh_mart('daily_signups')")  # built: later refreshes are concurrent
+    before = total_users(reader_role)
+    with open_transaction(cfg) as refresher:
+        refresher.execute("INSERT INTO dwh.users (user_id, created_at, updated_at) VALUES (%s, now(), now())", (PROBE_USER,))
+        refresher.execute("SELECT dwh.refresh_mart('daily_signups')")
+        assert total_users(refresher) == before + 1, "the refresh saw the new user"
+        held = reader_role.execute(
+            "SELECT mode FROM pg_locks WHERE pid = %s AND relation = 'mart.daily_signups'::regclass AND granted",
+            (refresher.info.backend_pid,),
+        ).fetchall()
+        assert ("ExclusiveLock",) in held and ("AccessExclusiveLock",) not in held
+        # A blocked reader would wait for the refresher's transaction: fail instead of hanging.
+        reader_role.execute("SET lock_timeout = '200ms'")
+        assert total_users(reader_role) == before, "readers see the last committed build"
+        refresher.rollback()
+    assert total_users(reader_role) == before
+
+
+def test_a_plain_refresh_would_block_readers(cfg, local_copies, reader_role):
+    """The control for the test above: its reader does notice a blocking refresh."""
+    with open_transaction(cfg) as refresher:
+        refresher.execute("REFRESH MATERIALIZED VIEW mart.daily_signups")
+        reader_role.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            total_users(reader_role)
+        refresher.rollback()
+
+
+def test_the_first_refresh_builds_a_never_populated_mart(cfg, local_copies):
+    """Plain refresh the first time, CONCURRENTLY afterwards (which needs the key index)."""
+    with open_transaction(cfg) as conn:  # rolled back: the marts of the warehouse stay as they are
+        conn.execute("CREATE MATERIALIZED VIEW mart.probe_signups AS SELECT (created_at AT TIME ZONE 'UTC')::date AS day,"
+                     " count(*) AS signups FROM dwh.users GROUP BY 1 WITH NO DATA")
+        conn.execute("CREATE UNIQUE INDEX ON mart.probe_signups (day)")
+        conn.execute("CREATE MATERIALIZED VIEW mart.probe_no_key AS SELECT count(*) AS users FROM dwh.users WITH NO DATA")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="has not been populated"):
+            with conn.transaction():
+                conn.execute("SELECT * FROM mart.probe_signups")
+        days = conn.execute("SELECT count(DISTINCT (created_at AT TIME ZONE 'UTC')::date) FROM dwh.users").fetchone()[0]
+        for _ in range(2):
+            assert conn.execute("SELECT rows_inserted FROM dwh.refresh_mart('probe_signups')").fetchone()[0] == days > 0
+        # Without a unique index only the first (plain) refresh works: the second is concurrent.
+        assert conn.execute("SELECT rows_inserted FROM dwh.refresh_mart('probe_no_key')").fetchone()[0] == 1
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="cannot refresh materialized view .* concurrently"):
+            conn.execute("SELECT dwh.refresh_mart('probe_no_key')")
+        conn.rollback()
+
+
+def test_every_mart_has_the_key_a_concurrent_refresh_needs(loader):
+    keys = dict(loader.execute(
+        "SELECT c.relname, array_agg(a.attname::text ORDER BY k.ord) FROM pg_class c"
+        " JOIN pg_index i ON i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL"
+        " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)"
+        " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum"
+        " WHERE c.relnamespace = 'mart'::regnamespace AND c.relkind = 'm' GROUP BY c.relname, i.indexrelid"
+    ).fetchall())
+    marts = {r[0] for r in loader.execute("SELECT relname FROM pg_class WHERE relnamespace = 'mart'::regnamespace AND relkind = 'm'")}
+    assert set(keys) == marts
+    assert keys["org_daily_usage"] == ["organization_id", "day"] and keys["daily_signups"] == ["day"]

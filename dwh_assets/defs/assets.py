@@ -85,11 +85,12 @@ def _partition_days(context: dg.AssetExecutionContext) -> tuple[dt.date, dt.date
     return first, last
 
 
-def _fact_asset(spec: catalog.TableSpec, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @dg.asset(
+def _copy_asset_args(spec: catalog.TableSpec, partitions: dg.PartitionsDefinition, how: str) -> dict[str, Any]:
+    """What every local copy declares: key, lineage, group, partitions, freshness."""
+    return dict(
         key=key_of(spec.local_table),
         deps=[key_of(s) for s in spec.sources],
-        description=f"{spec.description} Daily partitions by {spec.time_column}; a range is one window.",
+        description=f"{spec.description} {how}",
         group_name=spec.system.value,
         kinds={"postgres"},
         partitions_def=partitions,
@@ -97,6 +98,10 @@ def _fact_asset(spec: catalog.TableSpec, partitions: dg.PartitionsDefinition) ->
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=spec.freshness),
         metadata={"routine": spec.routine, "pg_cron_job": spec.cron_job_name, "table_kind": spec.kind.value},
     )
+
+
+def _fact_asset(spec: catalog.TableSpec, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(**_copy_asset_args(spec, partitions, f"Daily partitions by {spec.time_column}; a range is one window."))
     def refresh_fact(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         first, last = _partition_days(context)
         start, end = window_of_days(first, last)
@@ -108,17 +113,7 @@ def _fact_asset(spec: catalog.TableSpec, partitions: dg.PartitionsDefinition) ->
 
 
 def _dimension_asset(spec: catalog.TableSpec, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=key_of(spec.local_table),
-        deps=[key_of(s) for s in spec.sources],
-        description=f"{spec.description} Current state, plus a daily snapshot partition ({spec.snapshot_table}).",
-        group_name=spec.system.value,
-        kinds={"postgres"},
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=spec.freshness),
-        metadata={"routine": spec.routine, "pg_cron_job": spec.cron_job_name, "table_kind": spec.kind.value},
-    )
+    @dg.asset(**_copy_asset_args(spec, partitions, f"Current state, plus a daily snapshot partition ({spec.snapshot_table})."))
     def refresh_dimension(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         first, last = _partition_days(context)
         today = today_utc()

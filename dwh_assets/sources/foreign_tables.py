@@ -7,6 +7,8 @@ serves them, the refresh routines read the same names and columns.
   as the database server's OS user. The static ``src_prometheus.metrics`` holds the last
   ``RECENT_METRICS_SECONDS`` (for people and checks); the metrics refresh makes a
   temporary foreign table per window instead (sql/routines/read_metrics_window.sql).
+- ``tembo``: the ``clerk_fdw`` / ``prometheus_fdw`` extensions (``tembo_ddl``). They can't be
+  installed here, so this DDL is unit-tested (dwh_assets_tests/test_tembo_backend.py), never run.
 - The control plane is always postgres_fdw + ``IMPORT FOREIGN SCHEMA``.
 
 Everything that reaches a ``program`` string is shell-quoted (``reader_program``) here or
@@ -44,16 +46,32 @@ PROMETHEUS_COLUMNS = [
 RECENT_METRICS_SECONDS = 86400
 # Control plane tables imported into src_control_plane, per remote schema.
 CONTROL_PLANE_IMPORTS = {"public": None, "pgmq": ("a_instance_events",)}
+# Sources whose backend is configurable (DWH_<SOURCE>_BACKEND), and the backends.
+SOURCES = ("clerk", "prometheus")
+BACKENDS = ("reader", "tembo")
 
 
 @dataclass
 class SourceDDL:
-    """Statements to (re)create the source layer; ``fingerprint`` makes re-runs no-ops."""
+    """Statements to (re)create the source layer; ``fingerprint`` makes re-runs no-ops.
+
+    ``superuser`` holds what only a superuser may run (extensions, foreign data wrappers,
+    catalog privileges): ``dwh migrate`` runs it with the bootstrap, idempotently.
+    """
 
     statements: list[sql.Composable] = field(default_factory=list)
+    superuser: list[sql.Composable] = field(default_factory=list)
 
     def add(self, template: str, *args, **kwargs) -> None:
         self.statements.append(sql.SQL(template).format(*args, **kwargs))
+
+    def add_superuser(self, template: str, *args, **kwargs) -> None:
+        self.superuser.append(sql.SQL(template).format(*args, **kwargs))
+
+    def __iadd__(self, other: SourceDDL) -> SourceDDL:
+        self.statements += other.statements
+        self.superuser += other.superuser
+        return self
 
 
 def _columns(cols: list[tuple[str, str]]) -> sql.Composable:
@@ -87,16 +105,28 @@ def control_plane_ddl(cfg: StackConfig, passwords: dict[str, str]) -> SourceDDL:
     return ddl
 
 
-def reader_ddl(cfg: StackConfig, step_seconds: int = 3600) -> SourceDDL:
+def reader_ddl(cfg: StackConfig, step_seconds: int = 3600, sources: tuple[str, ...] = SOURCES) -> SourceDDL:
+    """The file_fdw server (always: metric windows use it) and the tables of ``sources``."""
     ddl = SourceDDL()
     ddl.add("DROP SERVER IF EXISTS dwh_reader CASCADE")
     ddl.add("CREATE SERVER dwh_reader FOREIGN DATA WRAPPER file_fdw")
+    if "clerk" in sources:
+        _reader_clerk_tables(ddl, cfg)
+    if "prometheus" in sources:
+        _reader_prometheus_table(ddl, cfg, step_seconds)
+    return ddl
+
+
+def _reader_clerk_tables(ddl: SourceDDL, cfg: StackConfig) -> None:
     for obj, cols in CLERK_COLUMNS.items():
         program = reader_program(cfg, "clerk", obj)
         ddl.add(
             "CREATE FOREIGN TABLE src_clerk.{} ({}) SERVER dwh_reader OPTIONS (program {}, format 'csv', encoding 'UTF8')",
             sql.Identifier(obj), _columns(cols), sql.Literal(program),
         )
+
+
+def _reader_prometheus_table(ddl: SourceDDL, cfg: StackConfig, step_seconds: int) -> None:
     metrics = [arg for name in METRIC_NAMES for arg in ("--metric", name)]
     program = reader_program(cfg, "prometheus", "--last", str(RECENT_METRICS_SECONDS), "--step", str(int(step_seconds)), *metrics)
     ddl.add(
@@ -107,5 +137,89 @@ def reader_ddl(cfg: StackConfig, step_seconds: int = 3600) -> SourceDDL:
         "COMMENT ON FOREIGN TABLE src_prometheus.metrics IS {}",
         sql.Literal(f"Prometheus samples of the last {RECENT_METRICS_SECONDS} s at a {int(step_seconds)} s step; "
                     "refreshes read their own window (dwh.read_metrics_window)."),
+    )
+
+
+# ----- tembo backend: clerk_fdw and prometheus_fdw --------------------------------------------
+#
+# Documented DDL (README of tembo-io/clerk_fdw 0.2.7 and of tembo-io/prometheus_fdw):
+#   create foreign data wrapper clerk_wrapper handler clerk_fdw_handler validator clerk_fdw_validator;
+#   create server ... foreign data wrapper clerk_wrapper options (api_key '<clerk secret key>');
+#   create foreign table ... server ... options (object 'users' | 'organizations' | 'organization_memberships');
+#   create foreign data wrapper prometheus_wrapper handler prometheus_fdw_handler validator prometheus_fdw_validator;
+#   create server ... foreign data wrapper prometheus_wrapper options (base_url '<prometheus url>');
+#   create foreign table metrics (...) server ... options (object 'metrics', step '10m');
+# What their src/lib.rs adds: both are supabase-wrappers FDWs built from the *server's*
+# options only (GetForeignServer; user mapping options are never read), so clerk_fdw's
+# api_key has to be a server option (or the postmaster's CLERK_API_KEY environment variable);
+# clerk_fdw always calls https://api.clerk.com/v1 and takes the first email, not the primary;
+# prometheus_fdw passes `step` verbatim as query_range's step and pushes down only
+# metric_name = text and metric_time > / < int4 (see dwh.tembo_metric_queries).
+
+TEMBO_SERVERS = {"clerk": "tembo_clerk", "prometheus": "tembo_prometheus"}
+# pg_foreign_server minus srvoptions: what PUBLIC may still read once the api_key is a server option.
+FOREIGN_SERVER_PUBLIC_COLUMNS = ("oid", "srvname", "srvowner", "srvfdw", "srvtype", "srvversion", "srvacl")
+
+
+def _tembo_wrapper(ddl: SourceDDL, extension: str, wrapper: str) -> None:
+    """Superuser part: the extension, its wrapper as documented, and USAGE for the owner."""
+    # Names are constants of this module, written as the extensions' READMEs spell them.
+    ddl.add_superuser(f"CREATE EXTENSION IF NOT EXISTS {extension}")
+    # CREATE FOREIGN DATA WRAPPER has no IF NOT EXISTS; the bootstrap runs on every migrate.
+    ddl.add_superuser(
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_foreign_data_wrapper WHERE fdwname = '{wrapper}') THEN "
+        f"CREATE FOREIGN DATA WRAPPER {wrapper} HANDLER {extension}_handler VALIDATOR {extension}_validator; "
+        "END IF; END $$"
+    )
+    ddl.add_superuser(f"GRANT USAGE ON FOREIGN DATA WRAPPER {wrapper} TO {{}}", sql.Identifier(OWNER_ROLE))
+
+
+def tembo_clerk_ddl(api_key: str) -> SourceDDL:
+    """src_clerk.* served by clerk_fdw, authenticating with ``api_key``.
+
+    clerk_fdw reads the key from the server's options only, and pg_foreign_server is
+    readable by every role that can connect. So the superuser part does what PostgreSQL
+    does for pg_subscription.subconninfo: revoke the catalog from PUBLIC and grant back
+    every column but srvoptions. Superusers and the server's owner (information_schema)
+    still see the key; the loader and the reader don't.
+    """
+    ddl = SourceDDL()
+    _tembo_wrapper(ddl, "clerk_fdw", "clerk_wrapper")
+    ddl.add_superuser("REVOKE SELECT ON pg_catalog.pg_foreign_server FROM PUBLIC")
+    ddl.add_superuser(
+        "GRANT SELECT ({}) ON pg_catalog.pg_foreign_server TO PUBLIC",
+        sql.SQL(", ").join(map(sql.Identifier, FOREIGN_SERVER_PUBLIC_COLUMNS)),
+    )
+    server = sql.Identifier(TEMBO_SERVERS["clerk"])
+    ddl.add("DROP SERVER IF EXISTS {} CASCADE", server)
+    ddl.add("CREATE SERVER {} FOREIGN DATA WRAPPER clerk_wrapper OPTIONS (api_key {})", server, sql.Literal(api_key))
+    for obj, cols in CLERK_COLUMNS.items():
+        ddl.add(
+            "CREATE FOREIGN TABLE src_clerk.{} ({}) SERVER {} OPTIONS (object {})",
+            sql.Identifier(obj), _columns(cols), server, sql.Literal(obj),
+        )
+    return ddl
+
+
+def tembo_prometheus_ddl(cfg: StackConfig, step_seconds: int = 3600) -> SourceDDL:
+    """src_prometheus.metrics served by prometheus_fdw, sampled every ``step_seconds``."""
+    ddl = SourceDDL()
+    _tembo_wrapper(ddl, "prometheus_fdw", "prometheus_wrapper")
+    server = sql.Identifier(TEMBO_SERVERS["prometheus"])
+    ddl.add("DROP SERVER IF EXISTS {} CASCADE", server)
+    ddl.add(
+        "CREATE SERVER {} FOREIGN DATA WRAPPER prometheus_wrapper OPTIONS (base_url {})",
+        server, sql.Literal(cfg.prometheus_url),
+    )
+    # The same step as metrics.step_seconds, which dwh.tembo_metric_queries chunks by.
+    ddl.add(
+        "CREATE FOREIGN TABLE src_prometheus.metrics ({}) SERVER {} OPTIONS (object 'metrics', step {})",
+        _columns(PROMETHEUS_COLUMNS), server, sql.Literal(f"{int(step_seconds)}s"),
+    )
+    ddl.add(
+        "COMMENT ON FOREIGN TABLE src_prometheus.metrics IS {}",
+        sql.Literal(f"prometheus_fdw at a {int(step_seconds)} s step: query it with metric_name = '<name>' "
+                    "AND metric_time > <int4> AND metric_time < <int4> (nothing else is pushed down); "
+                    "refreshes read their windows through dwh.tembo_metric_queries."),
     )
     return ddl
