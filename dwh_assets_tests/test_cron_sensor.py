@@ -178,6 +178,8 @@ def test_missed_schedule_is_reported_once_per_tick():
     on_time = CronCursor(last_start={"dwh:refresh_users": "2026-11-24T12:00:00.8+00:00"})
     assert judge.missed([job], on_time, now, open_jobs=set()) == []
     assert judge.missed([job | {"active": False}], CronCursor(last_start=cursor.last_start), now, set()) == []
+    for schedule in ("30 seconds", "@reboot", "0 0 31 2 *"):  # pg_cron accepts these; none has a tick to miss
+        assert judge.missed([job | {"schedule": schedule}], CronCursor(last_start=cursor.last_start), now, set()) == []
 
 
 def test_code_location_maps_every_pg_cron_job_to_its_asset(cfg, superuser):

@@ -141,8 +141,9 @@ def expected_user(u) -> list:
             str(to_ms(u.last_sign_in_at)) if u.last_sign_in_at else None, str(len(u.phone_numbers)), u.username]
 
 
-def assert_one_line_failure(result: subprocess.CompletedProcess, *needles: str) -> str:
-    assert result.returncode == 1, result.stderr
+def assert_one_line_failure(result: subprocess.CompletedProcess, exit_code: int, *needles: str) -> str:
+    """One stderr line, no rows, and the exit code of the failure class (reader.EXIT_*)."""
+    assert result.returncode == exit_code, result.stderr
     assert result.stdout == b"", "a failed read must not feed partial rows"
     err = result.stderr.decode()
     assert err.count("\n") == 1 and err.startswith("dwh reader: clerk "), err
@@ -238,14 +239,15 @@ def test_real_rate_limit_is_ridden_out(admin, settings, clerk_stack, world):
 
 def test_500_mid_pagination_fails_without_output(admin, settings, clerk_stack):
     admin("POST", "/_admin/faults", {"fail_after_page": 1, "status": 500})
-    err = assert_one_line_failure(run_reader(settings(), "clerk", "users"),
+    err = assert_one_line_failure(run_reader(settings(), "clerk", "users"), reader_module.EXIT_SERVER_ERROR,
                                   "HTTP 500 from /v1/users?limit=500&offset=500&", "after 3 attempts")
     assert secrets.clerk_secret_key(clerk_stack) not in err
 
 
 def test_malformed_json_fails(admin, settings):
     admin("POST", "/_admin/faults", {"fail_after_page": 1, "malformed_json": True})
-    assert_one_line_failure(run_reader(settings(), "clerk", "organization_memberships"), "malformed JSON")
+    assert_one_line_failure(run_reader(settings(), "clerk", "organization_memberships"), reader_module.EXIT_MALFORMED,
+                            "malformed JSON")
 
 
 def test_slow_source_times_out_in_bounded_time(admin, settings):
@@ -253,19 +255,20 @@ def test_slow_source_times_out_in_bounded_time(admin, settings):
     t0 = time.monotonic()
     result = run_reader(settings(timeout_seconds=0.5, max_retries=1), "clerk", "organizations")
     assert time.monotonic() - t0 < 3.5
-    assert_one_line_failure(result, "no answer within 0.5s", "after 2 attempts")
+    assert_one_line_failure(result, reader_module.EXIT_TIMEOUT, "no answer within 0.5s", "after 2 attempts")
 
 
 def test_unreachable_source_fails(settings):
     result = run_reader(settings(clerk_url=f"http://127.0.0.1:{free_port()}"), "clerk", "users")
-    assert_one_line_failure(result, "cannot reach", "after 3 attempts")
+    assert_one_line_failure(result, reader_module.EXIT_UNREACHABLE, "cannot reach", "after 3 attempts")
 
 
 def test_wrong_key_is_not_retried_and_never_printed(clerk_stack, settings, tmp_path):
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps({"clerk_secret_key": "sk_test_not_the_key"}))
     wrong.chmod(0o600)
-    err = assert_one_line_failure(run_reader(settings(secrets_file=str(wrong)), "clerk", "users"), "HTTP 401")
+    err = assert_one_line_failure(run_reader(settings(secrets_file=str(wrong)), "clerk", "users"),
+                                  reader_module.EXIT_AUTH, "HTTP 401")
     assert "sk_test_not_the_key" not in err and "attempts" not in err
 
 
@@ -277,7 +280,7 @@ def test_wrong_key_is_not_retried_and_never_printed(clerk_stack, settings, tmp_p
 )
 def test_missing_fields_or_wrong_types_fail(admin, settings, world, change, needle):
     admin("PATCH", f"/_admin/users/{world.users[600].id}", change)
-    assert_one_line_failure(run_reader(settings(), "clerk", "users"), needle)
+    assert_one_line_failure(run_reader(settings(), "clerk", "users"), reader_module.EXIT_MALFORMED, needle)
 
 
 def test_reader_dies_by_sigpipe_when_stdout_closes_early(admin, settings):
@@ -346,7 +349,7 @@ def test_file_fdw_reads_the_installed_reader(admin, clerk_stack, world):
             # A failing read fails the statement; the reader's reason lands in the server log.
             install_reader(clerk_stack, settings={"max_retries": 0})
             admin("POST", "/_admin/faults", {"fail_after_page": 1, "status": 503})
-            with pytest.raises(psycopg.errors.ExternalRoutineException, match="exit code 1"):
+            with pytest.raises(psycopg.errors.ExternalRoutineException, match="exit code 5"):
                 conn.execute("SELECT count(*) FROM users")
             assert "dwh reader: clerk users: HTTP 503 from /v1/users" in pg.log_file.read_text()
     finally:

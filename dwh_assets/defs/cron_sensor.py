@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import dagster as dg
-from croniter import croniter
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
 from dwh_assets.defs.assets import refresh_metadata
 from dwh_assets.defs.checks import PG_CRON_HEALTH
@@ -159,7 +159,10 @@ class CronRunJudge:
             name = job["jobname"]
             if not job["active"] or name in open_jobs:
                 continue
-            tick = croniter(job["schedule"], now - self.schedule_grace).get_prev(dt.datetime)
+            try:
+                tick = croniter(job["schedule"], now - self.schedule_grace).get_prev(dt.datetime)
+            except (CroniterBadCronError, CroniterBadDateError):
+                continue  # pg_cron's '30 seconds' / '@reboot' or a date that never comes: no tick to miss
             seen = [dt.datetime.fromisoformat(t) for t in (cursor.last_start.get(name), cursor.first_seen.get(name)) if t]
             if not seen or max(seen) >= tick - dt.timedelta(seconds=1):
                 continue
@@ -172,6 +175,11 @@ class CronRunJudge:
         return events
 
 
+# The log rows of the runs' workers. finished_at bounds the (backend_pid, finished_at) index scan:
+# a refresh that started after ``since`` finished after it, so older refreshes of recycled pids
+# are never visited and the query stays O(new runs) however long dwh.refresh_log grows (B3).
+REFRESH_LOGS = ("SELECT * FROM dwh.refresh_log WHERE backend_pid = ANY(%(pids)s) "
+                "AND finished_at >= %(since)s AND started_at >= %(since)s ORDER BY id")
 RUN_COLUMNS = ("SELECT r.runid, r.jobid, j.jobname, r.job_pid, r.status, r.return_message, r.start_time, r.end_time "
                "FROM cron.job_run_details r JOIN cron.job j USING (jobid) ")
 
@@ -204,10 +212,10 @@ def evaluate_cron_runs(warehouse: WarehouseResource, judge: CronRunJudge, raw_cu
         pids = sorted({int(r["job_pid"]) for r in runs if r["job_pid"]})
         alive = {row["pid"] for row in conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchall()} if pids else set()
-        logs = conn.execute(
-            "SELECT * FROM dwh.refresh_log WHERE backend_pid = ANY(%s) AND started_at >= %s ORDER BY id",
-            (pids, min((r["start_time"] for r in runs if r["start_time"]), default=now) - dt.timedelta(seconds=5)),
-        ).fetchall() if pids else []
+        logs = conn.execute(REFRESH_LOGS, {
+            "pids": pids,
+            "since": min((r["start_time"] for r in runs if r["start_time"]), default=now) - dt.timedelta(seconds=5),
+        }).fetchall() if pids else []
         job_rows = conn.execute("SELECT jobname, schedule, active FROM cron.job WHERE jobname = ANY(%s)",
                                 (jobs,)).fetchall() if caught_up else []
 

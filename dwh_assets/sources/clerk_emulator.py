@@ -28,7 +28,8 @@ Test hooks (bearer-protected as well, never rate limited):
   ``user_id``); ``PATCH .../{id}`` merges top-level fields as given, invalid ones too (a
   null ``id``, a string ``created_at``: that is how reader validation is tested;
   ``updated_at`` bumped unless given); ``DELETE .../{id}`` removes it (deleting a user or an organization deletes its
-  memberships too, as Clerk does).
+  memberships too, as Clerk does); ``DELETE /_admin/{kind}`` removes every object of that
+  kind (an emptied source, with the same cascade).
 - ``POST /_admin/reset``: back to the generated world, faults cleared.
 - ``GET /_health``: unauthenticated liveness probe (no data).
 
@@ -428,6 +429,11 @@ class Handler(BaseHTTPRequestHandler):
                 state.objects[kind][obj["id"]] = obj
                 state.changed()
                 return self._json(201, state.render(kind, obj))
+        if object_id is None and self.command == "DELETE":
+            with state.lock:
+                deleted = [self._delete(kind, oid) for oid in list(state.objects[kind])]
+                state.changed()
+            return self._json(200, {"object": OBJECT_NAME[kind], "deleted": len(deleted)})
         if object_id is None:
             raise ApiError(405, "method_not_allowed", f"{self.command} needs an object id")
         with state.lock:
@@ -446,15 +452,21 @@ class Handler(BaseHTTPRequestHandler):
                 return self._json(200, state.render(kind, obj))
         if self.command == "DELETE":
             with state.lock:
-                del state.objects[kind][object_id]
-                ref = {"users": ("public_user_data", "user_id"), "organizations": ("organization", "id")}.get(kind)
-                if ref:  # Clerk deletes the memberships of a deleted user or organization
-                    mems = state.objects["organization_memberships"]
-                    for mid in [mid for mid, m in mems.items() if (m.get(ref[0]) or {}).get(ref[1]) == object_id]:
-                        del mems[mid]
+                self._delete(kind, object_id)
                 state.changed()
             return self._json(200, {"object": OBJECT_NAME[kind], "id": object_id, "deleted": True})
         raise ApiError(405, "method_not_allowed", f"{self.command} is not supported here")
+
+    def _delete(self, kind: str, object_id: str) -> str:
+        """Remove one object (the caller holds the lock and calls ``changed``)."""
+        objects = self.state.objects
+        del objects[kind][object_id]
+        ref = {"users": ("public_user_data", "user_id"), "organizations": ("organization", "id")}.get(kind)
+        if ref:  # Clerk deletes the memberships of a deleted user or organization
+            mems = objects["organization_memberships"]
+            for mid in [mid for mid, m in mems.items() if (m.get(ref[0]) or {}).get(ref[1]) == object_id]:
+                del mems[mid]
+        return object_id
 
 
 def _int_param(query: dict, name: str, default: int, low: int, high: int | None) -> int:

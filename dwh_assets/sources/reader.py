@@ -11,6 +11,7 @@ Usage::
     dwh_source_reader.py --config reader.json clerk users|organizations|organization_memberships
     dwh_source_reader.py --config reader.json prometheus --start EPOCH_S --end EPOCH_S --step S [--metric NAME ...]
     dwh_source_reader.py --config reader.json prometheus --last SECONDS --step S [--metric NAME ...]
+    dwh_source_reader.py --config reader.json last-error --since EPOCH_S --exit-code N
 
 ``reader.json`` holds non-secret settings (see ``DEFAULT_SETTINGS``); the Clerk key is read
 from ``secrets_file`` (JSON ``{"clerk_secret_key": "..."}``, mode 0600) and never taken
@@ -25,6 +26,7 @@ clerk_fdw / prometheus_fdw contracts):
   ``primary_email_address_id`` (NULL when there is none); ``phone_numbers`` is the
   *number* of phone numbers, as clerk_fdw reports it (the numbers are in ``attrs``);
   times are epoch milliseconds; ``attrs`` is the raw user object as compact JSON.
+  NUL characters, which PostgreSQL text and jsonb cannot hold, are dropped everywhere.
 - organizations: organization_id, name, slug, created_at, updated_at, created_by, attrs.
 - organization_memberships: user_id, organization_id, role, attrs (from the
   instance-wide ``GET /v1/organization_memberships``).
@@ -36,15 +38,21 @@ clerk_fdw / prometheus_fdw contracts):
   float8 accepts: they are real sample values, and dropping them would hide them.
 
 Failure is loud: any non-2xx after retries, malformed JSON, a missing required field or a
-wrong type exits non-zero (1; 2 for bad arguments or settings) with one line on stderr,
-and nothing on stdout. All rows are buffered and written only after the whole read
-succeeded, because file_fdw consumes stdout while the program runs. 429 and 5xx /
-connection errors / timeouts are retried ``max_retries`` times (429 and 503 wait for
-``Retry-After``, capped at ``max_retry_after_seconds``; others back off exponentially).
-Clerk is paged with ``limit``/``offset`` and ``order_by=+created_at`` (new rows land on
-later pages); rows whose id still repeats across pages (the source changed while paging)
-are kept once (the last copy) with a warning on stderr. stderr goes to the PostgreSQL
-server log; the failing SQL statement itself only says the program exited with code 1.
+wrong type exits non-zero with one line on stderr, and nothing on stdout. The exit code is
+the failure class (``EXIT_CODES``: unreachable, timeout, HTTP 5xx, 429, auth, malformed
+payload, ...); PostgreSQL only reports "program ... failed: child process exited with exit
+code N", so the refresh routines map N to a sentence (``dwh.raise_source_failure``). The
+one-line reason also goes to ``errors_dir/<backend pid>.json`` (the PostgreSQL backend that
+ran this reader), from where ``last-error`` hands it back to that backend's error handler.
+All rows are buffered and written only after the whole read succeeded, because file_fdw
+consumes stdout while the program runs. 429 and 5xx / connection errors / timeouts are
+retried ``max_retries`` times (429 and 503 wait for ``Retry-After``, capped at
+``max_retry_after_seconds``; others back off exponentially). Every request is bounded by
+``timeout_seconds`` and the whole read by ``total_timeout_seconds``, so a hanging source
+fails in bounded time. Clerk is paged with ``limit``/``offset`` and
+``order_by=+created_at`` (new rows land on later pages); rows whose id still repeats across
+pages (the source changed while paging) are kept once (the last copy) with a warning on
+stderr. stderr goes to the PostgreSQL server log.
 """
 
 from __future__ import annotations
@@ -70,7 +78,12 @@ DEFAULT_SETTINGS = {
     "clerk_url": "https://api.clerk.com",
     "prometheus_url": "http://127.0.0.1:9090",
     "secrets_file": None,
+    # Where failure reasons are left for the SQL error handler (None: nowhere).
+    "errors_dir": None,
+    # Each request (connect, every wait for bytes, the whole body) ...
     "timeout_seconds": 30.0,
+    # ... and the whole read, retries and Retry-After waits included.
+    "total_timeout_seconds": 600.0,
     "max_retries": 3,
     "backoff_seconds": 0.5,
     "max_retry_after_seconds": 60.0,
@@ -84,19 +97,43 @@ DEFAULT_METRICS = ("dwh_instance_cpu_seconds_total", "dwh_instance_memory_bytes"
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 CLERK_MAX_PAGE_SIZE = 500
 USER_AGENT = "dwh-source-reader/1"
-EXIT_FAILED, EXIT_USAGE = 1, 2
+# Exit codes, one per failure class: PostgreSQL reports only the code of a failed
+# `program`, so the code is how the warehouse tells the user what went wrong
+# (dwh.raise_source_failure in sql/routines/01_refresh_framework.sql maps them).
+EXIT_INTERNAL = 1      # a bug in this reader
+EXIT_USAGE = 2         # bad arguments or settings
+EXIT_UNREACHABLE = 3   # connection refused / reset, unknown host
+EXIT_TIMEOUT = 4       # no complete answer within timeout_seconds, or total_timeout_seconds spent
+EXIT_SERVER_ERROR = 5  # HTTP 5xx on every attempt
+EXIT_RATE_LIMITED = 6  # HTTP 429 on every attempt
+EXIT_AUTH = 7          # HTTP 401 / 403: the key is wrong or lacks rights
+EXIT_MALFORMED = 8     # not JSON, unexpected shape, missing fields, wrong types, paging stuck
+EXIT_REJECTED = 9      # any other HTTP 4xx (wrong URL or parameter)
+EXIT_CODES = {
+    "internal": EXIT_INTERNAL, "usage": EXIT_USAGE, "unreachable": EXIT_UNREACHABLE, "timeout": EXIT_TIMEOUT,
+    "server_error": EXIT_SERVER_ERROR, "rate_limited": EXIT_RATE_LIMITED, "auth": EXIT_AUTH,
+    "malformed": EXIT_MALFORMED, "rejected": EXIT_REJECTED,
+}
 
 
 class ReaderError(Exception):
-    """A failure reported as one stderr line; ``exit_code`` 1 (source) or 2 (usage)."""
+    """A failure reported as one stderr line; ``exit_code`` is its class (``EXIT_CODES``)."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED):
+    def __init__(self, message: str, exit_code: int = EXIT_MALFORMED):
         super().__init__(message)
         self.exit_code = exit_code
 
 
 def usage_error(message: str) -> ReaderError:
     return ReaderError(message, EXIT_USAGE)
+
+
+def http_status_class(status: int) -> int:
+    if status in (401, 403):
+        return EXIT_AUTH
+    if status == 429:
+        return EXIT_RATE_LIMITED
+    return EXIT_SERVER_ERROR if status >= 500 else EXIT_REJECTED
 
 
 def one_line(text: str, limit: int = 400) -> str:
@@ -112,13 +149,18 @@ def load_settings(path: str) -> dict:
             loaded = json.load(f)
     except (OSError, ValueError) as e:
         raise usage_error(f"cannot read settings {path}: {e}") from None
+    return validate_settings(loaded, path)
+
+
+def validate_settings(loaded: object, path: str) -> dict:
+    """``DEFAULT_SETTINGS`` overridden by ``loaded``, each value checked; ``path`` names them in errors."""
     if not isinstance(loaded, dict):
         raise usage_error(f"settings {path} must be a JSON object")
     unknown = sorted(set(loaded) - set(DEFAULT_SETTINGS))
     if unknown:
         raise usage_error(f"unknown setting(s) {unknown} in {path}; known: {sorted(DEFAULT_SETTINGS)}")
     settings = dict(DEFAULT_SETTINGS, **loaded)
-    for key in ("timeout_seconds", "backoff_seconds", "max_retry_after_seconds"):
+    for key in ("timeout_seconds", "total_timeout_seconds", "backoff_seconds", "max_retry_after_seconds"):
         if not _is_number(settings[key]) or settings[key] < 0:
             raise usage_error(f"setting {key} in {path} must be a number >= 0")
     for key in ("max_retries", "page_size", "max_points_per_request", "max_points_per_series"):
@@ -184,43 +226,63 @@ class HttpSource:
         self.settings = settings
         self.headers = dict(headers or {}, **{"Accept": "application/json", "User-Agent": USER_AGENT})
         self.secret = secret
+        # One source per read: the whole read, retries included, ends by this time.
+        self.total = float(settings["total_timeout_seconds"])
+        self.deadline = time.monotonic() + self.total
 
     def _redact(self, text: str) -> str:
         return text.replace(self.secret, "***") if self.secret else text
 
+    def _out_of_time(self, path: str, problem: str = "") -> ReaderError:
+        before = f" (last problem: {problem})" if problem else ""
+        return ReaderError(self._redact(f"the read did not finish within total_timeout_seconds={self.total:g}s, "
+                                        f"stopped before {path}{before}"), EXIT_TIMEOUT)
+
     def get_json(self, path: str) -> object:
-        """GET base_url + path and decode JSON; retries, then raises ReaderError."""
-        timeout = float(self.settings["timeout_seconds"])
+        """GET base_url + path and decode JSON; retries, then raises ReaderError of the last problem's class."""
         attempts = int(self.settings["max_retries"]) + 1
         for attempt in range(1, attempts + 1):
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._out_of_time(path)
+            timeout = min(float(self.settings["timeout_seconds"]), remaining)
             wait, detail = None, ""
             try:
                 status, body = self._get(path, timeout)
             except urllib.error.HTTPError as e:
                 detail = self._error_detail(e)
-                if e.code == 429 or e.code >= 500:
-                    wait = parse_retry_after(e.headers.get("Retry-After")) if e.code in (429, 503) else None
-                    problem = f"HTTP {e.code} from {path}"
-                else:
-                    raise ReaderError(self._redact(f"HTTP {e.code} from {path}{detail}")) from None
+                kind = http_status_class(e.code)
+                problem = f"HTTP {e.code} from {path}"
+                if kind not in (EXIT_SERVER_ERROR, EXIT_RATE_LIMITED):
+                    raise ReaderError(self._redact(problem + detail), kind) from None
+                wait = parse_retry_after(e.headers.get("Retry-After")) if e.code in (429, 503) else None
             except (socket.timeout, TimeoutError):
-                problem = f"no answer within {timeout:g}s from {path}"
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+                kind, problem = EXIT_TIMEOUT, f"no answer within {timeout:g}s from {path}"
+            except http.client.HTTPException as e:
+                kind, problem = EXIT_SERVER_ERROR, f"broken HTTP answer from {path}: {type(e).__name__}"
+            except (urllib.error.URLError, OSError) as e:
                 reason = getattr(e, "reason", None) or e
                 if isinstance(reason, (socket.timeout, TimeoutError)):
-                    problem = f"no answer within {timeout:g}s from {path}"
+                    kind, problem = EXIT_TIMEOUT, f"no answer within {timeout:g}s from {path}"
                 else:
-                    problem = f"cannot reach {self.base_url}{path}: {reason}"
+                    kind, problem = EXIT_UNREACHABLE, f"cannot reach {self.base_url}{path}: {reason}"
             else:
                 try:
                     return json.loads(body.decode("utf-8"))
                 except (UnicodeDecodeError, ValueError) as e:
-                    raise ReaderError(f"malformed JSON from {path} (HTTP {status}): {e}") from None
+                    raise ReaderError(f"malformed JSON from {path} (HTTP {status}): {e}", EXIT_MALFORMED) from None
             if attempt == attempts:
                 plural = "s" if attempts > 1 else ""
-                raise ReaderError(self._redact(f"{problem} after {attempts} attempt{plural}{detail}"))
+                raise ReaderError(self._redact(f"{problem} after {attempts} attempt{plural}{detail}"), kind)
             backoff = float(self.settings["backoff_seconds"]) * 2 ** (attempt - 1)
-            time.sleep(min(float(self.settings["max_retry_after_seconds"]), wait if wait is not None else backoff))
+            pause = min(float(self.settings["max_retry_after_seconds"]), wait if wait is not None else backoff)
+            if time.monotonic() + pause >= self.deadline:
+                if kind == EXIT_TIMEOUT:
+                    raise self._out_of_time(path, problem)
+                # The source's own problem says more than "ran out of time" (e.g. a 429 storm).
+                raise ReaderError(self._redact(f"{problem} after {attempt} attempt(s), no time left to retry "
+                                               f"within total_timeout_seconds={self.total:g}s{detail}"), kind)
+            time.sleep(pause)
         raise AssertionError("unreachable")
 
     def _get(self, path: str, timeout: float) -> tuple[int, bytes]:
@@ -368,8 +430,19 @@ class Fields:
         return value
 
 
+def without_nul(value: object) -> object:
+    """``value`` with NUL characters removed from every string (jsonb, like text, cannot hold them)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
+
+
 def attrs_json(obj: dict) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(without_nul(obj), ensure_ascii=False, separators=(",", ":"))
 
 
 def user_row(obj: object) -> tuple[str, list]:
@@ -516,7 +589,7 @@ def _matrix_samples(payload: object, metric: str, path: str):  # noqa: ANN202 (g
             raise ReaderError(f"malformed series from {path}: label values must be strings")
         if series.get("histograms"):
             raise ReaderError(f"{path} returned native histograms, which the metrics table cannot hold")
-        labels_json = json.dumps(labels, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        labels_json = json.dumps(without_nul(labels), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
         for sample in series.get("values") or []:
             try:
                 t, value = sample
@@ -526,6 +599,63 @@ def _matrix_samples(payload: object, metric: str, path: str):  # noqa: ANN202 (g
             if not t.is_integer():
                 raise ReaderError(f"{path} returned a sample at non-integer time {t}")
             yield name, labels_json, int(t), value
+
+
+# ----- failure reasons for the warehouse's error handler ------------------------------------
+
+def backend_pid() -> int | None:
+    """The PostgreSQL backend this reader runs for (file_fdw: backend -> /bin/sh -> reader)."""
+    pid = os.getppid()
+    for _ in range(8):
+        try:
+            with open(f"/proc/{pid}/comm", encoding="utf-8") as f:
+                if f.read().strip() == "postgres":
+                    return pid
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        if pid <= 1:
+            return None
+    return None
+
+
+def record_failure(settings: dict, exit_code: int, message: str) -> None:
+    """Leave the reason where ``last-error``, run by the same backend, finds it."""
+    errors_dir, pid = settings.get("errors_dir"), backend_pid()
+    if not errors_dir or pid is None:
+        return
+    try:
+        os.makedirs(errors_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(errors_dir, f"{pid}.json")
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"time": time.time(), "exit_code": exit_code, "message": message}, f)
+        os.replace(tmp, path)
+        # Reasons nobody asked for (a failed ad-hoc SELECT) do not pile up.
+        for name in os.listdir(errors_dir):
+            other = os.path.join(errors_dir, name)
+            if time.time() - os.stat(other).st_mtime > 86400:
+                os.unlink(other)
+    except OSError:
+        pass  # the exit code still tells the class
+
+
+def take_last_error(settings: dict, since: float, exit_code: int) -> RowBuffer:
+    """This backend's failure reason if it is newer than ``since`` and had ``exit_code`` (then removed)."""
+    rows, errors_dir, pid = RowBuffer(), settings.get("errors_dir"), backend_pid()
+    if not errors_dir or pid is None:
+        return rows
+    path = os.path.join(errors_dir, f"{pid}.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            failure = json.load(f)
+        os.unlink(path)
+    except (OSError, ValueError):
+        return rows
+    if isinstance(failure, dict) and failure.get("exit_code") == exit_code and failure.get("time", 0) >= since:
+        rows.add(None, [str(failure.get("message"))])
+    return rows
 
 
 # ----- command line ----------------------------------------------------------------------------
@@ -548,6 +678,9 @@ def parse_args(argv: list) -> argparse.Namespace:
     prom.add_argument("--last", type=int, help="seconds before now (instead of --start/--end)")
     prom.add_argument("--step", type=int, required=True, help="seconds between evaluation times")
     prom.add_argument("--metric", action="append", help=f"metric name (repeatable; default {', '.join(DEFAULT_METRICS)})")
+    last = sources.add_parser("last-error", help="the reason of this backend's last failed read, as one CSV field")
+    last.add_argument("--since", type=float, required=True, help="epoch seconds: ignore older failures")
+    last.add_argument("--exit-code", type=int, required=True, help="the exit code PostgreSQL reported")
     args = p.parse_args(argv)
     if args.source == "prometheus":
         if args.last is not None:
@@ -567,27 +700,30 @@ def main(argv: list | None = None) -> int:
     # PostgreSQL treats that, and only that, as a normal end of COPY FROM PROGRAM.
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    where = "dwh reader"
+    where, settings = "dwh reader", {}
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
+        settings = load_settings(args.config)
         if args.source == "clerk":
             where = f"dwh reader: clerk {args.table}"
-            settings = load_settings(args.config)
             rows = read_clerk(settings, args.table)
-        else:
+        elif args.source == "prometheus":
             where = "dwh reader: prometheus"
             metrics = [validate_metric_name(m) for m in (args.metric or DEFAULT_METRICS)]
-            settings = load_settings(args.config)
             rows = read_prometheus(settings, args.start, args.end, args.step, metrics)
+        else:
+            rows = take_last_error(settings, args.since, args.exit_code)
     except ReaderError as e:
-        sys.stderr.write(f"{where}: {one_line(str(e))}\n")
-        return e.exit_code
+        code, message = e.exit_code, one_line(str(e))
     except Exception as e:  # noqa: BLE001 (a bug must still fail with one line, not a traceback)
-        sys.stderr.write(f"{where}: internal error {type(e).__name__}: {one_line(str(e))}\n")
-        return EXIT_FAILED
-    rows.write_to(sys.stdout.buffer)
-    sys.stdout.buffer.flush()
-    return 0
+        code, message = EXIT_INTERNAL, f"internal error {type(e).__name__}: {one_line(str(e))}"
+    else:
+        rows.write_to(sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return 0
+    sys.stderr.write(f"{where}: {message}\n")
+    record_failure(settings, code, message)
+    return code
 
 
 if __name__ == "__main__":

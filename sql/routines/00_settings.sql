@@ -38,7 +38,8 @@ BEGIN
     FOREACH a IN ARRAY p_args LOOP
         -- Arguments are object names, epoch seconds, steps and metric names.
         IF a IS NULL OR a !~ '^[A-Za-z0-9_:.+-]+$' THEN
-            RAISE EXCEPTION 'refusing reader argument %: only letters, digits and _:.+- are allowed', quote_literal(coalesce(a, 'NULL'));
+            -- to_json: control characters (a newline) are shown escaped, the message stays one line.
+            RAISE EXCEPTION 'refusing reader argument %: only letters, digits and _:.+- are allowed', coalesce(to_json(a)::text, 'NULL');
         END IF;
         v_cmd := v_cmd || ' ' || dwh.shell_quote(a);
     END LOOP;

@@ -2,36 +2,49 @@
 -- pg_temp.stage_metrics(metric_name, metric_labels, metric_time, metric_value), through
 -- the configured backend ('reader' or 'tembo', dwh.settings 'backend.prometheus').
 
--- tembo backend: prometheus_fdw pushes down only metric_name = const and strict
--- metric_time > / < int4 literals, and answers at most 11,000 points per series, so the
--- window becomes one literal query per metric and chunk of at most 11,000 x step.
+-- tembo backend. prometheus_fdw (tembo-io/prometheus_fdw src/lib.rs) pushes down only
+-- `metric_name = <text>`, `metric_time > <int4>` and `metric_time < <int4>` (a bigint literal
+-- is dropped) and sends them verbatim as query_range's query, start and end; Prometheus
+-- evaluates at start, start + step, ... <= end, refuses (end - start) / step > 11,000, and
+-- PostgreSQL re-applies the strict bounds to the rows. So each chunk asks for
+-- start = lo - step (on the step grid, then dropped by `>`) and end <= start + 11,000 x step:
+-- it keeps the grid points lo <= t < end, and consecutive chunks tile [p_start, p_end).
+-- Labels lose __name__ (prometheus_fdw returns it), as the reader backend's do.
 CREATE OR REPLACE FUNCTION dwh.tembo_metric_queries(p_start timestamptz, p_end timestamptz, p_step int, p_metrics text[])
 RETURNS SETOF text
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_first bigint := ceil(extract(epoch FROM p_start) / p_step)::bigint * p_step;   -- aligned, >= start
-    v_end bigint := ceil(extract(epoch FROM p_end))::bigint;                          -- exclusive
-    v_chunk bigint := 11000::bigint * p_step;
+    v_first bigint;   -- the first grid point >= p_start
+    v_end bigint;     -- grid points t < v_end are inside the window
     v_lo bigint;
+    v_hi bigint;
     m text;
 BEGIN
-    IF v_end > 2147483647 OR v_first - 1 < -2147483648 THEN
-        RAISE EXCEPTION 'window [%, %) is outside what prometheus_fdw accepts (int4 epoch seconds)', p_start, p_end;
+    IF p_start IS NULL OR p_end IS NULL OR p_step IS NULL OR p_step < 1 THEN
+        RAISE EXCEPTION 'dwh.tembo_metric_queries: window [%, %) and a step of at least 1 second are required (step %)', p_start, p_end, p_step;
     END IF;
-    FOREACH m IN ARRAY p_metrics LOOP
-        IF m !~ '^[a-zA-Z_:][a-zA-Z0-9_:]*$' THEN
-            RAISE EXCEPTION 'invalid metric name %', quote_literal(m);
+    v_first := ceil(extract(epoch FROM p_start) / p_step)::bigint * p_step;
+    v_end := ceil(extract(epoch FROM p_end))::bigint;
+    -- -2147483648 is not an int4 literal (it parses as -(2147483648::bigint)).
+    IF v_end > 2147483647 OR v_first - p_step < -2147483647 THEN
+        RAISE EXCEPTION 'dwh.tembo_metric_queries: window [%, %) is outside what prometheus_fdw accepts (int4 epoch seconds)', p_start, p_end
+            USING HINT = 'prometheus_fdw only pushes down int4 time bounds: refresh windows between 1901-12-13 and 2038-01-19.';
+    END IF;
+    FOREACH m IN ARRAY coalesce(p_metrics, '{}') LOOP
+        IF m IS NULL OR m !~ '^[a-zA-Z_:][a-zA-Z0-9_:]*$' THEN
+            RAISE EXCEPTION 'dwh.tembo_metric_queries: invalid metric name %', coalesce(quote_literal(m), 'NULL')
+                USING HINT = 'Metric names match [a-zA-Z_:][a-zA-Z0-9_:]* (dwh.settings metrics.names).';
         END IF;
         v_lo := v_first;
         WHILE v_lo < v_end LOOP
-            -- samples t with v_lo <= t < least(v_lo + chunk, end): strict bounds lo-1 < t < hi
+            v_hi := least(v_lo + 10999::bigint * p_step, v_end);
             RETURN NEXT format(
-                'SELECT metric_name, metric_labels, metric_time, metric_value FROM src_prometheus.metrics '
+                'SELECT metric_name, metric_labels - %L AS metric_labels, metric_time, metric_value FROM src_prometheus.metrics '
                 'WHERE metric_name = %L AND metric_time > %s AND metric_time < %s',
-                m, v_lo - 1, least(v_lo + v_chunk, v_end));
-            v_lo := v_lo + v_chunk;
+                '__name__', m, v_lo - p_step, v_hi);
+            v_lo := v_hi;
         END LOOP;
     END LOOP;
 END
@@ -50,6 +63,8 @@ DECLARE
     v_args text[];
     v_q text;
     v_rows bigint;
+    v_message text;
+    v_detail text;
 BEGIN
     CREATE TEMP TABLE stage_metrics (
         metric_name text, metric_labels jsonb, metric_time bigint, metric_value double precision
@@ -63,7 +78,13 @@ BEGIN
         EXECUTE format('CREATE FOREIGN TABLE pg_temp.%I (metric_name text, metric_labels jsonb, metric_time bigint, metric_value double precision) '
                        'SERVER dwh_reader OPTIONS (program %L, format %L, encoding %L)',
                        v_ft, dwh.reader_command(v_args), 'csv', 'UTF8');
-        EXECUTE format('INSERT INTO pg_temp.stage_metrics SELECT * FROM pg_temp.%I', v_ft);
+        BEGIN
+            EXECUTE format('INSERT INTO pg_temp.stage_metrics SELECT * FROM pg_temp.%I', v_ft);
+        EXCEPTION WHEN external_routine_exception THEN
+            -- The source reader failed: say that it was Prometheus and why.
+            GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+            PERFORM dwh.raise_source_failure('metrics', 'Prometheus', v_message, v_detail);
+        END;
         EXECUTE format('DROP FOREIGN TABLE pg_temp.%I', v_ft);
     ELSIF v_backend = 'tembo' THEN
         FOR v_q IN SELECT dwh.tembo_metric_queries(p_start, p_end, v_step, v_metrics) LOOP

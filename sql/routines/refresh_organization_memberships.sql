@@ -11,6 +11,8 @@ DECLARE
     v_wait double precision;
     v_src bigint;
     v_counts bigint[];
+    v_message text;
+    v_detail text;
 BEGIN
     PERFORM dwh.check_snapshot_day('organization_memberships', p_snapshot_day);
     v_wait := dwh.lock_refresh('organization_memberships');
@@ -26,5 +28,10 @@ BEGIN
     v_counts := dwh.merge_dimension('organization_memberships', 'pg_temp.stage_organization_memberships', ARRAY['organization_id', 'user_id']);
     PERFORM dwh.write_snapshot('organization_memberships', p_snapshot_day);
     RETURN dwh.log_refresh('organization_memberships', NULL, NULL, p_snapshot_day, v_counts[1], v_counts[2], v_counts[3], v_src, v_t0, v_wait);
+EXCEPTION WHEN external_routine_exception THEN
+    -- The source reader failed: say which source and why (the data stays as it was).
+    GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+    PERFORM dwh.raise_source_failure('organization_memberships', 'Clerk organization_memberships', v_message, v_detail);
+    RETURN NULL;
 END
 $$;

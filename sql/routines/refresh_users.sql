@@ -11,6 +11,8 @@ DECLARE
     v_wait double precision;
     v_src bigint;
     v_counts bigint[];
+    v_message text;
+    v_detail text;
 BEGIN
     PERFORM dwh.check_snapshot_day('users', p_snapshot_day);
     v_wait := dwh.lock_refresh('users');
@@ -28,5 +30,10 @@ BEGIN
     v_counts := dwh.merge_dimension('users', 'pg_temp.stage_users', ARRAY['user_id']);
     PERFORM dwh.write_snapshot('users', p_snapshot_day);
     RETURN dwh.log_refresh('users', NULL, NULL, p_snapshot_day, v_counts[1], v_counts[2], v_counts[3], v_src, v_t0, v_wait);
+EXCEPTION WHEN external_routine_exception THEN
+    -- The source reader failed: say which source and why (the data stays as it was).
+    GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+    PERFORM dwh.raise_source_failure('users', 'Clerk users', v_message, v_detail);
+    RETURN NULL;
 END
 $$;
