@@ -1,0 +1,322 @@
+"""B1 refresh throughput: the FDW-native routine against Python round trips.
+
+The control plane is reloaded with 1,000,000 events and a 100,000-row instances dimension
+(times ``--scale``). Each relation is then copied into the warehouse four ways:
+
+(a) the project's routine (``dwh.refresh_events`` over the whole window,
+    ``dwh.refresh_instances``), called by a Python client as pg_cron and Dagster do;
+(b) pandas: ``read_sql`` in chunks from the control plane, ``to_sql`` into a scratch copy
+    of the local table (SQLAlchemy + psycopg);
+(c) psycopg: ``COPY ... TO STDOUT`` streamed into ``COPY ... FROM STDIN`` (binary);
+(d) ``INSERT ... SELECT`` from a local copy of the source: the physical limit.
+
+Every target is a clone of the local table (same columns, keys, indexes and daily
+partitions), emptied before each run; every copy is checked against the source.
+Events are also copied at a tenth of the size, to see whether memory grows with rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+
+from psycopg import sql
+
+from benchmarks.harness import BenchContext, BenchResult, Goal, Row, checksum, clone_table, make_row, utc_midnight
+from dwh_assets.config import CONTROL_PLANE_DB, CONTROL_PLANE_READER_ROLE, LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB
+from dwh_assets.sources.control_plane import load_control_plane
+from dwh_assets.sources.generator import INSTANCES_PER_SCALE, World, build_world
+
+NAME = "B1"
+TITLE = "refresh throughput: FDW-native routine vs pandas vs COPY pipe vs local INSERT ... SELECT"
+NEEDS_DAGSTER = False
+
+FULL_EVENTS = 1_000_000
+FULL_DIMENSION = 100_000
+SMALL_FRACTION = 0.1
+PANDAS_CHUNK_ROWS = 50_000
+# postgres_fdw fetch_size values (a) is re-run with on the whole event window.
+FETCH_SIZE_SWEEP = (1_000, 10_000, 100_000)
+METHODS_MODULE = "benchmarks.copy_methods"
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    source: str
+    local: str
+    columns: tuple[str, ...]
+    time_column: str | None
+    # Checksum row text: the same SQL on the source and on every copy.
+    row_text: str
+    # The routine, as (a) calls it; its first column is the number of rows inserted.
+    routine: str
+    # Extra local tables (a) writes and the set-up empties (the dimension's snapshots).
+    also_empty: tuple[str, ...] = ()
+    jsonb: tuple[str, ...] = ()
+    uuid: tuple[str, ...] = ()
+    target: str = ""
+
+    def spec(self, target: str) -> dict:
+        return asdict(self) | {"target": target}
+
+
+EVENTS = Table(
+    name="events",
+    source="pgmq.a_instance_events",
+    local="dwh.events",
+    columns=("msg_id", "read_ct", "enqueued_at", "archived_at", "vt", "message"),
+    time_column="enqueued_at",
+    row_text="concat_ws('|', msg_id, read_ct, extract(epoch FROM enqueued_at), extract(epoch FROM archived_at),"
+             " extract(epoch FROM vt), message::text)",
+    routine="SELECT rows_inserted FROM dwh.refresh_events(%s, %s)",
+    jsonb=("message",),
+)
+INSTANCES = Table(
+    name="instances",
+    source="public.instances",
+    local="dwh.instances",
+    columns=("instance_id", "organization_id", "name", "region", "cpu", "memory_gb", "storage_gb",
+             "created_at", "updated_at", "deleted_at"),
+    time_column=None,
+    row_text="concat_ws('|', instance_id, organization_id, name, region, cpu, memory_gb, storage_gb,"
+             " extract(epoch FROM created_at), extract(epoch FROM updated_at), extract(epoch FROM deleted_at))",
+    routine="SELECT rows_inserted FROM dwh.refresh_instances(%s)",
+    also_empty=("dwh.instances_snapshot",),
+    uuid=("instance_id",),
+)
+
+METHODS = {
+    "a": "(a) FDW-native routine",
+    "b": "(b) pandas read_sql/to_sql",
+    "c": "(c) psycopg COPY pipe",
+    "d": "(d) local INSERT ... SELECT",
+}
+
+
+@dataclass
+class Case:
+    table: Table
+    label: str
+    window: list[str] | None
+    routine_params: list
+
+
+def run(ctx: BenchContext) -> BenchResult:
+    n_events = max(1, round(FULL_EVENTS * ctx.scale))
+    n_dimension = max(1, round(FULL_DIMENSION * ctx.scale))
+    start, end = load_sources(ctx, n_events, n_dimension)
+    small_end = small_window_end(ctx, start, end)
+    prepare_targets(ctx, start, end)
+
+    today = dt.datetime.now(dt.timezone.utc).date()
+    cases = [
+        Case(EVENTS, "events, 1/10 window", [start.isoformat(), small_end.isoformat()], [start, small_end]),
+        Case(EVENTS, "events, whole window", [start.isoformat(), end.isoformat()], [start, end]),
+        Case(INSTANCES, "instances dimension", None, [today]),
+    ]
+    result = BenchResult(details={"events": n_events, "dimension_rows": n_dimension,
+                                  "window": [start.isoformat(), end.isoformat()],
+                                  "small_window_end": small_end.isoformat(),
+                                  "pandas_chunk_rows": PANDAS_CHUNK_ROWS})
+    with ctx.superuser() as conn:
+        result.details["fetch_size"] = current_fetch_size(conn)
+    for case in cases:
+        rows = run_case(ctx, case)
+        if case.table is EVENTS and case.window[1] == end.isoformat():
+            rows += fetch_size_sweep(ctx, case)
+        reference = next(r for r in rows if r.method == METHODS["d"])
+        for row in rows:
+            row.ratio, row.ratio_to = row.rows_per_s / reference.rows_per_s, "(d)"
+        result.rows += rows
+    result.goals = goals(result.rows)
+    return result
+
+
+# ----- set-up (untimed) ------------------------------------------------------------------------
+
+
+def load_sources(ctx: BenchContext, n_events: int, n_dimension: int) -> tuple[dt.datetime, dt.datetime]:
+    """Reload the control plane with the benchmark's world; its event window."""
+    world = World(seed=ctx.cfg.seed, scale=n_dimension / INSTANCES_PER_SCALE, anchor_day=ctx.cfg.anchor_day)
+    with ctx.superuser(CONTROL_PLANE_DB) as conn:
+        loaded = conn.execute(
+            "SELECT seed, scale, anchor_day, n_events FROM dwh_seed.loaded_world"
+        ).fetchone()
+        if loaded == (world.seed, world.scale, world.anchor_day, n_events):
+            ctx.progress("B1: the control plane already holds the benchmark's world")
+        else:
+            ctx.progress(f"B1: loading the control plane: {n_events:,} events, {n_dimension:,} instances ...")
+            world = build_world(world.seed, world.scale, world.anchor_day)
+            conn.autocommit = False
+            load_control_plane(conn, world, n_events=n_events)
+            conn.commit()
+    return world.history_start, world.history_end
+
+
+def small_window_end(ctx: BenchContext, start: dt.datetime, end: dt.datetime) -> dt.datetime:
+    """The first UTC midnight after which the window holds ~SMALL_FRACTION of the events."""
+    with ctx.superuser(CONTROL_PLANE_DB) as conn:
+        day = conn.execute(
+            "WITH d AS (SELECT date_trunc('day', enqueued_at) AS day, count(*) AS n FROM pgmq.a_instance_events"
+            " WHERE enqueued_at >= %s AND enqueued_at < %s GROUP BY 1),"
+            " c AS (SELECT day, sum(n) OVER (ORDER BY day) AS cum, sum(n) OVER () AS total FROM d)"
+            " SELECT min(day) FROM c WHERE cum >= total * %s",
+            (start, end, SMALL_FRACTION),
+        ).fetchone()[0]
+    return min(end, utc_midnight(day.date()) + dt.timedelta(days=1))
+
+
+def prepare_targets(ctx: BenchContext, start: dt.datetime, end: dt.datetime) -> None:
+    """Scratch clones of the local tables for (b), (c), (d); local sources for (d)."""
+    from benchmarks.copy_methods import NoProbe, copy_pipe
+
+    with ctx.connect(role=OWNER_ROLE) as conn:
+        # Partitions for the whole window exist before any method runs: none pays for them.
+        conn.execute("SELECT dwh.ensure_partitions('dwh.events', %s, %s)", (start, end))
+    with ctx.superuser() as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS bench AUTHORIZATION {}").format(sql.Identifier(LOADER_ROLE)))
+        for table in (EVENTS, INSTANCES):
+            for method in ("b", "c", "d"):
+                clone_table(conn, table.local, target(table, method))
+            # (d)'s source: a plain local table with the source's columns and rows.
+            source = f"bench.{table.name}_source"
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(*source.split("."))))
+            conn.execute(sql.SQL("CREATE TABLE {} AS {} WITH NO DATA").format(
+                sql.Identifier(*source.split(".")),
+                sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(map(sql.Identifier, table.columns)),
+                                                    sql.Identifier(*table.local.split(".")))))
+        conn.execute(sql.SQL("GRANT ALL ON ALL TABLES IN SCHEMA bench TO {}").format(sql.Identifier(LOADER_ROLE)))
+    for table in (EVENTS, INSTANCES):
+        source = f"bench.{table.name}_source"
+        window = None if table.time_column is None else [start.isoformat(), end.isoformat()]
+        copy_pipe(NoProbe(), src_dsn=ctx.dsn(CONTROL_PLANE_DB, CONTROL_PLANE_READER_ROLE), dst_dsn=ctx.dsn(),
+                  spec=table.spec(source), window=window)
+        with ctx.superuser() as conn:
+            key = sql.Identifier(table.time_column or table.columns[0])
+            conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(sql.Identifier(*source.split(".")), key))
+            conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(*source.split("."))))
+
+
+def target(table: Table, method: str) -> str:
+    if method == "a":
+        return table.local
+    return f"bench.{table.name}_{ {'b': 'pandas', 'c': 'copy', 'd': 'local'}[method] }"
+
+
+def empty(ctx: BenchContext, tables: tuple[str, ...]) -> None:
+    with ctx.superuser() as conn:
+        conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(sql.Identifier(*t.split(".")) for t in tables)))
+
+
+# ----- the measured runs -----------------------------------------------------------------------
+
+
+def run_case(ctx: BenchContext, case: Case) -> list[Row]:
+    where, params = case_filter(case)
+    with ctx.superuser(CONTROL_PLANE_DB) as conn:
+        source_sum = checksum(conn, case.table.source, case.table.row_text, where, params)
+    return [measure_method(ctx, case, method, METHODS[method], source_sum) for method in METHODS]
+
+
+def case_filter(case: Case) -> tuple[str, tuple]:
+    if case.window is None:
+        return "", ()
+    where = sql.SQL("WHERE {t} >= %s AND {t} < %s").format(t=sql.Identifier(case.table.time_column))
+    return where.as_string(), tuple(case.routine_params)
+
+
+def measure_method(ctx: BenchContext, case: Case, method: str, label: str, source_sum: str) -> Row:
+    """Empty the method's target, run the method (``ctx.repeat`` times), check its copy."""
+    table = case.table
+    cp_dsn = ctx.dsn(CONTROL_PLANE_DB, CONTROL_PLANE_READER_ROLE)
+    calls = {
+        "a": dict(target=f"{METHODS_MODULE}:call_routine", dsn=ctx.dsn(), statement=table.routine,
+                  params=[str(p) for p in case.routine_params]),
+        "b": dict(target=f"{METHODS_MODULE}:copy_pandas", preload=("pandas", "sqlalchemy"), src_dsn=cp_dsn,
+                  dst_dsn=ctx.dsn(), spec=table.spec(target(table, "b")), window=case.window,
+                  chunk_rows=PANDAS_CHUNK_ROWS),
+        "c": dict(target=f"{METHODS_MODULE}:copy_pipe", src_dsn=cp_dsn, dst_dsn=ctx.dsn(),
+                  spec=table.spec(target(table, "c")), window=case.window),
+        "d": dict(target=f"{METHODS_MODULE}:insert_select", dsn=ctx.dsn(), spec=table.spec(target(table, "d")),
+                  source=f"bench.{table.name}_source", window=case.window),
+    }
+    destination = target(table, method)
+    to_empty = (destination, *table.also_empty) if method == "a" else (destination,)
+    ctx.progress(f"B1: {case.label}: {label} ...")
+    call = dict(calls[method])
+    measurement, runs = ctx.measure_best(call.pop("target"), before=lambda: empty(ctx, to_empty), **call)
+    where, params = case_filter(case)
+    with ctx.superuser(WAREHOUSE_DB) as conn:
+        copy_sum = checksum(conn, destination, table.row_text, where, params)
+    row = make_row(NAME, case.label, label, measurement, copy_sum, source_sum, runs)
+    if method == "a" and table is INSTANCES:
+        row.note = "also stages the rows and writes today's snapshot partition"
+    ctx.progress(f"B1: {case.label}: {label}: {row.rows:,} rows in {row.seconds:.2f}s"
+                 f" ({row.rows_per_s:,.0f} rows/s), peak RSS {row.client_peak_mb} MB")
+    return row
+
+
+def fetch_size_sweep(ctx: BenchContext, case: Case) -> list[Row]:
+    """(a) again at other postgres_fdw fetch_size values (the server option, restored after)."""
+    with ctx.superuser() as conn:
+        configured = current_fetch_size(conn)
+    where, params = case_filter(case)
+    with ctx.superuser(CONTROL_PLANE_DB) as conn:
+        source_sum = checksum(conn, case.table.source, case.table.row_text, where, params)
+    rows = []
+    try:
+        for size in FETCH_SIZE_SWEEP:
+            if size == configured:
+                continue
+            set_fetch_size(ctx, size)
+            rows.append(measure_method(ctx, case, "a", f"(a) with fetch_size {size:,}", source_sum))
+    finally:
+        set_fetch_size(ctx, configured)
+    return rows
+
+
+def current_fetch_size(conn) -> int | None:
+    value = conn.execute(
+        "SELECT option_value FROM pg_foreign_server s, pg_options_to_table(s.srvoptions)"
+        " WHERE s.srvname = 'control_plane' AND option_name = 'fetch_size'"
+    ).fetchone()
+    return None if value is None else int(value[0])
+
+
+def set_fetch_size(ctx: BenchContext, size: int | None) -> None:
+    with ctx.superuser() as conn:
+        if size is None:
+            if current_fetch_size(conn) is not None:
+                conn.execute("ALTER SERVER control_plane OPTIONS (DROP fetch_size)")
+            return
+        action = "SET" if current_fetch_size(conn) is not None else "ADD"
+        conn.execute(sql.SQL("ALTER SERVER control_plane OPTIONS ({} fetch_size {})").format(
+            sql.SQL(action), sql.Literal(str(size))))
+
+
+# ----- goals ---------------------------------------------------------------------------------
+
+
+def goals(rows: list[Row]) -> list[Goal]:
+    def find(case: str, method: str) -> Row:
+        return next(r for r in rows if r.case == case and r.method == METHODS[method])
+
+    out = []
+    for case in ("events, whole window", "instances dimension"):
+        a, b, c, d = (find(case, m) for m in "abcd")
+        for other, want, text in ((b, 20.0, "(a) >= 20x (b)"), (c, 1.0, "(a) >= 1.0x (c)"), (d, 0.6, "(a) >= 60% of (d)")):
+            ratio = a.rows_per_s / other.rows_per_s
+            measured = f"{ratio:.0%}" if want < 1 else f"{ratio:.2f}x"
+            note = ""
+            if other is b:
+                note = f"(d), the local limit, is {d.rows_per_s / b.rows_per_s:.1f}x (b)"
+            out.append(Goal(NAME, f"{case}: {text}", measured, ratio >= want, note))
+    small, full = find("events, 1/10 window", "a"), find("events, whole window", "a")
+    growth = full.client_peak_mb / small.client_peak_mb
+    out.append(Goal(
+        NAME, "(a) driving-process memory flat in row count",
+        f"{small.client_peak_mb} MB at {small.rows:,} rows, {full.client_peak_mb} MB at {full.rows:,} rows",
+        growth <= 1.10, f"server backend: {small.server_peak_mb} MB, {full.server_peak_mb} MB",
+    ))
+    return out
