@@ -155,13 +155,15 @@ def _nothing_changed(loader):
         (("--select", "dwh/events", "--partition", "2026-13-45"), "2026-13-45"),
         (("--select", "dwh/events", "--partition-range", "{d2}...{d1}x"), "{d1}x"),
         (("--select", "dwh/events", "--partition", "1999-01-01"), "1999-01-01"),
+        (("--select", "dwh/events", "--partition", "{future}"), "{future}"),
         (("--select", "dwh/events", "--partition-range", "{d5}...{d1}"), "is reversed"),
     ],
-    ids=["unknown-asset", "malformed-day", "malformed-range", "outside-partitions", "reversed-range"],
+    ids=["unknown-asset", "malformed-day", "malformed-range", "outside-partitions", "future-day", "reversed-range"],
 )
 def test_bad_selection_or_partition_is_a_clear_error_and_changes_nothing(loader, args, expected):
     today = dt.datetime.now(UTC).date()
     days = {f"d{n}": (today - dt.timedelta(days=10 - n)).isoformat() for n in range(1, 6)}
+    days["future"] = (today + dt.timedelta(days=5)).isoformat()
     args = tuple(a.format(**days) for a in args)
     expected = expected.format(**days)
     before = _nothing_changed(loader)
