@@ -27,6 +27,7 @@ from dwh_assets.config import (
     load_config,
 )
 from dwh_assets.stack.local_stack import LocalStack
+from dwh_assets_tests.warehouse_helpers import ClerkApi
 
 TEST_SCALE = "0.5"
 
@@ -92,3 +93,11 @@ def reader_role(cfg: StackConfig) -> Iterator[psycopg.Connection]:
 def superuser(stack: LocalStack) -> Iterator[psycopg.Connection]:
     with stack.postgres.connect(WAREHOUSE_DB) as conn:
         yield conn
+
+
+@pytest.fixture()
+def clerk(cfg: StackConfig) -> Iterator[ClerkApi]:
+    """The session stack's Clerk emulator; back to the generated world, faults cleared, afterwards."""
+    api = ClerkApi(cfg)
+    yield api
+    api.reset()

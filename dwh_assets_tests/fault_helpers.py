@@ -18,7 +18,7 @@ from psycopg import sql
 from dwh_assets import catalog
 from dwh_assets.config import LOADER_ROLE, WAREHOUSE_DB, StackConfig
 from dwh_assets.stack.reader_install import install_reader
-from dwh_assets_tests.warehouse_helpers import table_checksum
+from dwh_assets_tests.warehouse_helpers import refresh, table_checksum  # noqa: F401 (refresh: re-exported)
 
 # Reader settings that make a failing source fail fast (set as DWH_READER_* variables,
 # the way a user tunes them, then installed into reader.json).
@@ -53,14 +53,6 @@ def reader_env(cfg: StackConfig, **variables: str) -> Iterator[None]:
 
 def connect(cfg: StackConfig, role: str = LOADER_ROLE, **kw) -> psycopg.Connection:
     return psycopg.connect(cfg.dsn(WAREHOUSE_DB, role), **{"autocommit": True, **kw})
-
-
-def refresh(conn: psycopg.Connection, routine: str, *args) -> dict:
-    """Run dwh.<routine>(args) and return its dwh.refresh_log row."""
-    placeholders = sql.SQL(", ").join([sql.Placeholder()] * len(args))
-    query = sql.SQL("SELECT * FROM {}({})").format(sql.Identifier("dwh", routine), placeholders)
-    cur = conn.execute(query, args)
-    return dict(zip([c.name for c in cur.description], cur.fetchone()))
 
 
 def failing_refresh(conn: psycopg.Connection, routine: str, *args) -> psycopg.Error:

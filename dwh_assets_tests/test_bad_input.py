@@ -31,11 +31,9 @@ D0, D1 = utc_midnight(-5), utc_midnight(-4)
 
 
 @pytest.fixture()
-def clerk(cfg: StackConfig):
-    api = ClerkApi(cfg)
-    api.reset()
-    yield api
-    api.reset()  # back to the generated world, faults cleared
+def clerk(clerk: ClerkApi):
+    clerk.reset()  # these tests start from the generated world too
+    return clerk
 
 
 @pytest.fixture()

@@ -119,12 +119,17 @@ def events_log_rows(conn: psycopg.Connection) -> int:
                         " AND window_start = %s AND window_end = %s", (W0, W1)).fetchone()[0]
 
 
-def test_pg_cron_marks_the_crashed_run_failed(crashed):
+def settled_run(crashed: Crash) -> dict:
+    """The crashed job's latest run once pg_cron has stopped calling it running."""
     with crashed.stack.postgres.connect(WAREHOUSE_DB) as superuser:
-        run = wait_for(lambda: (r := cron_run(superuser, crashed.jobid)) and r["status"] != "running" and r, 60,
-                       "pg_cron to settle the interrupted run")
-        assert run["runid"] == crashed.run["runid"], "no other run of the job started"
-        assert (run["status"], run["return_message"]) == ("failed", "server restarted")
+        return wait_for(lambda: (r := cron_run(superuser, crashed.jobid)) and r["status"] != "running" and r, 60,
+                        "pg_cron to settle the interrupted run")
+
+
+def test_pg_cron_marks_the_crashed_run_failed(crashed):
+    run = settled_run(crashed)
+    assert run["runid"] == crashed.run["runid"], "no other run of the job started"
+    assert (run["status"], run["return_message"]) == ("failed", "server restarted")
 
 
 def test_sensor_reports_the_crashed_run_as_a_failed_check(crashed):
@@ -137,9 +142,7 @@ def test_sensor_reports_the_crashed_run_as_a_failed_check(crashed):
     from dwh_assets.defs.resources import WarehouseResource
 
     cfg = crashed.stack.cfg
-    with crashed.stack.postgres.connect(WAREHOUSE_DB) as superuser:
-        wait_for(lambda: (r := cron_run(superuser, crashed.jobid)) and r["status"] != "running" and r, 60,
-                 "pg_cron to settle the interrupted run")
+    settled_run(crashed)
     judge = CronRunJudge({JOB: JobTarget(key_of("dwh.events"), "events", "window")}, set(),
                          stuck_after=dt.timedelta(hours=1), commit_grace=dt.timedelta(seconds=60),
                          schedule_grace=dt.timedelta(minutes=5))

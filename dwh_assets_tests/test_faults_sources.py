@@ -23,19 +23,12 @@ from dwh_assets.stack import secrets
 from dwh_assets.stack.process import StackError
 from dwh_assets.stack.reader_install import install_reader, reader_settings
 from dwh_assets_tests.fault_helpers import FAST_READER_ENV, TableState, connect, failing_refresh, reader_env, refresh
-from dwh_assets_tests.warehouse_helpers import ClerkApi, utc_midnight
+from dwh_assets_tests.warehouse_helpers import utc_midnight
 
 pytestmark = pytest.mark.integration
 
 D0, D1 = utc_midnight(-5), utc_midnight(-4)
 CLERK_TABLES = ("users", "organizations", "organization_memberships")
-
-
-@pytest.fixture()
-def clerk(cfg: StackConfig):
-    api = ClerkApi(cfg)
-    yield api
-    api.reset()  # back to the generated world, faults cleared
 
 
 @pytest.fixture()

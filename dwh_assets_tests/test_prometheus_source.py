@@ -11,7 +11,6 @@ import dataclasses
 import datetime as dt
 import io
 import json
-import shutil
 import subprocess
 import time
 import urllib.parse

@@ -21,7 +21,6 @@ import pytest
 from dwh_assets.config import LOADER_ROLE, OWNER_ROLE, READER_ROLE, StackConfig
 from dwh_assets.stack import secrets
 from dwh_assets_tests.fault_helpers import FAST_READER_ENV, children, connect, failing_refresh, reader_env, wait_for
-from dwh_assets_tests.warehouse_helpers import ClerkApi
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +35,6 @@ def all_secrets(cfg: StackConfig) -> dict[str, str]:
 def leaks(text: bytes | str, cfg: StackConfig) -> list[str]:
     data = text.encode() if isinstance(text, str) else text
     return [name for name, value in all_secrets(cfg).items() if value.encode() in data]
-
-
-@pytest.fixture()
-def clerk(cfg: StackConfig):
-    api = ClerkApi(cfg)
-    yield api
-    api.reset()
 
 
 # ----- Dagster's storage ------------------------------------------------------------------------

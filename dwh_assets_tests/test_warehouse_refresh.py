@@ -19,13 +19,13 @@ from dwh_assets.config import CONTROL_PLANE_DB, StackConfig
 from dwh_assets.sources.control_plane import add_events
 from dwh_assets.sources.generator import METRIC_NAMES
 from dwh_assets_tests.warehouse_helpers import (
-    ClerkApi,
     connect_control_plane,
     fact_checksum,
     instances_checksum,
     local_samples,
     primary_email,
     prometheus_samples,
+    refresh,
     table_checksum,
     utc_midnight,
 )
@@ -39,24 +39,9 @@ INSTANCE_COLUMNS = "instance_id, organization_id, name, region, cpu, memory_gb, 
 
 
 @pytest.fixture()
-def clerk(cfg: StackConfig):
-    api = ClerkApi(cfg)
-    yield api
-    api.reset()  # back to the generated world, faults cleared
-
-
-@pytest.fixture()
 def control_plane(cfg: StackConfig):
     with connect_control_plane(cfg) as conn:
         yield conn
-
-
-def refresh(conn: psycopg.Connection, routine: str, *args) -> dict:
-    """Run dwh.<routine>(args) and return its dwh.refresh_log row."""
-    placeholders = sql.SQL(", ").join([sql.Placeholder()] * len(args))
-    query = sql.SQL("SELECT * FROM {}({})").format(sql.Identifier("dwh", routine), placeholders)
-    cur = conn.execute(query, args)
-    return dict(zip([c.name for c in cur.description], cur.fetchone()))
 
 
 def today() -> dt.date:

@@ -33,6 +33,14 @@ def connect_control_plane(cfg: StackConfig) -> psycopg.Connection:
     return psycopg.connect(cfg.superuser_dsn(CONTROL_PLANE_DB), autocommit=True)
 
 
+def refresh(conn: psycopg.Connection, routine: str, *args) -> dict:
+    """Run dwh.<routine>(args) and return its dwh.refresh_log row."""
+    placeholders = sql.SQL(", ").join([sql.Placeholder()] * len(args))
+    query = sql.SQL("SELECT * FROM {}({})").format(sql.Identifier("dwh", routine), placeholders)
+    cur = conn.execute(query, args)
+    return dict(zip([c.name for c in cur.description], cur.fetchone()))
+
+
 # ----- checksums: (row count, md5 over the rows in key order), same SQL on both sides -----
 
 # Fact tables of the control plane: warehouse table, source table, time column, row text, key.

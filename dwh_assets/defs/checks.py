@@ -18,13 +18,9 @@ from dwh_assets import catalog
 from dwh_assets.cron_jobs import mart_job_name
 from dwh_assets.defs.assets import key_of
 from dwh_assets.defs.partitions import today_utc
-from dwh_assets.defs.resources import WarehouseResource
+from dwh_assets.defs.resources import WarehouseResource, qualified
 
 PG_CRON_HEALTH = "pg_cron_job_health"
-
-
-def _rel(relation: str) -> sql.Composable:
-    return sql.SQL(".").join(sql.Identifier(p) for p in relation.split("."))
 
 
 def _row_count_check(spec: catalog.TableSpec) -> dg.AssetChecksDefinition:
@@ -33,7 +29,7 @@ def _row_count_check(spec: catalog.TableSpec) -> dg.AssetChecksDefinition:
     def row_count_matches_source(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         row = warehouse.query(
             sql.SQL("SELECT (SELECT count(*) FROM {}) AS local, (SELECT count(*) FROM {}) AS source").format(
-                _rel(spec.local_table), _rel(spec.sources[0])
+                qualified(spec.local_table), qualified(spec.sources[0])
             )
         )[0]
         return dg.AssetCheckResult(
@@ -51,7 +47,7 @@ def _unique_key_check(spec: catalog.TableSpec) -> dg.AssetChecksDefinition:
         cols = sql.SQL(", ").join(map(sql.Identifier, spec.key))
         row = warehouse.query(
             sql.SQL("SELECT count(*) AS duplicated FROM (SELECT {} FROM {} GROUP BY {} HAVING count(*) > 1) d").format(
-                cols, _rel(spec.local_table), cols
+                cols, qualified(spec.local_table), cols
             )
         )[0]
         return dg.AssetCheckResult(passed=row["duplicated"] == 0, metadata={"duplicated_keys": int(row["duplicated"])})
@@ -80,7 +76,7 @@ def _reference_check(child: str) -> dg.AssetChecksDefinition:
         for c, col, parent, pcol in refs:
             row = warehouse.query(
                 sql.SQL("SELECT count(*) AS dangling FROM {} c WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.{} = c.{})").format(
-                    _rel(c), _rel(parent), sql.Identifier(pcol), sql.Identifier(col)
+                    qualified(c), qualified(parent), sql.Identifier(pcol), sql.Identifier(col)
                 )
             )[0]
             metadata[f"dangling_{col}"] = int(row["dangling"])

@@ -23,8 +23,9 @@ from dwh_assets import catalog
 APPLICATION_NAME = "dagster"
 
 
-def _qualified(name: str) -> sql.Composable:
-    return sql.SQL(".").join(sql.Identifier(part) for part in name.split("."))
+def qualified(name: str) -> sql.Identifier:
+    """``schema.table`` (or ``schema.routine``) as a quoted SQL identifier."""
+    return sql.Identifier(*name.split("."))
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -52,12 +53,12 @@ class WarehouseResource(dg.ConfigurableResource):
 
     def refresh_fact(self, spec: catalog.TableSpec, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
         """Replace ``[start, end)`` of a fact table; returns its ``dwh.refresh_log`` row."""
-        query = sql.SQL("SELECT * FROM {}(%s, %s)").format(_qualified(spec.routine))
+        query = sql.SQL("SELECT * FROM {}(%s, %s)").format(qualified(spec.routine))
         return self._call(query, (start, end))
 
     def refresh_dimension(self, spec: catalog.TableSpec, snapshot_day: dt.date) -> dict[str, Any]:
         """Make a dimension equal to its source and write ``snapshot_day``'s snapshot."""
-        query = sql.SQL("SELECT * FROM {}(%s)").format(_qualified(spec.routine))
+        query = sql.SQL("SELECT * FROM {}(%s)").format(qualified(spec.routine))
         return self._call(query, (snapshot_day,))
 
     def refresh_mart(self, mart: str) -> dict[str, Any]:
