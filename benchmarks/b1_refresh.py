@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 from psycopg import sql
 
 from benchmarks.harness import BenchContext, BenchResult, Goal, Row, checksum, clone_table, make_row, utc_midnight
-from dwh_assets.config import CONTROL_PLANE_DB, CONTROL_PLANE_READER_ROLE, LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB
-from dwh_assets.sources.control_plane import load_control_plane
-from dwh_assets.sources.generator import INSTANCES_PER_SCALE, World, build_world
+from dwh_assets.local.config import CONTROL_PLANE_DB, CONTROL_PLANE_READER_ROLE, LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB
+from dwh_assets.local.control_plane import load_control_plane
+from dwh_assets.local.generator import INSTANCES_PER_SCALE, World, build_world
 
 NAME = "B1"
 TITLE = "refresh throughput: FDW-native routine vs pandas vs COPY pipe vs local INSERT ... SELECT"

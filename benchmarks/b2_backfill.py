@@ -54,10 +54,10 @@ from benchmarks.harness import (
     make_row,
     utc_midnight,
 )
-from dwh_assets.config import CONTROL_PLANE_DB
-from dwh_assets.defs.assets import key_of
-from dwh_assets.defs.partitions import HISTORY_START_ENV
-from dwh_assets.stack.dagster import venv_bin
+from dwh_assets.local.config import CONTROL_PLANE_DB
+from dwh_assets.warehouse.defs.assets import key_of
+from dwh_assets.warehouse.defs.partitions import HISTORY_START_ENV
+from dwh_assets.local.dagster import venv_bin
 
 NAME = "B2"
 TITLE = "backfill of 90 daily partitions: one single-run range vs one run per partition (dagster CLI)"

@@ -32,11 +32,11 @@ import psutil
 import psycopg
 
 from benchmarks.harness import BenchContext, BenchResult, Goal, Measurement, Row, make_row
-from dwh_assets.catalog import BY_NAME, CRON_JOB_PREFIX
-from dwh_assets.defs import cron_targets
-from dwh_assets.defs.cron_sensor import REFRESH_LOGS, RUN_COLUMNS, CronCursor, CronRunJudge, TickReport, build_cron_sensor, evaluate_cron_runs
-from dwh_assets.defs.partitions import daily_partitions
-from dwh_assets.defs.resources import WarehouseResource
+from dwh_assets.warehouse.catalog import BY_NAME, CRON_JOB_PREFIX
+from dwh_assets.warehouse.defs import cron_targets
+from dwh_assets.warehouse.defs.cron_sensor import REFRESH_LOGS, RUN_COLUMNS, CronCursor, CronRunJudge, TickReport, build_cron_sensor, evaluate_cron_runs
+from dwh_assets.warehouse.defs.partitions import daily_partitions
+from dwh_assets.warehouse.defs.resources import WarehouseResource
 
 NAME = "B3"
 TITLE = "pg_cron sensor tick: 10k vs 1M rows in cron.job_run_details, 100 new runs each time"

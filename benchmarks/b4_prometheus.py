@@ -24,8 +24,8 @@ from psycopg import sql
 
 from benchmarks.harness import BenchContext, BenchResult, Goal, checksum, clone_table, make_row, utc_midnight
 from benchmarks.prometheus_peer import grid
-from dwh_assets.config import LOADER_ROLE, OWNER_ROLE
-from dwh_assets.sources.generator import METRIC_NAMES
+from dwh_assets.local.config import LOADER_ROLE, OWNER_ROLE
+from dwh_assets.local.generator import METRIC_NAMES
 
 NAME = "B4"
 TITLE = "Prometheus path: reader + dwh.refresh_metrics vs prometheus-api-client + pandas"

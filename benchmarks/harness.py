@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from dwh_assets.config import (
+from dwh_assets.local.config import (
     DEFAULT_PORTS,
     LOADER_ROLE,
     OWNER_ROLE,
@@ -32,7 +32,7 @@ from dwh_assets.config import (
     free_port,
     load_config,
 )
-from dwh_assets.stack.local_stack import LocalStack
+from dwh_assets.local.local_stack import LocalStack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.run [--only B1,B4] [--scale 1.0] [--repeat 1]
 
-``--scale 1.0`` is the issue's size (B1: 1,000,000 events and a 100,000-row dimension;
+``--scale 1.0`` is the reference size (B1: 1,000,000 events and a 100,000-row dimension;
 B4: every series of the demo world, scale 1.0). Results go to
 ``benchmarks/results/latest.json`` and ``latest.md`` (``--out`` elsewhere), with the
 machine, the versions and the exact command, rewritten after every benchmark. Exit
@@ -37,7 +37,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated benchmarks (default: all)")
-    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the issue's sizes (default 1.0)")
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the reference sizes (default 1.0)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per method; the fastest is reported")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for latest.json and latest.md")
     parser.add_argument("--home", type=Path, default=None,

@@ -1,20 +1,30 @@
-"""``dwh``: bring the local stack up and down, look at it, migrate the warehouse.
+"""``dwh``: migrate a warehouse; bring the local demo stack up and down.
 
-    dwh up [--no-dagster] [--no-materialize]   start everything that is not running
+The warehouse (any PostgreSQL 15+, configured by a TOML file):
+
+    dwh migrate [--config FILE] [--dry-run]    bootstrap, migrations, sources, grants, pg_cron jobs
+    dwh reader install [--config FILE]         install the source reader (run on the database host)
+    dwh env [--config FILE]                    shell exports for Dagster and psql (no secrets)
+
+The local demo stack (``DWH_HOME``, default ``.dwh/``):
+
+    dwh up [--no-dagster] [--no-materialize]   start what is not running, migrate, materialise
     dwh down                                   stop everything
     dwh status                                 component, port, pid, state, log file
-    dwh migrate                                apply SQL migrations, sync pg_cron jobs
-    dwh env                                    shell exports for `dagster` / `psql` (no secrets)
+
+Without --config, the warehouse commands use ``DWH_CONFIG``, else the local stack's own
+configuration (``<DWH_HOME>/dwh.toml``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+from pathlib import Path
 
-from dwh_assets.config import load_config
-from dwh_assets.stack.process import StackError
+from dwh_assets.warehouse.deployment import CONFIG_ENV, DeploymentConfig, DeploymentError, DwhError
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -25,29 +35,75 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from dwh_assets.stack.local_stack import LocalStack
+def _print(line: str) -> None:
+    print(line, flush=True)
 
-    cfg = load_config(create=True)
-    print(f"dwh: stack directory {cfg.home}", flush=True)
-    stack = LocalStack(cfg)
-    stack.up(dagster=not args.no_dagster)
-    if not args.no_materialize:
-        from dwh_assets.materialize import materialize_all
 
-        print("materialising the warehouse ...", flush=True)
-        materialize_all(cfg)
-    print(_status_text(stack))
-    if not args.no_dagster:
-        print(f"\nDagster UI: {cfg.dagster_url}   (shell: eval \"$(dwh env)\")")
+# ----- the warehouse ------------------------------------------------------------------------------
+
+
+def deployment(args: argparse.Namespace) -> DeploymentConfig:
+    """--config, else DWH_CONFIG, else the local stack's configuration."""
+    path = args.config or os.environ.get(CONFIG_ENV)
+    if path:
+        return DeploymentConfig.load(path)
+    from dwh_assets.local.config import load_config
+
+    try:
+        cfg = load_config()
+    except SystemExit as e:
+        raise DeploymentError(
+            f"no deployment configuration: pass --config FILE or set {CONFIG_ENV} "
+            f"(dwh.example.toml shows every setting), or start the local stack with `dwh up`. ({e})"
+        ) from None
+    return cfg.deployment()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from dwh_assets.warehouse import migrate
+
+    cfg = deployment(args)
+    if args.dry_run:
+        _print(f"plan for {cfg.warehouse.host}:{cfg.warehouse.port}/{cfg.warehouse.database} (nothing is changed):")
+        lines = migrate.plan(cfg, progress=_print)
+        for line in lines:
+            _print(f"  {line}")
+        return 1 if any(line.startswith("REFUSED") for line in lines) else 0
+    migrate.migrate(cfg, progress=_print)
     return 0
 
 
-def cmd_down(args: argparse.Namespace) -> int:
-    from dwh_assets.stack.local_stack import LocalStack
+def cmd_reader_install(args: argparse.Namespace) -> int:
+    from dwh_assets.warehouse.sources.reader_install import install_reader
 
-    LocalStack(load_config()).down()
+    cfg = deployment(args)
+    path = install_reader(cfg)
+    _print(f"installed the source reader in {path.parent} for OS user {cfg.reader.os_user}")
     return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """--config: that deployment's DSNs; else the local stack's whole environment (or DWH_CONFIG's)."""
+    values = None
+    if not args.config:
+        from dwh_assets.local.config import load_config
+
+        try:
+            values = load_config().shell_env()
+        except SystemExit:
+            if not os.environ.get(CONFIG_ENV):
+                raise
+    if values is None:
+        from dwh_assets.warehouse.connect import analyst_env, dagster_env
+
+        cfg = deployment(args)
+        values = dagster_env(cfg) | analyst_env(cfg)
+    for key, value in values.items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+# ----- the local demo stack ------------------------------------------------------------------------
 
 
 def _status_text(stack) -> str:
@@ -55,39 +111,66 @@ def _status_text(stack) -> str:
     return _table(rows, ["component", "port", "pid", "state", "log"])
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from dwh_assets.local.config import load_config
+    from dwh_assets.local.local_stack import LocalStack
+
+    cfg = load_config(create=True)
+    _print(f"dwh: stack directory {cfg.home}")
+    stack = LocalStack(cfg)
+    stack.up(dagster=not args.no_dagster)
+    if not args.no_materialize:
+        from dwh_assets.local.materialize import materialize_all
+
+        _print("materialising the warehouse ...")
+        materialize_all(cfg)
+    _print(_status_text(stack))
+    if not args.no_dagster:
+        _print(f"\nDagster UI: {cfg.dagster_url}   (shell: eval \"$(.venv/bin/dwh env)\")")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from dwh_assets.local.config import load_config
+    from dwh_assets.local.local_stack import LocalStack
+
+    LocalStack(load_config()).down()
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    from dwh_assets.stack.local_stack import LocalStack
+    from dwh_assets.local.config import load_config
+    from dwh_assets.local.local_stack import LocalStack
 
     stack = LocalStack(load_config())
-    print(f"stack directory: {stack.cfg.home}")
-    print(_status_text(stack))
+    _print(f"stack directory: {stack.cfg.home}")
+    _print(_status_text(stack))
     return 0 if all(s.state == "running" for s in stack.status()) else 3
-
-
-def cmd_migrate(args: argparse.Namespace) -> int:
-    from dwh_assets.migrate import migrate
-
-    print(migrate(load_config()))
-    return 0
-
-
-def cmd_env(args: argparse.Namespace) -> int:
-    for key, value in load_config().client_env().items():
-        print(f"export {key}={shlex.quote(value)}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dwh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start the stack (idempotent) and materialise the warehouse")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", type=Path, help=f"deployment configuration (TOML); default ${CONFIG_ENV}")
+        return p
+
+    migrate = with_config(sub.add_parser("migrate", help="bootstrap, apply migrations, sync sources and pg_cron jobs"))
+    migrate.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    migrate.set_defaults(func=cmd_migrate)
+    reader = sub.add_parser("reader", help="the source reader of the reader backend")
+    reader_sub = reader.add_subparsers(dest="reader_command", required=True)
+    with_config(reader_sub.add_parser("install", help="install it for the database server (run on the database host)")
+                ).set_defaults(func=cmd_reader_install)
+    with_config(sub.add_parser("env", help="print shell exports for dagster/psql (no secrets)")).set_defaults(func=cmd_env)
+
+    up = sub.add_parser("up", help="start the local stack (idempotent) and materialise the warehouse")
     up.add_argument("--no-dagster", action="store_true", help="leave Dagster's webserver and daemon out")
     up.add_argument("--no-materialize", action="store_true", help="start everything but materialise nothing")
     up.set_defaults(func=cmd_up)
-    sub.add_parser("down", help="stop every component").set_defaults(func=cmd_down)
-    sub.add_parser("status", help="show each component").set_defaults(func=cmd_status)
-    sub.add_parser("migrate", help="apply SQL migrations and sync pg_cron jobs").set_defaults(func=cmd_migrate)
-    sub.add_parser("env", help="print shell exports for dagster/psql against the stack").set_defaults(func=cmd_env)
+    sub.add_parser("down", help="stop every component of the local stack").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="show each component of the local stack").set_defaults(func=cmd_status)
     return parser
 
 
@@ -95,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except StackError as exc:
+    except DwhError as exc:  # a sentence meant for the user, not a traceback
         print(f"dwh {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

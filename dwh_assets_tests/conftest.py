@@ -3,6 +3,10 @@
 The session stack lives in its own DWH_HOME under /tmp (the server's OS user must be
 able to reach it) on free loopback ports, so it never collides with a demo stack.
 Scale 0.5 gives 600 Clerk users, more than one page of 500.
+
+Every test that uses a server fixture carries the ``integration`` marker (added here at
+collection, whether or not its module says so), so ``pytest -m "not integration"`` runs
+exactly the tests that need no server.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dwh_assets.config import (
+from dwh_assets.local.config import (
     DEFAULT_PORTS,
     LOADER_ROLE,
     OWNER_ROLE,
@@ -26,10 +30,19 @@ from dwh_assets.config import (
     free_port,
     load_config,
 )
-from dwh_assets.stack.local_stack import LocalStack
+from dwh_assets.local.local_stack import LocalStack
+from dwh_assets.warehouse.migrate import migrate
 from dwh_assets_tests.warehouse_helpers import ClerkApi
 
 TEST_SCALE = "0.5"
+# Fixtures that start or use real servers; a test using any of them (even indirectly) is integration.
+SERVER_FIXTURES = {"stack", "cfg", "loader", "owner", "reader_role", "superuser", "clerk"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 def make_home(prefix: str) -> Path:
@@ -42,6 +55,11 @@ def stack_env(home: Path, scale: str = TEST_SCALE) -> dict[str, str]:
     env = {"DWH_HOME": str(home), "DWH_SCALE": scale, "DWH_SEED": "42"}
     env.update({f"DWH_{name.upper()}_PORT": str(free_port()) for name in DEFAULT_PORTS})
     return env
+
+
+def migrate_stack(cfg: StackConfig) -> str:
+    """`dwh migrate` on a local stack, with its deployment configuration; the one-line summary."""
+    return migrate(cfg.deployment(), progress=lambda _line: None).summary()
 
 
 @pytest.fixture(scope="session")

@@ -15,19 +15,19 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from dwh_assets import catalog
-from dwh_assets.config import LOADER_ROLE, WAREHOUSE_DB, StackConfig
-from dwh_assets.stack.reader_install import install_reader
+from dwh_assets.warehouse import catalog
+from dwh_assets.local.config import LOADER_ROLE, WAREHOUSE_DB, StackConfig
+from dwh_assets.warehouse.sources.reader_install import install_reader
 from dwh_assets_tests.warehouse_helpers import refresh, table_checksum  # noqa: F401 (refresh: re-exported)
 
 # Reader settings that make a failing source fail fast (set as DWH_READER_* variables,
 # the way a user tunes them, then installed into reader.json).
 FAST_READER_ENV = {
-    "DWH_READER_TIMEOUT_SECONDS": "2",
-    "DWH_READER_MAX_RETRIES": "1",
-    "DWH_READER_BACKOFF_SECONDS": "0.05",
-    "DWH_READER_MAX_RETRY_AFTER_SECONDS": "1",
-    "DWH_READER_TOTAL_TIMEOUT_SECONDS": "60",
+    "DWH_READER__TIMEOUT_SECONDS": "2",
+    "DWH_READER__MAX_RETRIES": "1",
+    "DWH_READER__BACKOFF_SECONDS": "0.05",
+    "DWH_READER__MAX_RETRY_AFTER_SECONDS": "1",
+    "DWH_READER__TOTAL_TIMEOUT_SECONDS": "60",
 }
 # A guard, not a measurement: a refresh that does not fail by itself within this is hung,
 # and then fails with SQLSTATE 57014 (query_canceled) instead of the expected error.
@@ -40,7 +40,7 @@ def reader_env(cfg: StackConfig, **variables: str) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in variables}
     os.environ.update(variables)
     try:
-        install_reader(cfg)
+        install_reader(cfg.deployment())
         yield
     finally:
         for key, value in saved.items():
@@ -48,7 +48,7 @@ def reader_env(cfg: StackConfig, **variables: str) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        install_reader(cfg)
+        install_reader(cfg.deployment())
 
 
 def connect(cfg: StackConfig, role: str = LOADER_ROLE, **kw) -> psycopg.Connection:

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from psycopg import errors, sql
 
-from dwh_assets.config import OWNER_ROLE, StackConfig, free_port
-from dwh_assets.stack.process import ManagedProcess
-from dwh_assets.stack.reader_install import install_settings, reader_program
+from dwh_assets.local.config import OWNER_ROLE, StackConfig, free_port
+from dwh_assets.local.process import ManagedProcess
+from dwh_assets.warehouse.sources.reader_install import install_settings, reader_program
 from dwh_assets_tests.fault_helpers import TableState, connect, failing_refresh, refresh
 from dwh_assets_tests.warehouse_helpers import ClerkApi, primary_email, utc_midnight
 
@@ -266,10 +266,10 @@ def nasty_prometheus(tmp_path, marker):
 
 def test_label_values_with_shell_and_sql_syntax_are_stored_verbatim(cfg, owner_tx, marker, nasty_prometheus):
     url, labels, samples = nasty_prometheus
-    variant = install_settings(cfg, {"prometheus_url": url}, name="reader.nasty-labels.json")
+    variant = install_settings(cfg.deployment(), {"prometheus_url": url}, name="reader.nasty-labels.json")
     try:
         owner_tx.execute("UPDATE dwh.settings SET value = %s WHERE key = 'reader.command'",
-                         (reader_program(cfg, config=variant),))
+                         (reader_program(cfg.deployment(), config=variant),))
         log = refresh(owner_tx, "refresh_metrics", D0, D1)
         stored = owner_tx.execute(
             "SELECT s.labels, extract(epoch FROM m.ts)::bigint, m.value FROM dwh.metrics m"

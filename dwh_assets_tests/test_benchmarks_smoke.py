@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from benchmarks import b1_refresh, b4_prometheus
-from dwh_assets.config import REPO_ROOT
+from dwh_assets.local.config import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from dwh_assets.config import StackConfig, free_port
-from dwh_assets.sources.generator import build_world, to_ms
-from dwh_assets.stack import secrets
-from dwh_assets.stack.clerk import ClerkEmulator
-from dwh_assets.stack.process import port_open, wait_until
+from dwh_assets.local.config import StackConfig, free_port
+from dwh_assets.local.generator import build_world, to_ms
+from dwh_assets.local import secrets
+from dwh_assets.local.clerk import ClerkEmulator
+from dwh_assets.local.process import port_open, wait_until
 
 ANCHOR = dt.date(2024, 6, 1)
 SCALE = 0.05  # 60 users, 10 organizations
@@ -227,7 +227,7 @@ def test_rate_limit_flag_answers_429_with_retry_after(tmp_path):
     port = free_port()
     log = open(tmp_path / "emulator.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dwh_assets.sources.clerk_emulator", "--port", str(port), "--scale", "0.01",
+        [sys.executable, "-m", "dwh_assets.local.clerk_emulator", "--port", str(port), "--scale", "0.01",
          "--anchor-day", ANCHOR.isoformat(), "--secret-file", str(key_file), "--rate-limit", "3"],
         stdout=log, stderr=subprocess.STDOUT,
     )
@@ -254,7 +254,7 @@ def test_rate_limit_flag_answers_429_with_retry_after(tmp_path):
 
 def test_emulator_refuses_to_start_without_a_key(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "dwh_assets.sources.clerk_emulator", "--port", str(free_port()),
+        [sys.executable, "-m", "dwh_assets.local.clerk_emulator", "--port", str(free_port()),
          "--secret-file", str(tmp_path / "missing")],
         capture_output=True, text=True, timeout=60,
     )

@@ -14,19 +14,19 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from dwh_assets.config import (
+from dwh_assets.local.config import (
     CONTROL_PLANE_DB,
     CONTROL_PLANE_READER_ROLE,
     StackConfig,
     free_port,
     load_config,
 )
-from dwh_assets.sources import control_plane
-from dwh_assets.sources.control_plane import add_events, ensure_control_plane, load_control_plane
-from dwh_assets.sources.generator import World, build_world
-from dwh_assets.stack import secrets
-from dwh_assets.stack.postgres import Postgres
-from dwh_assets.stack.process import StackError
+from dwh_assets.local import control_plane
+from dwh_assets.local.control_plane import add_events, ensure_control_plane, load_control_plane
+from dwh_assets.local.generator import World, build_world
+from dwh_assets.local import secrets
+from dwh_assets.local.postgres import Postgres
+from dwh_assets.local.process import StackError
 
 pytestmark = pytest.mark.integration
 

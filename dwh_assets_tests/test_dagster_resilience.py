@@ -39,15 +39,15 @@ import pytest
 from dagster._core.scheduler.instigation import InstigatorType
 from psycopg import sql
 
-from dwh_assets import catalog
-from dwh_assets.config import DAGSTER_DB, LOADER_ROLE, REPO_ROOT, WAREHOUSE_DB, load_config
-from dwh_assets.defs import build_definitions, cron_targets
-from dwh_assets.defs.assets import key_of
-from dwh_assets.defs.cron_sensor import SENSOR_INTERVAL_ENV, CronCursor
-from dwh_assets.defs.resources import WarehouseResource
-from dwh_assets.sources.generator import METRIC_NAMES
-from dwh_assets.stack.dagster import venv_bin
-from dwh_assets.stack.local_stack import LocalStack
+from dwh_assets.warehouse import catalog
+from dwh_assets.local.config import DAGSTER_DB, LOADER_ROLE, REPO_ROOT, WAREHOUSE_DB, load_config
+from dwh_assets.warehouse.defs import build_definitions, cron_targets
+from dwh_assets.warehouse.defs.assets import key_of
+from dwh_assets.warehouse.defs.cron_sensor import SENSOR_INTERVAL_ENV, CronCursor
+from dwh_assets.warehouse.defs.resources import WarehouseResource
+from dwh_assets.local.generator import METRIC_NAMES
+from dwh_assets.local.dagster import venv_bin
+from dwh_assets.local.local_stack import LocalStack
 from dwh_assets_tests.conftest import make_home, stack_env
 from dwh_assets_tests.fault_helpers import FAST_READER_ENV, reader_env, refresh, wait_for
 from dwh_assets_tests.warehouse_helpers import (

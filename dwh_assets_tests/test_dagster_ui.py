@@ -23,8 +23,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from dwh_assets.config import REPO_ROOT
-from dwh_assets.defs import build_definitions
+from dwh_assets.local.config import REPO_ROOT
+from dwh_assets.warehouse.defs import build_definitions
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"

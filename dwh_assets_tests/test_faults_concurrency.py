@@ -15,7 +15,7 @@ import time
 import pytest
 from psycopg import sql
 
-from dwh_assets.config import OWNER_ROLE
+from dwh_assets.local.config import OWNER_ROLE
 from dwh_assets_tests.fault_helpers import (
     connect,
     cron_run,

@@ -20,9 +20,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dwh_assets.config import LOADER_ROLE, WAREHOUSE_DB, load_config
-from dwh_assets.sources.control_plane import add_events
-from dwh_assets.stack.local_stack import LocalStack
+from dwh_assets.local.config import LOADER_ROLE, WAREHOUSE_DB, load_config
+from dwh_assets.local.control_plane import add_events
+from dwh_assets.local.local_stack import LocalStack
 from dwh_assets_tests.conftest import make_home, stack_env
 from dwh_assets_tests.fault_helpers import (
     connect,
@@ -136,10 +136,10 @@ def test_sensor_reports_the_crashed_run_as_a_failed_check(crashed):
     """What Dagster shows: the interrupted pg_cron run is a failed pg_cron_job_health check, no materialization."""
     import dagster as dg
 
-    from dwh_assets.defs.assets import key_of
-    from dwh_assets.defs.checks import PG_CRON_HEALTH
-    from dwh_assets.defs.cron_sensor import CronCursor, CronRunJudge, JobTarget, evaluate_cron_runs
-    from dwh_assets.defs.resources import WarehouseResource
+    from dwh_assets.warehouse.defs.assets import key_of
+    from dwh_assets.warehouse.defs.checks import PG_CRON_HEALTH
+    from dwh_assets.warehouse.defs.cron_sensor import CronCursor, CronRunJudge, JobTarget, evaluate_cron_runs
+    from dwh_assets.warehouse.defs.resources import WarehouseResource
 
     cfg = crashed.stack.cfg
     settled_run(crashed)

@@ -17,11 +17,12 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from dwh_assets.config import OWNER_ROLE, StackConfig
-from dwh_assets.sources.reader import DEFAULT_SETTINGS
-from dwh_assets.stack import secrets
-from dwh_assets.stack.process import StackError
-from dwh_assets.stack.reader_install import install_reader, reader_settings
+from dwh_assets.local.config import OWNER_ROLE, StackConfig
+from dwh_assets.warehouse.sources.reader import DEFAULT_SETTINGS
+from dwh_assets.local import secrets
+from dwh_assets.local.process import StackError
+from dwh_assets.warehouse.deployment import DeploymentError
+from dwh_assets.warehouse.sources.reader_install import install_reader, reader_settings
 from dwh_assets_tests.fault_helpers import FAST_READER_ENV, TableState, connect, failing_refresh, reader_env, refresh
 from dwh_assets_tests.warehouse_helpers import utc_midnight
 
@@ -85,7 +86,7 @@ def test_a_hanging_clerk_is_bounded_by_the_total_timeout(cfg, loader, clerk):
     """Many retries of a hanging source still end at total_timeout_seconds."""
     before = TableState.of(loader, "organizations")
     clerk.request("POST", "/_admin/faults", {"delay_seconds": 300})
-    with reader_env(cfg, **{**FAST_READER_ENV, "DWH_READER_MAX_RETRIES": "1000", "DWH_READER_TOTAL_TIMEOUT_SECONDS": "5"}):
+    with reader_env(cfg, **{**FAST_READER_ENV, "DWH_READER__MAX_RETRIES": "1000", "DWH_READER__TOTAL_TIMEOUT_SECONDS": "5"}):
         error = failing_refresh(loader, "refresh_organizations")
     assert_source_failure(error, "08006", "dwh.refresh_organizations: source Clerk organizations did not answer in time",
                           "the read did not finish within total_timeout_seconds=5s")
@@ -100,7 +101,7 @@ def test_a_wrong_clerk_key_is_an_authentication_error(cfg, loader, clerk, fast_r
         secrets_file.write_text(json.dumps({"clerk_secret_key": "sk_test_revoked_key"}))
         error = failing_refresh(loader, "refresh_users")
     finally:
-        install_reader(cfg)
+        install_reader(cfg.deployment())
     assert_source_failure(error, "28000", "dwh.refresh_users: source Clerk users refused the reader's credentials (HTTP 401/403)",
                           "HTTP 401 from /v1/users")
     assert "sk_test_revoked_key" not in str(error) and secrets.clerk_secret_key(cfg) not in str(error)
@@ -174,20 +175,21 @@ def test_unreachable_control_plane_fails_in_bounded_time(cfg, request, loader, r
 
 
 def test_reader_timeouts_are_configurable_from_the_environment(cfg, monkeypatch):
-    monkeypatch.setenv("DWH_READER_TIMEOUT_SECONDS", "7.5")
-    monkeypatch.setenv("DWH_READER_MAX_RETRIES", "9")
-    monkeypatch.setenv("DWH_READER_CLERK_URL", "http://elsewhere")  # derived from the stack: not taken
-    settings = reader_settings(cfg)
+    monkeypatch.setenv("DWH_READER__TIMEOUT_SECONDS", "7.5")
+    monkeypatch.setenv("DWH_READER__MAX_RETRIES", "9")
+    settings = reader_settings(cfg.deployment())
     assert (settings["timeout_seconds"], settings["max_retries"]) == (7.5, 9)
     assert settings["clerk_url"] == cfg.clerk_url
     for variable, value, problem in [
-        ("DWH_READER_MAX_RETRIES", "many", "DWH_READER_MAX_RETRIES='many' is not an integer"),
-        ("DWH_READER_TOTAL_TIMEOUT_SECONDS", "-1", "total_timeout_seconds .* must be a number >= 0"),
+        ("DWH_READER__MAX_RETRIES", "many", r"reader\.max_retries: Input should be a valid integer"),
+        ("DWH_READER__TOTAL_TIMEOUT_SECONDS", "-1", r"reader\.total_timeout_seconds: Input should be greater than 0"),
+        # A misspelt or derived setting is refused, not silently ignored (the URL comes from [clerk]).
+        ("DWH_READER__CLERK_URL", "http://elsewhere", r"reader\.clerk_url: Extra inputs are not permitted"),
     ]:
         with monkeypatch.context() as m:
             m.setenv(variable, value)
-            with pytest.raises(StackError, match=problem):
-                reader_settings(cfg)
+            with pytest.raises(DeploymentError, match=problem):
+                reader_settings(cfg.deployment())
 
 
 def test_default_reader_bounds_are_finite():

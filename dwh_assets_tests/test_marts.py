@@ -19,7 +19,7 @@ import pandas as pd
 import psycopg
 import pytest
 
-from dwh_assets.config import LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB, StackConfig
+from dwh_assets.local.config import LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB, StackConfig
 from dwh_assets_tests.warehouse_helpers import utc_midnight
 
 pytestmark = pytest.mark.integration

@@ -21,12 +21,12 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from dwh_assets.config import REPO_ROOT, StackConfig, free_port
-from dwh_assets.sources import generator, prometheus_backfill
-from dwh_assets.sources.generator import METRIC_NAMES, build_world, usage_at
-from dwh_assets.sources.prometheus_backfill import SCRAPE_INSTANCE, SCRAPE_JOB, backfill, read_marker
-from dwh_assets.stack.process import StackError, wait_until
-from dwh_assets.stack.prometheus import PrometheusServer, UsageExporter, prometheus_config
+from dwh_assets.local.config import REPO_ROOT, StackConfig, free_port
+from dwh_assets.local import generator, prometheus_backfill
+from dwh_assets.local.generator import METRIC_NAMES, build_world, usage_at
+from dwh_assets.local.prometheus_backfill import SCRAPE_INSTANCE, SCRAPE_JOB, backfill, read_marker
+from dwh_assets.local.process import StackError, wait_until
+from dwh_assets.local.prometheus import PrometheusServer, UsageExporter, prometheus_config
 
 # Debian's prometheus package (prometheus + promtool) is installed by .ci/setup.
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ UTC = dt.timezone.utc
 SEED = 7
 SCALE = 0.05
 ANCHOR = dt.datetime.now(UTC).date()
-READER = REPO_ROOT / "dwh_assets" / "sources" / "reader.py"
+READER = REPO_ROOT / "dwh_assets" / "warehouse" / "sources" / "reader.py"
 
 
 def make_config(home: Path, scale: float = SCALE) -> StackConfig:
@@ -283,7 +283,8 @@ def test_reader_splits_long_windows_and_returns_every_sample_once(fine_prometheu
     grid = range(first, end, READER_STEP)
     assert len(grid) > 11_000
 
-    done = run_reader(cfg, tmp_path, "--start", start, "--end", end, "--step", READER_STEP)
+    done = run_reader(cfg, tmp_path, "--start", start, "--end", end, "--step", READER_STEP,
+                      *[arg for name in METRIC_NAMES for arg in ("--metric", name)])
     assert done.returncode == 0, done.stderr
     rows = list(csv.reader(io.StringIO(done.stdout)))
     keys = [(name, json.loads(labels)["instance_id"], int(t)) for name, labels, t, _ in rows]
@@ -334,7 +335,8 @@ def test_reader_fails_loudly_when_prometheus_is_down(fine_prometheus, tmp_path):
     cfg, world, server = fine_prometheus
     assert server.stop() is True
     end = int(world.history_end.timestamp())
-    done = run_reader(cfg, tmp_path, "--start", end - 3600, "--end", end, "--step", READER_STEP)
+    done = run_reader(cfg, tmp_path, "--start", end - 3600, "--end", end, "--step", READER_STEP,
+                      "--metric", "dwh_instance_storage_bytes")
     assert done.returncode != 0
     assert done.stdout == ""
     message = done.stderr.strip()

@@ -19,12 +19,12 @@ import pytest
 
 from psycopg import sql
 
-from dwh_assets.config import StackConfig, free_port
-from dwh_assets.sources import reader as reader_module
-from dwh_assets.sources.generator import build_world, to_ms
-from dwh_assets.stack import postgres, secrets
-from dwh_assets.stack.clerk import ClerkEmulator
-from dwh_assets.stack.reader_install import install_reader, reader_argv, reader_program
+from dwh_assets.local.config import StackConfig, free_port
+from dwh_assets.warehouse.sources import reader as reader_module
+from dwh_assets.local.generator import build_world, to_ms
+from dwh_assets.local import postgres, secrets
+from dwh_assets.local.clerk import ClerkEmulator
+from dwh_assets.warehouse.sources.reader_install import install_reader, reader_argv, reader_program
 
 ANCHOR = dt.date(2024, 6, 1)
 SEED = 11
@@ -297,8 +297,8 @@ def test_reader_dies_by_sigpipe_when_stdout_closes_early(admin, settings):
 # ----- installed copy, as the server's OS user ---------------------------------------------------
 
 def test_install_reader_is_private_to_the_server_user_and_idempotent(clerk_stack):
-    path = install_reader(clerk_stack)
-    assert install_reader(clerk_stack) == path == clerk_stack.reader_dir / "dwh_source_reader.py"
+    path = install_reader(clerk_stack.deployment())
+    assert install_reader(clerk_stack.deployment()) == path == clerk_stack.reader_dir / "dwh_source_reader.py"
     assert path.read_bytes() == READER_SOURCE.read_bytes()
     uid = pwd.getpwnam(clerk_stack.server_user).pw_uid
     for p, mode in ((clerk_stack.reader_dir, 0o700), (clerk_stack.reader_dir / "secrets.json", 0o600),
@@ -314,8 +314,8 @@ def test_install_reader_is_private_to_the_server_user_and_idempotent(clerk_stack
 
 
 def test_installed_reader_runs_as_the_server_user(admin, clerk_stack, world):
-    install_reader(clerk_stack)
-    result = postgres.run_as_server(clerk_stack, reader_argv(clerk_stack, "clerk", "users"), capture_output=True, timeout=120)
+    install_reader(clerk_stack.deployment())
+    result = postgres.run_as_server(clerk_stack, reader_argv(clerk_stack.deployment(), "clerk", "users"), capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert sorted(r[:10] for r in parse_pg_csv(result.stdout.decode())) == sorted(expected_user(u) for u in world.users)
 
@@ -326,7 +326,7 @@ def test_file_fdw_reads_the_installed_reader(admin, clerk_stack, world):
     tricky = world.users[5].id
     admin("PATCH", f"/_admin/users/{tricky}",
           {"first_name": "line1\n\\.\nline3", "last_name": "", "username": None, "gender": 'a,"b"'})
-    install_reader(clerk_stack)
+    install_reader(clerk_stack.deployment())
     pg = postgres.Postgres(clerk_stack)
     pg.start()
     try:
@@ -337,7 +337,7 @@ def test_file_fdw_reads_the_installed_reader(admin, clerk_stack, world):
                 "CREATE FOREIGN TABLE users (user_id text, first_name text, last_name text, email text, "
                 "gender text, created_at bigint, updated_at bigint, last_sign_in_at bigint, phone_numbers bigint, "
                 "username text, attrs jsonb) SERVER clerk_reader OPTIONS (program {}, format 'csv', encoding 'UTF8')"
-            ).format(sql.Literal(reader_program(clerk_stack, "clerk", "users"))))
+            ).format(sql.Literal(reader_program(clerk_stack.deployment(), "clerk", "users"))))
             counts = conn.execute(
                 "SELECT count(*), count(*) FILTER (WHERE email IS NULL), count(*) FILTER (WHERE gender = ''),"
                 " count(*) FILTER (WHERE username IS NULL), count(*) FILTER (WHERE last_sign_in_at IS NULL),"
@@ -347,13 +347,13 @@ def test_file_fdw_reads_the_installed_reader(admin, clerk_stack, world):
                                (tricky,)).fetchone()
             emails = dict(conn.execute("SELECT user_id, email FROM users").fetchall())
             # A failing read fails the statement; the reader's reason lands in the server log.
-            install_reader(clerk_stack, settings={"max_retries": 0})
+            install_reader(clerk_stack.deployment(), settings={"max_retries": 0})
             admin("POST", "/_admin/faults", {"fail_after_page": 1, "status": 503})
             with pytest.raises(psycopg.errors.ExternalRoutineException, match="exit code 5"):
                 conn.execute("SELECT count(*) FROM users")
             assert "dwh reader: clerk users: HTTP 503 from /v1/users" in pg.log_file.read_text()
     finally:
-        install_reader(clerk_stack)
+        install_reader(clerk_stack.deployment())
         pg.stop()
     others = [u for u in world.users if u.id != tricky]
     assert counts == (

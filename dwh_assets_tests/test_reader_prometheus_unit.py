@@ -21,10 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from dwh_assets.config import StackConfig, free_port
-from dwh_assets.sources import generator
-from dwh_assets.sources import reader as r
-from dwh_assets.stack.reader_install import install_reader, reader_program
+from dwh_assets_tests.deployments import offline_deployment
+from dwh_assets.warehouse.sources import reader as r
+from dwh_assets.warehouse.sources.reader_install import install_reader, reader_program
 
 READER_SOURCE = Path(r.__file__)
 DAY = 86_400
@@ -108,8 +107,11 @@ def test_other_metric_names_are_refused(name):
     assert e.value.exit_code == 2
 
 
-def test_default_metrics_are_the_generators():
-    assert r.DEFAULT_METRICS == generator.METRIC_NAMES
+def test_metric_names_are_always_given_by_the_warehouse():
+    """The reader has no metric names of its own: the deployment's come with every call."""
+    with pytest.raises(r.ReaderError, match="--metric") as e:
+        r.parse_args(["--config", "unused.json", "prometheus", "--start", "0", "--end", "60", "--step", "15"])
+    assert e.value.exit_code == r.EXIT_USAGE
 
 
 @pytest.mark.parametrize(("header", "seconds"), [("3", 3.0), ("0", 0.0), (None, None), ("soon", None)])
@@ -187,8 +189,7 @@ def installed(tmp_path, monkeypatch):
     home = Path(tempfile.mkdtemp(prefix="dwh-reader-unit-", dir="/tmp"))
     home.chmod(0o755)
     user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
-    cfg = StackConfig(home=home, ports={"clerk": free_port(), "prometheus": free_port()},
-                      anchor_day=dt.date(2024, 6, 1), seed=1, scale=0.01, server_user=user)
+    cfg = offline_deployment(home, reader={"directory": str(home / "reader"), "os_user": user})
     install_reader(cfg)
     yield cfg
     shutil.rmtree(home, ignore_errors=True)
@@ -216,15 +217,16 @@ def test_program_string_cannot_run_a_payload(installed, tmp_path, payload, posit
 
 
 def test_program_string_runs_the_installed_reader(installed):
-    program = reader_program(installed, "prometheus", "--start", "0", "--end", "0", "--step", "15")
-    assert program.startswith("/usr/bin/python3 -I ") and str(installed.reader_dir) in program
+    program = reader_program(installed, "prometheus", "--start", "0", "--end", "0", "--step", "15",
+                             "--metric", "up")
+    assert program.startswith("/usr/bin/python3 -I ") and str(installed.reader.directory) in program
     result = subprocess.run(["/bin/sh", "-c", program], capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")  # an empty window reads nothing
 
 
 def test_bad_windows_and_settings_are_usage_errors(installed, tmp_path):
     def run(*args: str, config: Path | None = None) -> subprocess.CompletedProcess:
-        conf = config or installed.reader_dir / "reader.json"
+        conf = config or installed.reader.directory / "reader.json"
         return subprocess.run(["/usr/bin/python3", str(READER_SOURCE), "--config", str(conf), *args],
                               capture_output=True, text=True, timeout=60)
 

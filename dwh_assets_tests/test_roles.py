@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from dwh_assets import catalog
-from dwh_assets.config import LOADER_ROLE, READER_ROLE, WAREHOUSE_DB
+from dwh_assets.warehouse import catalog
+from dwh_assets.local.config import LOADER_ROLE, READER_ROLE, WAREHOUSE_DB
 
 pytestmark = pytest.mark.integration
 

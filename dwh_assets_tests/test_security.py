@@ -18,8 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dwh_assets.config import LOADER_ROLE, OWNER_ROLE, READER_ROLE, StackConfig
-from dwh_assets.stack import secrets
+from dwh_assets.local.config import LOADER_ROLE, OWNER_ROLE, READER_ROLE, StackConfig
+from dwh_assets.local import secrets
 from dwh_assets_tests.fault_helpers import FAST_READER_ENV, children, connect, failing_refresh, reader_env, wait_for
 
 pytestmark = pytest.mark.integration
@@ -45,8 +45,8 @@ def test_no_secret_in_dagster_runs_or_event_metadata(stack, cfg, clerk):
     import datetime as dt
     import subprocess
 
-    from dwh_assets.config import DAGSTER_DB, REPO_ROOT
-    from dwh_assets.stack.dagster import venv_bin
+    from dwh_assets.local.config import DAGSTER_DB, REPO_ROOT
+    from dwh_assets.local.dagster import venv_bin
 
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
     argv = [venv_bin("dagster"), "asset", "materialize", "-m", "dwh_assets.definitions", "--select", "dwh/users", "--partition", today]

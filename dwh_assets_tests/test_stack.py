@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dwh_assets.config import CONTROL_PLANE_DB, DAGSTER_DB, DAGSTER_ROLE, LOADER_ROLE, WAREHOUSE_DB
-from dwh_assets.stack import secrets
+from dwh_assets.local.config import CONTROL_PLANE_DB, DAGSTER_DB, DAGSTER_ROLE, LOADER_ROLE, WAREHOUSE_DB
+from dwh_assets.local import secrets
 from dwh_assets_tests.conftest import make_home, stack_env
 
 pytestmark = pytest.mark.integration

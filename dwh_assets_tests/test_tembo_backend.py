@@ -25,10 +25,11 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from dwh_assets import migrate
-from dwh_assets.config import LOADER_ROLE, OWNER_ROLE, READER_ROLE, StackConfig, free_port
-from dwh_assets.sources import foreign_tables
-from dwh_assets.stack.process import StackError
+from dwh_assets.local.config import LOADER_ROLE, OWNER_ROLE, READER_ROLE, StackConfig
+from dwh_assets.warehouse import migrate
+from dwh_assets.warehouse.deployment import DeploymentConfig, DeploymentError
+from dwh_assets.warehouse.sources import foreign_tables
+from dwh_assets_tests.deployments import offline_deployment, offline_values
 
 UTC = dt.timezone.utc
 API_KEY = "sk_test_tembo'key"  # a quote, to see it stays one literal
@@ -42,14 +43,12 @@ def render(statements: list[sql.Composable]) -> list[str]:
 
 
 @pytest.fixture()
-def offline_cfg(tmp_path, monkeypatch) -> StackConfig:
+def offline_cfg(tmp_path, monkeypatch) -> DeploymentConfig:
     """A configuration whose ports have nothing behind them: these tests touch no server."""
-    monkeypatch.setenv("CLERK_SECRET_KEY", API_KEY)
-    for variable in migrate.BACKEND_VARIABLES.values():
+    monkeypatch.setenv("DWH_CLERK__SECRET_KEY", API_KEY)
+    for variable in ("DWH_CLERK__BACKEND", "DWH_PROMETHEUS__BACKEND"):
         monkeypatch.delenv(variable, raising=False)
-    ports = {name: free_port() for name in ("pg", "clerk", "prometheus", "exporter", "dagster")}
-    return StackConfig(home=tmp_path, ports=ports, anchor_day=dt.date(2026, 1, 15), seed=42, scale=1.0,
-                       server_user="postgres")
+    return offline_deployment(tmp_path)
 
 
 # ----- the DDL, as documented ------------------------------------------------------------------
@@ -85,7 +84,7 @@ def test_clerk_ddl_is_the_documented_one():
 
 
 def test_prometheus_ddl_is_the_documented_one(offline_cfg):
-    ddl = foreign_tables.tembo_prometheus_ddl(offline_cfg, 900)
+    ddl = foreign_tables.tembo_prometheus_ddl(offline_cfg.prometheus.url, 900)
     assert render(ddl.superuser) == [
         "CREATE EXTENSION IF NOT EXISTS prometheus_fdw",
         "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_foreign_data_wrapper WHERE fdwname = 'prometheus_wrapper') THEN "
@@ -97,7 +96,7 @@ def test_prometheus_ddl_is_the_documented_one(offline_cfg):
     assert owner[:3] == [
         'DROP SERVER IF EXISTS "tembo_prometheus" CASCADE',
         f"CREATE SERVER \"tembo_prometheus\" FOREIGN DATA WRAPPER prometheus_wrapper"
-        f" OPTIONS (base_url 'http://127.0.0.1:{offline_cfg.ports['prometheus']}')",
+        f" OPTIONS (base_url '{offline_cfg.prometheus.url}')",
         'CREATE FOREIGN TABLE src_prometheus.metrics ("metric_name" text, "metric_labels" jsonb,'
         ' "metric_time" bigint, "metric_value" float8)'
         " SERVER \"tembo_prometheus\" OPTIONS (object 'metrics', step '900s')",
@@ -122,12 +121,14 @@ def created_tables(statements: list[str]) -> dict[str, tuple[str, str]]:
 
 @pytest.mark.parametrize("clerk", ["reader", "tembo"])
 @pytest.mark.parametrize("prometheus", ["reader", "tembo"])
-def test_each_source_gets_the_tables_of_its_backend(offline_cfg, monkeypatch, clerk, prometheus):
-    monkeypatch.setenv("DWH_CLERK_BACKEND", clerk)
-    monkeypatch.setenv("DWH_PROMETHEUS_BACKEND", prometheus)
-    backends = migrate.source_backends()
-    assert backends == {"clerk": clerk, "prometheus": prometheus}
-    ddl = migrate.source_ddl(offline_cfg, backends)
+def test_each_source_gets_the_tables_of_its_backend(tmp_path, monkeypatch, clerk, prometheus):
+    monkeypatch.setenv("DWH_CLERK__SECRET_KEY", API_KEY)
+    monkeypatch.setenv("DWH_CLERK__BACKEND", clerk)
+    monkeypatch.setenv("DWH_PROMETHEUS__BACKEND", prometheus)
+    cfg = offline_deployment(tmp_path)
+    assert cfg.backends() == {"clerk": clerk, "prometheus": prometheus}
+    ddl = foreign_tables.source_ddl(cfg)
+    ddl.superuser += foreign_tables.tembo_superuser_ddl(cfg)
     statements = render(ddl.statements)
     tables = created_tables(statements)
 
@@ -147,29 +148,23 @@ def test_each_source_gets_the_tables_of_its_backend(offline_cfg, monkeypatch, cl
 
 
 def test_the_default_source_layer_is_the_reader_layer(offline_cfg):
-    """Nothing tembo in the default: same statements as before, so the same fingerprint."""
-    ddl = migrate.source_ddl(offline_cfg, migrate.source_backends())
-    assert ddl.superuser == []
-    before = foreign_tables.control_plane_ddl(offline_cfg, migrate.secrets.passwords(offline_cfg)).statements
-    before += foreign_tables.reader_ddl(offline_cfg, migrate.METRICS_STEP_SECONDS).statements
-    assert render(ddl.statements) == render(before)
+    """Nothing tembo in the default: the control plane and the reader's tables only."""
+    ddl = foreign_tables.source_ddl(offline_cfg)
+    assert ddl.superuser == [] and foreign_tables.tembo_superuser_ddl(offline_cfg) == []
+    expected = foreign_tables.control_plane_ddl(offline_cfg).statements + foreign_tables.reader_ddl(offline_cfg).statements
+    assert render(ddl.statements) == render(expected)
 
 
-@pytest.mark.parametrize("variable", sorted(migrate.BACKEND_VARIABLES.values()))
-def test_an_unknown_backend_is_refused_before_anything_runs(offline_cfg, monkeypatch, variable):
-    monkeypatch.setenv(variable, "clerk_fdw")
-    message = f"{variable}='clerk_fdw' is not a source backend: set it to one of reader, tembo"
-    with pytest.raises(StackError, match=re.escape(message)):
-        migrate.source_backends()
-    # Nothing listens on offline_cfg's port: a connection attempt would fail differently.
-    with pytest.raises(StackError, match=re.escape(message)):
-        migrate.migrate(offline_cfg)
-
-
-def test_an_empty_backend_variable_means_reader(monkeypatch):
-    monkeypatch.setenv("DWH_CLERK_BACKEND", "")
-    monkeypatch.delenv("DWH_PROMETHEUS_BACKEND", raising=False)
-    assert migrate.source_backends() == {"clerk": "reader", "prometheus": "reader"}
+@pytest.mark.parametrize("section", ["clerk", "prometheus"])
+def test_an_unknown_backend_is_refused_before_anything_runs(tmp_path, monkeypatch, section):
+    monkeypatch.setenv(f"DWH_{section.upper()}__BACKEND", "clerk_fdw")
+    with pytest.raises(DeploymentError, match=rf"{section}\.backend: Input should be 'reader' or 'tembo'"):
+        offline_deployment(tmp_path)
+    path = tmp_path / "dwh.toml"
+    path.write_text(f'[history]\nstart = 2026-01-01\n[{section}]\nbackend = "reader"\n')
+    # The environment overrides the file, and is checked before any connection is tried.
+    with pytest.raises(DeploymentError, match=rf"{section}\.backend: Input should be 'reader' or 'tembo'"):
+        DeploymentConfig.load(path)
 
 
 # ----- the DDL in a scratch database, against stand-in wrappers ------------------------------------
@@ -202,7 +197,7 @@ def server_options(cfg: StackConfig, dbname: str, role: str) -> list:
 
 def test_tembo_ddl_builds_the_contract_and_hides_the_api_key(stack, cfg, scratch_db):
     ddl = foreign_tables.tembo_clerk_ddl(API_KEY)
-    ddl += foreign_tables.tembo_prometheus_ddl(cfg, 3600)
+    ddl += foreign_tables.tembo_prometheus_ddl(cfg.prometheus_url, 3600)
     with stack.postgres.connect(scratch_db) as su:
         # Control: without the revoke, any role that can connect reads server options.
         su.execute("CREATE SERVER visible FOREIGN DATA WRAPPER clerk_wrapper OPTIONS (api_key 'before')")

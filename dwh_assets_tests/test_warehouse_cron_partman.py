@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dwh_assets import catalog, cron_jobs
-from dwh_assets.config import LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB
+from dwh_assets.warehouse import catalog, cron_jobs
+from dwh_assets.local.config import LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB
 from dwh_assets_tests.warehouse_helpers import connect_control_plane, fact_checksum, utc_midnight
 
 pytestmark = pytest.mark.integration
@@ -60,8 +60,9 @@ def unschedule(conn: psycopg.Connection, *jobids: int) -> None:
         conn.execute("SELECT cron.unschedule(%s) FROM cron.job WHERE jobid = %s", (jobid, jobid))
 
 
-def cron_jobs_by_name(conn: psycopg.Connection) -> dict[str, tuple]:
-    return {row[0]: row[1:] for row in conn.execute(
+def cron_jobs_by_name(conn: psycopg.Connection) -> dict[tuple[str, str], tuple]:
+    """(job name, role) -> (jobid, schedule, command, database, username, active): names are unique per role."""
+    return {(row[0], row[5]): row[1:] for row in conn.execute(
         "SELECT jobname, jobid, schedule, command, database, username, active FROM cron.job"
     ).fetchall()}
 
@@ -134,37 +135,45 @@ def wait_for_runs(conn: psycopg.Connection, ids: dict[str, int], since: int) -> 
 
 def test_every_declared_job_is_scheduled_as_its_role(cfg, superuser):
     current = cron_jobs_by_name(superuser)
-    for job in cron_jobs.desired_jobs(cfg.server_user):
-        assert job.name in current, f"{job.name} is not scheduled"
-        _, when, command, database, username, active = current[job.name]
-        assert (when, command, database, username, active) == (job.schedule, job.command, WAREHOUSE_DB, job.username, True)
-    assert current["dwh:partman_maintenance"][2:5] == ("CALL partman.run_maintenance_proc()", WAREHOUSE_DB, OWNER_ROLE)
+    deployment = cfg.deployment()
+    for job in cron_jobs.desired_jobs(deployment):
+        role = deployment.logins()[job.runner].user
+        assert (job.name, role) in current, f"{job.name} is not scheduled for {role}"
+        _, when, command, database, username, active = current[(job.name, role)]
+        assert (when, command, database, active) == (job.schedule, job.command, WAREHOUSE_DB, True)
+    assert current[("dwh:partman_maintenance", OWNER_ROLE)][2:5] == ("CALL partman.run_maintenance_proc()", WAREHOUSE_DB, OWNER_ROLE)
+    assert {role for _, role in current if _.startswith("dwh:")} == {OWNER_ROLE, LOADER_ROLE}, "no superuser jobs"
 
 
 # ----- the sync of jobs -------------------------------------------------------------------------
 
 
 def test_sync_keeps_foreign_jobs_and_removes_obsolete_dwh_jobs(cfg, superuser):
-    declared = {job.name for job in cron_jobs.desired_jobs(cfg.server_user)}
+    deployment = cfg.deployment()
+    declared = {(job.name, deployment.logins()[job.runner].user) for job in cron_jobs.desired_jobs(deployment)}
+    users = ("dwh:refresh_users", LOADER_ROLE)
     # No colon: a name that merely starts like ours is still someone else's job.
     foreign = schedule(superuser, "dwh_nightly_report", "0 4 * * *", "SELECT 1", cfg.server_user)
+    # Another role's dwh: job is not this deployment's to remove (the sync works as each role).
+    others = schedule(superuser, "dwh:refresh_users", "0 6 * * *", "SELECT 1", cfg.server_user)
     obsolete = schedule(superuser, "dwh:obsolete", "0 5 * * *", "SELECT 1", LOADER_ROLE)
-    users_job = cron_jobs_by_name(superuser)["dwh:refresh_users"][0]
-    superuser.execute("SELECT cron.alter_job(%s, schedule := '0 0 * * *')", (users_job,))
+    superuser.execute("SELECT cron.alter_job(%s, schedule := '0 0 * * *')", (cron_jobs_by_name(superuser)[users][0],))
     before = cron_jobs_by_name(superuser)
     try:
-        result = cron_jobs.sync(cfg)
+        result = cron_jobs.sync(deployment, WAREHOUSE_DB)
         after = cron_jobs_by_name(superuser)
-        assert (result.scheduled, result.updated, result.unscheduled) == ([], ["dwh:refresh_users"], ["dwh:obsolete"])
-        assert after["dwh_nightly_report"] == before["dwh_nightly_report"]
-        assert "dwh:obsolete" not in after
-        assert after["dwh:refresh_users"][1] == catalog.get("users").schedule
+        assert (result.scheduled, result.updated, result.unscheduled) == (
+            [], [f"dwh:refresh_users ({LOADER_ROLE})"], [f"dwh:obsolete ({LOADER_ROLE})"])
+        assert after[("dwh_nightly_report", cfg.server_user)] == before[("dwh_nightly_report", cfg.server_user)]
+        assert after[("dwh:refresh_users", cfg.server_user)] == before[("dwh:refresh_users", cfg.server_user)]
+        assert ("dwh:obsolete", LOADER_ROLE) not in after
+        assert after[users][1] == catalog.get("users").schedule
         # Jobs that were already right keep their ids (no churn in pg_cron's history).
-        for name in declared - {"dwh:refresh_users"}:
-            assert after[name] == before[name], name
-        assert cron_jobs.sync(cfg).summary() == "jobs unchanged"
+        for key in declared - {users}:
+            assert after[key] == before[key], key
+        assert cron_jobs.sync(deployment, WAREHOUSE_DB).summary() == "jobs unchanged"
     finally:
-        unschedule(superuser, foreign, obsolete)
+        unschedule(superuser, foreign, others, obsolete)
 
 
 # ----- pg_partman ------------------------------------------------------------------------------

@@ -15,13 +15,17 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dwh_assets import catalog, cron_jobs
-from dwh_assets.config import CONTROL_PLANE_DB, LOADER_ROLE, SQL_DIR, WAREHOUSE_DB, StackConfig, free_port
-from dwh_assets.migrate import METRICS_STEP_SECONDS, migrate
-from dwh_assets.sources import control_plane, foreign_tables, reader
-from dwh_assets.sources.generator import METRIC_NAMES
-from dwh_assets.stack.postgres import Postgres
-from dwh_assets_tests.conftest import make_home
+from dwh_assets.local import control_plane, secrets
+from dwh_assets.local.config import CONTROL_PLANE_DB, LOADER_ROLE, WAREHOUSE_DB, StackConfig, free_port
+from dwh_assets.local.generator import METRIC_NAMES
+from dwh_assets.local.postgres import Postgres
+from dwh_assets.warehouse import catalog, cron_jobs
+from dwh_assets.warehouse.migrate import MIGRATIONS_DIR
+from dwh_assets.warehouse.sources import foreign_tables, reader
+from dwh_assets.warehouse.sources.reader_install import install_reader
+from dwh_assets_tests.conftest import make_home, migrate_stack
+
+METRICS_STEP_SECONDS = 3600  # the deployment's default prometheus.step_seconds
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +93,7 @@ def identities(conn: psycopg.Connection) -> dict[str, list]:
 
 def test_second_migrate_changes_nothing(cfg, superuser):
     before = identities(superuser)
-    assert migrate(cfg) == NO_OP
+    assert migrate_stack(cfg) == NO_OP
     assert identities(superuser) == before
 
 
@@ -137,7 +141,7 @@ def test_loader_reads_every_source(loader):
 ])
 def test_reader_rejects_ambiguous_prometheus_windows(args, problem):
     with pytest.raises(reader.ReaderError, match=problem) as failure:
-        reader.parse_args(["--config", "unused.json", "prometheus", "--step", "60", *args])
+        reader.parse_args(["--config", "unused.json", "prometheus", "--step", "60", "--metric", "up", *args])
     assert failure.value.exit_code == reader.EXIT_USAGE
 
 
@@ -157,7 +161,9 @@ def fresh(cfg: StackConfig) -> Iterator[tuple[StackConfig, str]]:
         pg.provision()
         with pg.connect(CONTROL_PLANE_DB) as conn:
             control_plane.apply_schema(conn)
-        yield fresh_cfg, migrate(fresh_cfg)
+        secrets.clerk_secret_key(fresh_cfg)
+        install_reader(fresh_cfg.deployment())
+        yield fresh_cfg, migrate_stack(fresh_cfg)
     finally:
         pg.stop(mode="immediate")
         shutil.rmtree(home, ignore_errors=True)
@@ -165,8 +171,8 @@ def fresh(cfg: StackConfig) -> Iterator[tuple[StackConfig, str]]:
 
 def test_migrate_on_an_empty_database_creates_everything(fresh, superuser):
     fresh_cfg, summary = fresh
-    n_migrations = len(list((SQL_DIR / "migrations").glob("*.sql")))
-    n_jobs = len(cron_jobs.desired_jobs(fresh_cfg.server_user))
+    n_migrations = len(list(MIGRATIONS_DIR.glob("*.sql")))
+    n_jobs = len(cron_jobs.desired_jobs(fresh_cfg.deployment()))
     assert summary == f"{n_migrations} new migration(s); sources rebuilt; pg_cron: {n_jobs} scheduled, 0 updated, 0 unscheduled"
     with Postgres(fresh_cfg).connect(WAREHOUSE_DB) as conn:
         created = inventory(conn)
@@ -175,7 +181,7 @@ def test_migrate_on_an_empty_database_creates_everything(fresh, superuser):
         ).fetchall())
         assert EXPECTED_FOREIGN_TABLES <= listed
         for spec in catalog.CATALOG:
-            routine = spec.routine + ("(timestamptz, timestamptz)" if spec.kind is catalog.Kind.FACT else "(date)")
+            routine = f"{spec.routine}({spec.routine_arguments})"
             assert conn.execute("SELECT has_function_privilege(%s, %s, 'EXECUTE')", (LOADER_ROLE, routine)).fetchone()[0]
     # The same objects as the long-lived session stack, which was migrated the same way.
     assert created == inventory(superuser)
@@ -185,5 +191,5 @@ def test_migrate_on_the_fresh_database_is_then_a_no_op(fresh):
     fresh_cfg, _ = fresh
     with Postgres(fresh_cfg).connect(WAREHOUSE_DB) as conn:
         before = identities(conn)
-        assert migrate(fresh_cfg) == NO_OP
+        assert migrate_stack(fresh_cfg) == NO_OP
         assert identities(conn) == before

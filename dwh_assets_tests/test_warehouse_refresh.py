@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dwh_assets.config import CONTROL_PLANE_DB, StackConfig
-from dwh_assets.sources.control_plane import add_events
-from dwh_assets.sources.generator import METRIC_NAMES
+from dwh_assets.local.config import CONTROL_PLANE_DB, StackConfig
+from dwh_assets.local.control_plane import add_events
+from dwh_assets.local.generator import METRIC_NAMES
 from dwh_assets_tests.warehouse_helpers import (
     connect_control_plane,
     fact_checksum,

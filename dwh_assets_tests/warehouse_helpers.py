@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from dwh_assets.config import CONTROL_PLANE_DB, StackConfig
-from dwh_assets.stack import secrets
+from dwh_assets.local.config import CONTROL_PLANE_DB, StackConfig
+from dwh_assets.local import secrets
 
 UTC = dt.timezone.utc
 

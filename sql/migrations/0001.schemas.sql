@@ -1,4 +1,4 @@
--- Schemas of the warehouse (DESIGN.md, "Schemas in the warehouse database").
+-- Schemas of the warehouse (docs/architecture.md, "Schemas").
 CREATE SCHEMA src_control_plane;
 CREATE SCHEMA src_clerk;
 CREATE SCHEMA src_prometheus;

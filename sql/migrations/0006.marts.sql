@@ -27,7 +27,7 @@ storage AS (
            sum(m.value) / 1024.0 ^ 3 * (SELECT seconds FROM step) / 86400 AS storage_gb_days
     FROM dwh.metrics m
     JOIN dwh.metric_series s USING (series_id)
-    WHERE s.metric_name = 'dwh_instance_storage_bytes'
+    WHERE s.metric_name = (SELECT value FROM dwh.settings WHERE key = 'metrics.storage')
     GROUP BY 1, 2
 ),
 base AS (

@@ -117,7 +117,7 @@ DECLARE
 BEGIN
     IF p_current_rows > 0 AND p_source_rows < p_current_rows * (1 - v_max_drop) THEN
         RAISE EXCEPTION 'dwh.refresh_%: the source returned % rows, the warehouse has %: refusing to delete more than % of the table', p_table, p_source_rows, p_current_rows, to_char(v_max_drop * 100, 'FM990') || '%'
-            USING HINT = 'Check the source; if the drop is real, raise refresh.max_drop_fraction in dwh.settings for one run (DWH_MAX_DROP_FRACTION + dwh migrate sets it for good).';
+            USING HINT = 'Check the source; if the drop is real, raise refresh.max_drop_fraction in dwh.settings for one run (refresh.max_drop_fraction in the deployment configuration + dwh migrate sets it for good).';
     END IF;
 END
 $$;
@@ -236,17 +236,17 @@ BEGIN
         (1, 'failed: the source reader hit an internal error', 'XX000',
             'This is a bug in the source reader; the reason is in DETAIL and the PostgreSQL log. Nothing was changed.'),
         (2, 'failed: the source reader refused its arguments or settings', '22023',
-            format('Check the reader settings in %s (`dwh up` rewrites them, DWH_READER_* variables tune them). Nothing was changed.', v_config)),
+            format('Check the reader settings in %s (`dwh reader install` rewrites them from [reader] of the deployment configuration). Nothing was changed.', v_config)),
         (3, 'is unreachable', '08001',
             format('Check that the source is up and that its URL in %s is right; nothing was changed, rerun the refresh when it answers.', v_config)),
         (4, 'did not answer in time', '08006',
-            'The source is hanging or slow; nothing was changed. Rerun later, or raise timeout_seconds / total_timeout_seconds (DWH_READER_TIMEOUT_SECONDS, DWH_READER_TOTAL_TIMEOUT_SECONDS, then `dwh up`).'),
+            'The source is hanging or slow; nothing was changed. Rerun later, or raise timeout_seconds / total_timeout_seconds (reader.timeout_seconds, reader.total_timeout_seconds in the deployment configuration, then `dwh reader install`).'),
         (5, 'answered every retry with a server error (HTTP 5xx)', '08006',
-            'The source is failing; nothing was changed. Rerun the refresh when it recovers (DWH_READER_MAX_RETRIES sets how often the reader retries).'),
+            'The source is failing; nothing was changed. Rerun the refresh when it recovers (reader.max_retries sets how often the reader retries).'),
         (6, 'kept rate-limiting the reader (HTTP 429) until its retries ran out', '08006',
-            'Nothing was changed. Rerun later, or let the reader wait longer (DWH_READER_MAX_RETRIES, DWH_READER_MAX_RETRY_AFTER_SECONDS, then `dwh up`).'),
+            'Nothing was changed. Rerun later, or let the reader wait longer (reader.max_retries, reader.max_retry_after_seconds, then `dwh reader install`).'),
         (7, 'refused the reader''s credentials (HTTP 401/403)', '28000',
-            'Check the API key (CLERK_SECRET_KEY, then `dwh up` installs it for the reader). Nothing was changed.'),
+            'Check the API key (clerk.secret_key_file of the deployment configuration, then `dwh reader install`). Nothing was changed.'),
         (8, 'sent a payload the warehouse cannot load (malformed, missing or mistyped fields)', '22000',
             'The source object named in DETAIL is broken or the API changed; fix it at the source, then rerun. Nothing was changed.'),
         (9, 'rejected the reader''s request (HTTP 4xx)', '38000',
@@ -258,7 +258,7 @@ BEGIN
             WHEN p_detail IN ('command not found', 'command not executable') THEN 'could not be started (' || p_detail || ')'
             ELSE 'ended abnormally (' || coalesce(p_detail, 'no detail') || ')' END;
         v_state := '38000';
-        v_hint := 'Check that the installed reader runs as the database server''s OS user (`dwh up` installs it). Nothing was changed.';
+        v_hint := 'Check that the installed reader runs as the database server''s OS user (`dwh reader install` installs it). Nothing was changed.';
     END IF;
     IF v_code IS NOT NULL THEN
         -- The reader left its one-line reason for this backend; a failure here must not hide the original.

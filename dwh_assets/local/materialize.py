@@ -1,0 +1,76 @@
+"""Fill the warehouse once after ``dwh up``, through Dagster, as a user would from the shell.
+
+Three ``dagster asset materialize`` runs, recorded in Dagster's Postgres storage:
+
+1. the dimensions, today's snapshot partition;
+2. the facts, the whole source history ``history_start...today`` as one range run
+   (``BackfillPolicy.single_run``: one window per table, through the routine pg_cron runs);
+3. the marts.
+
+Output of each run goes to ``logs/materialize.log``; progress lines name the run and its
+row counts (read back from ``dwh.refresh_log``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import time
+from collections.abc import Callable
+
+import psycopg
+
+from dwh_assets.warehouse import catalog
+from dwh_assets.local.config import LOADER_ROLE, REPO_ROOT, WAREHOUSE_DB, StackConfig
+from dwh_assets.local.dagster import venv_bin, prepare_dagster_home
+from dwh_assets.local.process import StackError
+
+CODE_LOCATION_MODULE = "dwh_assets.definitions"
+
+
+def asset_path(relation: str) -> str:
+    """``schema.table`` as the CLI's ``--select`` spells an asset key."""
+    return relation.replace(".", "/")
+
+
+def planned_runs(cfg: StackConfig, today: dt.date) -> list[tuple[str, list[str]]]:
+    dims = [s.local_table for s in catalog.CATALOG if s.kind is catalog.Kind.DIMENSION]
+    facts = [s.local_table for s in catalog.CATALOG if s.kind is catalog.Kind.FACT]
+    select = lambda rels: ",".join(asset_path(r) for r in rels)  # noqa: E731
+    return [
+        (f"dimensions, snapshot {today}", ["--select", select(dims), "--partition", today.isoformat()]),
+        (f"facts, {cfg.history_start}...{today} as one run",
+         ["--select", select(facts), "--partition-range", f"{cfg.history_start.isoformat()}...{today.isoformat()}"]),
+        ("marts", ["--select", select(catalog.MARTS)]),
+    ]
+
+
+def _logged_rows(cfg: StackConfig, since: dt.datetime) -> list[tuple]:
+    with psycopg.connect(cfg.dsn(WAREHOUSE_DB, LOADER_ROLE)) as conn:
+        return conn.execute(
+            "SELECT table_name, rows_inserted, rows_updated, rows_deleted, duration_ms FROM dwh.refresh_log "
+            "WHERE finished_at >= %s ORDER BY id",
+            (since,),
+        ).fetchall()
+
+
+def materialize_all(cfg: StackConfig, progress: Callable[[str], None] = print) -> None:
+    prepare_dagster_home(cfg)
+    env = os.environ | cfg.client_env()
+    today = dt.datetime.now(dt.timezone.utc).date()
+    log_path = cfg.log_file("materialize")
+    with open(log_path, "a") as log:
+        for title, args in planned_runs(cfg, today):
+            argv = [venv_bin("dagster"), "asset", "materialize", "-m", CODE_LOCATION_MODULE, *args]
+            progress(f"  dagster asset materialize {' '.join(args)}")
+            since = dt.datetime.now(dt.timezone.utc)
+            t0 = time.monotonic()
+            log.write(f"\n=== {title}: {' '.join(argv)}\n")
+            log.flush()
+            done = subprocess.run(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+            if done.returncode != 0:
+                raise StackError(f"materialising {title} failed (exit {done.returncode}); see {log_path}")
+            for table, ins, upd, dele, ms in _logged_rows(cfg, since):
+                progress(f"    {table}: +{ins:,} ~{upd:,} -{dele:,} rows in {ms / 1000:.1f}s")
+            progress(f"    {title}: done in {time.monotonic() - t0:.1f}s")

@@ -1,0 +1,151 @@
+"""pg_cron jobs derived from the catalog and the deployment's schedules, synced by ``dwh migrate``.
+
+Jobs of this project are named ``dwh:<what>``; the sync schedules what is declared,
+re-schedules what changed, unschedules ``dwh:`` jobs no longer declared, and never
+touches any other job. Each job is scheduled *by the role that runs it*, connected to
+the database pg_cron lives in (``cron.database_name``): ``cron.schedule`` when that is
+the warehouse database, ``cron.schedule_in_database`` into the warehouse otherwise. So
+no superuser is needed, and ``cron.job`` / ``cron.job_run_details`` (row-level-secured by
+username) show each role its own jobs:
+
+- refresh jobs run as the loader (the Dagster sensor reads their history as the loader);
+- pg_partman maintenance runs as the owner (it creates and drops partitions);
+- each of them purges its own run history daily (pg_cron keeps it forever otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import psycopg
+
+from dwh_assets.warehouse import catalog
+from dwh_assets.warehouse.catalog import CRON_JOB_PREFIX
+from dwh_assets.warehouse.connect import connect
+from dwh_assets.warehouse.deployment import DeploymentConfig
+
+Runner = Literal["owner", "loader"]
+
+
+@dataclass(frozen=True)
+class CronJob:
+    name: str
+    schedule: str
+    command: str
+    runner: Runner  # the role that owns and runs the job
+
+
+@dataclass
+class SyncResult:
+    scheduled: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unscheduled: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if not (self.scheduled or self.updated or self.unscheduled):
+            return "jobs unchanged"
+        return f"{len(self.scheduled)} scheduled, {len(self.updated)} updated, {len(self.unscheduled)} unscheduled"
+
+    def lines(self) -> list[str]:
+        lines = [f"{verb} {name}" for verb, names in (("schedule", self.scheduled), ("update", self.updated),
+                                                      ("unschedule", self.unscheduled)) for name in names]
+        return lines + [f"{len(self.unchanged)} job(s) unchanged"]
+
+
+def purge_command(days: int) -> str:
+    # Row-level security limits the DELETE to the running role's own history.
+    return f"DELETE FROM cron.job_run_details WHERE coalesce(end_time, start_time) < now() - interval '{int(days)} days'"
+
+
+def desired_jobs(cfg: DeploymentConfig) -> list[CronJob]:
+    jobs = [CronJob(spec.cron_job_name, cfg.schedule(spec.name), spec.cron_command(), "loader") for spec in catalog.CATALOG]
+    jobs += [
+        CronJob(catalog.mart_job_name(mart), cfg.schedule(catalog.mart_name(mart)),
+                f"SELECT {catalog.MART_ROUTINE}('{catalog.mart_name(mart)}')", "loader")
+        for mart in catalog.MARTS
+    ]
+    maintenance = catalog.PARTMAN_MAINTENANCE_JOB
+    jobs.append(CronJob(maintenance, cfg.schedule(maintenance.removeprefix(CRON_JOB_PREFIX)),
+                        "CALL partman.run_maintenance_proc()", "owner"))
+    purge = catalog.PURGE_CRON_HISTORY_JOB
+    for runner in ("owner", "loader"):
+        jobs.append(CronJob(purge, cfg.schedule(purge.removeprefix(CRON_JOB_PREFIX)),
+                            purge_command(cfg.refresh.cron_history_days), runner))
+    return jobs
+
+
+def _current(conn: psycopg.Connection) -> dict[str, tuple]:
+    """This role's project jobs: name -> (jobid, schedule, command, database, active)."""
+    rows = conn.execute(
+        "SELECT jobname, jobid, schedule, command, database, active FROM cron.job "
+        "WHERE username = current_user AND starts_with(jobname, %s)",
+        (CRON_JOB_PREFIX,),
+    ).fetchall()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def _diff(current: dict[str, tuple], wanted: Iterable[CronJob], database: str, role: str,
+          result: SyncResult) -> tuple[list, list]:
+    """(jobids to unschedule, jobs to schedule), recording ``<job> (<role>)`` in ``result``."""
+    wanted = {job.name: job for job in wanted}
+    drop, add = [], []
+    for name, (jobid, schedule, command, db, active) in current.items():
+        job = wanted.get(name)
+        if job is None:
+            drop.append(jobid)
+            result.unscheduled.append(f"{name} ({role})")
+        elif (schedule, command, db, active) != (job.schedule, job.command, database, True):
+            drop.append(jobid)
+            add.append(job)
+            result.updated.append(f"{name} ({role})")
+        else:
+            result.unchanged.append(f"{name} ({role})")
+    for name, job in wanted.items():
+        if name not in current:
+            add.append(job)
+            result.scheduled.append(f"{name} ({role})")
+    return drop, add
+
+
+def _by_runner(jobs: list[CronJob]) -> dict[Runner, list[CronJob]]:
+    grouped: dict[Runner, list[CronJob]] = {"owner": [], "loader": []}
+    for job in jobs:
+        grouped[job.runner].append(job)
+    return grouped
+
+
+def sync(cfg: DeploymentConfig, cron_database: str, jobs: list[CronJob] | None = None) -> SyncResult:
+    """Make each role's ``dwh:`` jobs equal to ``jobs`` (default: ``desired_jobs``)."""
+    jobs = desired_jobs(cfg) if jobs is None else jobs
+    target_db = cfg.warehouse.database
+    result = SyncResult()
+    for runner, wanted in _by_runner(jobs).items():
+        with connect(cfg, runner, cron_database) as conn:
+            drop, add = _diff(_current(conn), wanted, target_db, cfg.logins()[runner].user, result)
+            with conn.transaction():
+                for jobid in drop:
+                    conn.execute("SELECT cron.unschedule(%s)", (jobid,))
+                for job in add:
+                    if cron_database == target_db:
+                        conn.execute("SELECT cron.schedule(%s, %s, %s)", (job.name, job.schedule, job.command))
+                    else:
+                        # username NULL: the job runs as the caller (naming any user needs a superuser).
+                        conn.execute("SELECT cron.schedule_in_database(%s, %s, %s, %s, NULL, true)",
+                                     (job.name, job.schedule, job.command, target_db))
+    return result
+
+
+def plan(cfg: DeploymentConfig, cron_database: str, existing_roles: Iterable[str] = ()) -> SyncResult:
+    """What ``sync`` would do, read as each role (a role that does not exist yet has no jobs)."""
+    result = SyncResult()
+    existing = set(existing_roles)
+    for runner, wanted in _by_runner(desired_jobs(cfg)).items():
+        current: dict[str, tuple] = {}
+        if cfg.logins()[runner].user in existing:
+            with connect(cfg, runner, cron_database) as conn:
+                current = _current(conn)
+        _diff(current, wanted, cfg.warehouse.database, cfg.logins()[runner].user, result)
+    return result

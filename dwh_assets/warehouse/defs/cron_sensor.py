@@ -1,0 +1,274 @@
+"""The pg_cron sensor: what pg_cron did inside Postgres, shown in Dagster.
+
+Each tick reads the runs of the project's pg_cron jobs that are new since the cursor
+(``runid`` order, bounded batches) plus the few runs still open from earlier ticks, and
+judges every run once it has ended (docs/architecture.md, "pg_cron facts"):
+
+- ``succeeded`` and its worker gone from ``pg_stat_activity`` (pg_cron 1.4 writes
+  ``succeeded`` *before* the worker commits): the ``dwh.refresh_log`` row with the run's
+  pid and a start inside the run is the proof of a committed refresh -> an
+  ``AssetMaterialization`` per partition it touched, rows and duration as metadata;
+  no such row -> failed check "succeeded but committed no refresh";
+- ``failed`` -> failed check with pg_cron's message (a server restart says so);
+- still running past ``stuck_after`` -> failed check, once; judged again when it ends;
+- when caught up, an active job whose latest schedule tick passed without a run ->
+  failed check "missed its schedule", once per tick.
+
+Evaluations belong to the check ``pg_cron_job_health`` of the job's asset. The cursor
+(JSON in Dagster's storage) holds the last runid read, the open runs and, per job, the
+last start seen, so a tick costs O(new runs), not O(history).
+
+The daemon evaluates the sensor at most every ``DWH_SENSOR_INTERVAL_SECONDS`` seconds
+(default 30; tests and demos lower it to see pg_cron runs sooner).
+"""
+
+
+import datetime as dt
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dagster as dg
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+
+from dwh_assets.warehouse.defs.assets import refresh_metadata
+from dwh_assets.warehouse.defs.checks import PG_CRON_HEALTH
+from dwh_assets.warehouse.defs.partitions import days_of_window
+from dwh_assets.warehouse.defs.resources import WarehouseResource
+
+UTC = dt.timezone.utc
+OPEN_STATUSES = ("starting", "running", "sending", "connecting")
+SENSOR_INTERVAL_ENV = "DWH_SENSOR_INTERVAL_SECONDS"
+
+
+def sensor_interval_seconds(default: int = 30) -> int:
+    """The sensor's minimum interval: ``DWH_SENSOR_INTERVAL_SECONDS`` or ``default``."""
+    raw = os.environ.get(SENSOR_INTERVAL_ENV, "").strip()
+    if not raw:
+        return default
+    try:
+        seconds = int(raw)
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise ValueError(f"{SENSOR_INTERVAL_ENV}={raw!r} is not a whole number of seconds >= 1; "
+                         f"unset it for the default ({default}s)")
+    return seconds
+
+
+@dataclass
+class CronCursor:
+    runid: int | None = None  # every run up to here has been read
+    open_runs: list[int] = field(default_factory=list)  # read but not yet ended
+    stuck_reported: list[int] = field(default_factory=list)
+    last_start: dict[str, str] = field(default_factory=dict)  # job -> latest start seen (ISO)
+    first_seen: dict[str, str] = field(default_factory=dict)  # job -> when the sensor first saw it
+    missed_reported: dict[str, str] = field(default_factory=dict)  # job -> schedule tick reported
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "CronCursor":
+        return cls(**json.loads(raw)) if raw else cls()
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class JobTarget:
+    asset_key: dg.AssetKey
+    log_table: str  # dwh.refresh_log.table_name its routine writes
+    partitioned: str | None  # None, "window" (facts) or "snapshot" (dimensions)
+
+
+@dataclass
+class TickReport:
+    events: list[dg.AssetMaterialization | dg.AssetCheckEvaluation] = field(default_factory=list)
+    cursor: CronCursor = field(default_factory=CronCursor)
+    runs_read: int = 0
+
+
+class CronRunJudge:
+    """Turns pg_cron run rows into Dagster events; pure apart from the queries it is given."""
+
+    def __init__(self, targets: dict[str, JobTarget], partition_keys: set[str], *,
+                 stuck_after: dt.timedelta, commit_grace: dt.timedelta, schedule_grace: dt.timedelta):
+        self.targets = targets
+        self.partition_keys = partition_keys
+        self.stuck_after = stuck_after
+        self.commit_grace = commit_grace
+        self.schedule_grace = schedule_grace
+
+    def _failed(self, job: str, reason: str, run: dict[str, Any] | None = None) -> dg.AssetCheckEvaluation:
+        meta: dict[str, Any] = {"job": job, "reason": reason}
+        if run is not None:
+            meta.update(runid=int(run["runid"]), status=run["status"],
+                        start_time=str(run["start_time"]), job_pid=int(run["job_pid"] or 0))
+        return dg.AssetCheckEvaluation(
+            asset_key=self.targets[job].asset_key, check_name=PG_CRON_HEALTH, passed=False,
+            severity=dg.AssetCheckSeverity.ERROR, metadata=meta,
+        )
+
+    def _passed(self, job: str, run: dict[str, Any]) -> dg.AssetCheckEvaluation:
+        return dg.AssetCheckEvaluation(
+            asset_key=self.targets[job].asset_key, check_name=PG_CRON_HEALTH, passed=True,
+            metadata={"job": job, "runid": int(run["runid"]), "status": run["status"]},
+        )
+
+    def materializations(self, job: str, run: dict[str, Any], log: dict[str, Any]) -> list[dg.AssetMaterialization]:
+        target = self.targets[job]
+        meta = refresh_metadata(log) | {"pg_cron_runid": dg.MetadataValue.int(int(run["runid"])),
+                                        "pg_cron_job": dg.MetadataValue.text(job)}
+        partitions: list[str | None] = [None]
+        if target.partitioned == "window":
+            days = days_of_window(log["window_start"], log["window_end"])
+            partitions = [d.isoformat() for d in days if d.isoformat() in self.partition_keys]
+        elif target.partitioned == "snapshot":
+            day = log["snapshot_day"].isoformat()
+            partitions = [day] if day in self.partition_keys else []
+        return [dg.AssetMaterialization(asset_key=target.asset_key, partition=p, metadata=meta,
+                                        description=f"refreshed by pg_cron job {job} (run {run['runid']})")
+                for p in partitions]
+
+    def judge(self, run: dict[str, Any], now: dt.datetime, pid_alive: bool, log: dict[str, Any] | None,
+              cursor: CronCursor) -> tuple[list, bool]:
+        """Events for one run and whether it stays open for a later tick."""
+        job, status, runid = run["jobname"], run["status"], int(run["runid"])
+        if status == "succeeded":
+            ended = run["end_time"] or now
+            if pid_alive and now - ended < self.commit_grace:
+                return [], True  # the worker has not committed yet
+            if log is None:
+                return [self._failed(job, "pg_cron logged the run succeeded but it committed no refresh "
+                                          "(no dwh.refresh_log row from its backend): the refresh rolled back", run)], False
+            return [*self.materializations(job, run, log), self._passed(job, run)], False
+        if status == "failed":
+            message = (run["return_message"] or "no message").strip()
+            return [self._failed(job, f"pg_cron run failed: {message[:1000]}", run)], False
+        started = run["start_time"] or now
+        if now - started > self.stuck_after and runid not in cursor.stuck_reported:
+            cursor.stuck_reported.append(runid)
+            return [self._failed(job, f"run still {status} after {now - started} "
+                                      f"(stuck threshold {self.stuck_after})", run)], True
+        return [], True
+
+    def missed(self, jobs: list[dict[str, Any]], cursor: CronCursor, now: dt.datetime,
+               open_jobs: set[str]) -> list[dg.AssetCheckEvaluation]:
+        events = []
+        for job in jobs:
+            name = job["jobname"]
+            if not job["active"] or name in open_jobs:
+                continue
+            try:
+                tick = croniter(job["schedule"], now - self.schedule_grace).get_prev(dt.datetime)
+            except (CroniterBadCronError, CroniterBadDateError):
+                continue  # pg_cron's '30 seconds' / '@reboot' or a date that never comes: no tick to miss
+            seen = [dt.datetime.fromisoformat(t) for t in (cursor.last_start.get(name), cursor.first_seen.get(name)) if t]
+            if not seen or max(seen) >= tick - dt.timedelta(seconds=1):
+                continue
+            if cursor.missed_reported.get(name) == tick.isoformat():
+                continue
+            cursor.missed_reported[name] = tick.isoformat()
+            last = cursor.last_start.get(name, "never (since the sensor started)")
+            events.append(self._failed(name, f"missed its schedule {job['schedule']!r}: no run started for the "
+                                             f"tick at {tick.isoformat()} (last start: {last})"))
+        return events
+
+
+# The log rows of the runs' workers. finished_at bounds the (backend_pid, finished_at) index scan:
+# a refresh that started after ``since`` finished after it, so older refreshes of recycled pids
+# are never visited and the query stays O(new runs) however long dwh.refresh_log grows (B3).
+REFRESH_LOGS = ("SELECT * FROM dwh.refresh_log WHERE backend_pid = ANY(%(pids)s) "
+                "AND finished_at >= %(since)s AND started_at >= %(since)s ORDER BY id")
+RUN_COLUMNS = ("SELECT r.runid, r.jobid, j.jobname, r.job_pid, r.status, r.return_message, r.start_time, r.end_time "
+               "FROM cron.job_run_details r JOIN cron.job j USING (jobid) ")
+
+
+def evaluate_cron_runs(warehouse: WarehouseResource, judge: CronRunJudge, raw_cursor: str | None, *,
+                       batch_size: int = 500, max_batches: int = 4, now: dt.datetime | None = None) -> TickReport:
+    """One sensor tick: read new and open runs, judge them, move the cursor."""
+    cursor = CronCursor.parse(raw_cursor)
+    jobs = list(judge.targets)
+    report = TickReport(cursor=cursor)
+    with warehouse.connect() as conn, warehouse.cron_connect(conn) as cron:
+        now = now or conn.execute("SELECT now() AS now").fetchone()["now"]
+        if cursor.runid is None:
+            # First tick: start with the latest batch instead of replaying all history.
+            top = cron.execute("SELECT coalesce(max(runid), 0) AS top FROM cron.job_run_details").fetchone()["top"]
+            cursor.runid = max(0, int(top) - batch_size)
+        runs = cron.execute(RUN_COLUMNS + "WHERE r.runid = ANY(%s) AND j.jobname = ANY(%s) ORDER BY r.runid",
+                            (cursor.open_runs, jobs)).fetchall() if cursor.open_runs else []
+        caught_up = False
+        for _ in range(max_batches):
+            batch = cron.execute(RUN_COLUMNS + "WHERE r.runid > %s ORDER BY r.runid LIMIT %s",
+                                 (cursor.runid, batch_size)).fetchall()
+            if batch:
+                cursor.runid = int(batch[-1]["runid"])
+            runs += [r for r in batch if r["jobname"] in judge.targets]
+            if len(batch) < batch_size:
+                caught_up = True
+                break
+        report.runs_read = len(runs)
+        pids = sorted({int(r["job_pid"]) for r in runs if r["job_pid"]})
+        alive = {row["pid"] for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchall()} if pids else set()
+        logs = conn.execute(REFRESH_LOGS, {
+            "pids": pids,
+            "since": min((r["start_time"] for r in runs if r["start_time"]), default=now) - dt.timedelta(seconds=5),
+        }).fetchall() if pids else []
+        job_rows = cron.execute("SELECT jobname, schedule, active FROM cron.job WHERE jobname = ANY(%s)",
+                                (jobs,)).fetchall() if caught_up else []
+
+    still_open: list[int] = []
+    for run in runs:
+        name = run["jobname"]
+        if run["start_time"] is not None:
+            prev = cursor.last_start.get(name)
+            if prev is None or dt.datetime.fromisoformat(prev) < run["start_time"]:
+                cursor.last_start[name] = run["start_time"].isoformat()
+        log = _matching_log(run, judge.targets[name].log_table, logs, now)
+        events, keep = judge.judge(run, now, int(run["job_pid"] or 0) in alive, log, cursor)
+        report.events += events
+        if keep:
+            still_open.append(int(run["runid"]))
+    cursor.open_runs = still_open
+    cursor.stuck_reported = [r for r in cursor.stuck_reported if r in still_open]
+    for job in job_rows:
+        cursor.first_seen.setdefault(job["jobname"], now.isoformat())
+    open_jobs = {r["jobname"] for r in runs if int(r["runid"]) in still_open}
+    report.events += judge.missed(job_rows, cursor, now, open_jobs)
+    return report
+
+
+def _matching_log(run: dict[str, Any], table: str, logs: list[dict[str, Any]], now: dt.datetime) -> dict[str, Any] | None:
+    if run["status"] != "succeeded" or not run["start_time"]:
+        return None
+    lo = run["start_time"] - dt.timedelta(seconds=1)
+    hi = (run["end_time"] or now) + dt.timedelta(seconds=1)
+    for log in logs:
+        if log["backend_pid"] == run["job_pid"] and log["table_name"] == table and lo <= log["started_at"] <= hi:
+            return log
+    return None
+
+
+def build_cron_sensor(targets: dict[str, JobTarget], partitions: dg.PartitionsDefinition, *,
+                      name: str = "pg_cron_runs", stuck_after: dt.timedelta = dt.timedelta(minutes=30),
+                      commit_grace: dt.timedelta = dt.timedelta(seconds=60),
+                      schedule_grace: dt.timedelta = dt.timedelta(minutes=3),
+                      minimum_interval_seconds: int = 30) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Reports pg_cron's refresh runs: materializations for committed refreshes, "
+                    "failed pg_cron_job_health checks for failed, stuck, missed or rolled-back runs.",
+    )
+    def pg_cron_runs(context: dg.SensorEvaluationContext, warehouse: WarehouseResource) -> dg.SensorResult:
+        judge = CronRunJudge(targets, set(partitions.get_partition_keys()), stuck_after=stuck_after,
+                             commit_grace=commit_grace, schedule_grace=schedule_grace)
+        report = evaluate_cron_runs(warehouse, judge, context.cursor)
+        context.log.info(f"read {report.runs_read} pg_cron run(s); {len(report.events)} event(s); "
+                         f"cursor at runid {report.cursor.runid}")
+        return dg.SensorResult(asset_events=report.events, cursor=report.cursor.dump())
+
+    return pg_cron_runs

@@ -1,0 +1,337 @@
+"""The configuration of one deployment: which Postgres is the warehouse, where the sources are.
+
+One TOML file (``--config FILE`` or ``DWH_CONFIG``; a commented example is
+``dwh.example.toml`` at the repository root), every value overridable by an environment
+variable named ``DWH_<SECTION>__<KEY>`` (nested tables add ``__<KEY>``), for example
+``DWH_WAREHOUSE__PORT=5433``, ``DWH_CLERK__BACKEND=tembo``,
+``DWH_SCHEDULES__USERS='*/5 * * * *'``.
+
+Secrets never come from the TOML file: a password or key is read from the file named by
+``password_file`` / ``secret_key_file``, or from the environment (``DWH_WAREHOUSE__ADMIN__PASSWORD``,
+``DWH_CONTROL_PLANE__PASSWORD``, ``DWH_CLERK__SECRET_KEY``, ...), or, for Postgres logins,
+from libpq's own passfile (``passfile`` or ``PGPASSFILE``). A secret written into the TOML
+file is refused with an error that says where to put it instead.
+
+pydantic-settings does the typing, the validation messages (``warehouse.port: Input should
+be a valid integer``) and the environment overrides; the file is read with stdlib ``tomllib``
+first so that secrets in it can be refused before anything else looks at them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dwh_assets.warehouse import catalog
+
+CONFIG_ENV = "DWH_CONFIG"
+ENV_PREFIX = "DWH_"
+# Keys that hold a secret: allowed from the environment, refused in the file.
+SECRET_KEYS = ("password", "secret_key")
+
+Backend = Literal["reader", "tembo"]
+
+
+class DwhError(RuntimeError):
+    """An error whose message is a sentence for the user: what failed and what to do."""
+
+
+class DeploymentError(DwhError):
+    """The deployment configuration or the target server is not usable; the message says why."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Login(Section):
+    """A Postgres login: its password from ``password_file``, the environment, or libpq's passfile."""
+
+    user: str
+    password_file: Path | None = None
+    password: SecretStr | None = None  # environment only
+    # Overrides the section's host for this login (a directory means a Unix socket).
+    host: str | None = None
+
+    def secret(self) -> str | None:
+        """The password, if one is configured (``None``: libpq finds it, e.g. in a passfile)."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return read_secret_file(self.password_file, f"the password of {self.user}")
+        return None
+
+
+# One class per login, so that a partial override (DWH_WAREHOUSE__LOADER__PASSWORD alone)
+# keeps the default user name.
+class AdminLogin(Login):
+    user: str = "postgres"
+
+
+class OwnerLogin(Login):
+    user: str = catalog.OWNER_GROUP
+
+
+class LoaderLogin(Login):
+    user: str = catalog.LOADER_GROUP
+
+
+class ReaderLogin(Login):
+    user: str = catalog.READER_GROUP
+
+
+class WarehouseSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = 5432
+    database: str = "warehouse"
+    sslmode: str = "prefer"
+    # A libpq passfile with the roles' passwords, for connections that name no password
+    # (Dagster's DSN, psql): its path is written into DSNs, never a password.
+    passfile: Path | None = None
+    # May CREATE ROLE and CREATE EXTENSION (a superuser, or rds_superuser & co).
+    admin: AdminLogin = AdminLogin()
+    # Login roles. Each is granted the project's privilege role of the same purpose
+    # (catalog.OWNER_GROUP, LOADER_GROUP, READER_GROUP); by default they are the same role.
+    owner: OwnerLogin = OwnerLogin()
+    loader: LoaderLogin = LoaderLogin()
+    reader: ReaderLogin = ReaderLogin()
+
+
+class ControlPlaneSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = 5432
+    database: str = "control_plane"
+    sslmode: str = "prefer"
+    # The read-only login postgres_fdw uses; its password goes into user mappings
+    # (readable only by the mapped role and superusers), nowhere else.
+    user: str = "cp_reader"
+    password_file: Path | None = None
+    password: SecretStr | None = None  # environment only
+
+    def secret(self) -> str:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return read_secret_file(self.password_file, "the control plane password")
+        raise DeploymentError(
+            "control_plane: no password for the control plane login: set control_plane.password_file "
+            "or DWH_CONTROL_PLANE__PASSWORD (postgres_fdw needs a password for non-superusers)."
+        )
+
+
+class ClerkSettings(Section):
+    api_url: str = "https://api.clerk.com"
+    secret_key_file: Path | None = None
+    secret_key: SecretStr | None = None  # environment only
+    backend: Backend = "reader"
+
+    def secret(self) -> str:
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        if self.secret_key_file is not None:
+            return read_secret_file(self.secret_key_file, "the Clerk secret key")
+        raise DeploymentError("clerk: no secret key: set clerk.secret_key_file or DWH_CLERK__SECRET_KEY.")
+
+
+class MetricNames(Section):
+    """The Prometheus metrics the warehouse copies, by what the marts use them for."""
+
+    cpu: str = catalog.DEFAULT_METRICS["cpu"]
+    memory: str = catalog.DEFAULT_METRICS["memory"]
+    storage: str = catalog.DEFAULT_METRICS["storage"]
+
+    @field_validator("cpu", "memory", "storage")
+    @classmethod
+    def _metric_name(cls, value: str) -> str:
+        if not catalog.METRIC_NAME_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)")
+        return value
+
+    def as_dict(self) -> dict[str, str]:
+        return {"cpu": self.cpu, "memory": self.memory, "storage": self.storage}
+
+
+class PrometheusSettings(Section):
+    url: str = "http://127.0.0.1:9090"
+    step_seconds: int = Field(3600, ge=1, le=86400)
+    backend: Backend = "reader"
+    metrics: MetricNames = MetricNames()
+
+
+class ReaderSettings(Section):
+    """The ``reader`` backend: where the source reader lives on the *database host*."""
+
+    # Installed there by `dwh reader install --config FILE` (run on the database host).
+    directory: Path = Path("/var/lib/postgresql/dwh-reader")
+    python: str = "/usr/bin/python3"
+    # The database server's OS user, which file_fdw runs the reader as.
+    os_user: str = "postgres"
+    timeout_seconds: float = Field(30.0, gt=0)
+    total_timeout_seconds: float = Field(600.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    backoff_seconds: float = Field(0.5, ge=0)
+    max_retry_after_seconds: float = Field(60.0, ge=0)
+    page_size: int = Field(500, ge=1, le=500)
+    max_points_per_request: int = Field(11000, ge=1, le=11000)
+    max_points_per_series: int = Field(5_000_000, ge=1)
+
+    def tuning(self) -> dict[str, float | int]:
+        return self.model_dump(exclude={"directory", "python", "os_user"})
+
+
+class HistorySettings(Section):
+    # The first day the warehouse holds; Dagster's partitions start here (DWH_HISTORY_START).
+    start: dt.date
+
+
+class RefreshSettings(Section):
+    # How much of a dimension one refresh may delete before it refuses (a broken source, usually).
+    max_drop_fraction: float = Field(0.5, ge=0, le=1)
+    # pg_cron's run history older than this is purged daily.
+    cron_history_days: int = Field(14, ge=1)
+
+
+class DeploymentConfig(BaseSettings):
+    """Everything ``dwh migrate`` needs to know about one deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True, case_sensitive=False,
+    )
+
+    warehouse: WarehouseSettings = WarehouseSettings()
+    control_plane: ControlPlaneSettings = ControlPlaneSettings()
+    clerk: ClerkSettings = ClerkSettings()
+    prometheus: PrometheusSettings = PrometheusSettings()
+    reader: ReaderSettings = ReaderSettings()
+    history: HistorySettings
+    refresh: RefreshSettings = RefreshSettings()
+    # pg_cron schedules (GMT) by job: a catalog table, a mart, or a maintenance job.
+    schedules: dict[str, str] = {}
+    # Days of daily partitions pg_partman keeps, by catalog table.
+    retention_days: dict[str, int] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (passed in as init values); nothing else is read.
+        return env_settings, init_settings
+
+    @field_validator("schedules")
+    @classmethod
+    def _known_jobs(cls, value: dict[str, str]) -> dict[str, str]:
+        known = catalog.schedulable_jobs()
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"no job named {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        for job, schedule in value.items():
+            if len(schedule.split()) != 5:
+                raise ValueError(f"{job}: {schedule!r} is not a five-field cron schedule (pg_cron runs in GMT)")
+        return value
+
+    @field_validator("retention_days")
+    @classmethod
+    def _known_tables(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(catalog.BY_NAME))
+        if unknown:
+            raise ValueError(f"no table named {', '.join(unknown)}; known: {', '.join(sorted(catalog.BY_NAME))}")
+        bad = {k: v for k, v in value.items() if v < 1}
+        if bad:
+            raise ValueError(f"retention must be at least one day: {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _prometheus_step_divides_a_day(self) -> DeploymentConfig:
+        if 86400 % self.prometheus.step_seconds:
+            raise ValueError(f"prometheus.step_seconds={self.prometheus.step_seconds} must divide a day (86400 s)")
+        return self
+
+    # ----- derived values ---------------------------------------------------------------------
+
+    def schedule(self, job: str) -> str:
+        return self.schedules.get(job) or catalog.schedulable_jobs()[job]
+
+    def retention(self, table: str) -> int:
+        return self.retention_days.get(table) or catalog.get(table).retention_days
+
+    def backends(self) -> dict[str, str]:
+        return {"clerk": self.clerk.backend, "prometheus": self.prometheus.backend}
+
+    def uses_reader(self) -> bool:
+        return "reader" in self.backends().values()
+
+    def logins(self) -> dict[str, Login]:
+        """Purpose -> login role: owner, loader, reader."""
+        return {"owner": self.warehouse.owner, "loader": self.warehouse.loader, "reader": self.warehouse.reader}
+
+    @classmethod
+    def load(cls, path: Path | str | None = None, environ: dict[str, str] | None = None) -> DeploymentConfig:
+        """The file at ``path`` (or ``DWH_CONFIG``), overridden by ``DWH_*`` environment variables."""
+        environ = os.environ if environ is None else environ
+        path = path or environ.get(CONFIG_ENV)
+        if not path:
+            raise DeploymentError(
+                f"no deployment configuration: pass --config FILE or set {CONFIG_ENV} "
+                "(dwh.example.toml in the repository shows every setting)."
+            )
+        path = Path(path).expanduser()
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise DeploymentError(f"configuration file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise DeploymentError(f"{path} is not valid TOML: {e}") from None
+        refuse_secrets(raw, path)
+        try:
+            return cls(**raw)
+        except ValidationError as e:
+            raise DeploymentError(f"{path} (or a DWH_* variable) is not a valid configuration:\n{explain(e)}") from None
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> DeploymentConfig:
+        """A configuration built in code (the local demo stack); the environment still overrides."""
+        refuse_secrets(values, Path("<values>"))
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            raise DeploymentError(f"invalid deployment configuration:\n{explain(e)}") from None
+
+
+def explain(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def refuse_secrets(raw: dict[str, Any], path: Path, where: str = "") -> None:
+    for key, value in raw.items():
+        here = f"{where}.{key}" if where else key
+        if isinstance(value, dict):
+            refuse_secrets(value, path, here)
+        elif key in SECRET_KEYS:
+            env = ENV_PREFIX + here.upper().replace(".", "__")
+            raise DeploymentError(
+                f"{path}: {here} holds a secret; secrets never go into the configuration file. "
+                f"Put it in a file readable only by you and set {here}_file, or set {env} in the environment."
+            )
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    path = Path(path).expanduser()
+    try:
+        value = path.read_text().strip()
+    except OSError as e:
+        raise DeploymentError(f"cannot read {what} from {path}: {e.strerror}") from None
+    if not value:
+        raise DeploymentError(f"{path} is empty; it should hold {what}")
+    return value

@@ -1,0 +1,237 @@
+"""``dwh migrate``: bring a warehouse database to the state the code declares.
+
+Against any PostgreSQL 15+ the deployment configuration points at, over TCP:
+
+1. **bootstrap**, as the admin role (``warehouse.bootstrap``): roles, extensions, grants.
+   Tried first in transactions that are rolled back; if anything is refused, migrate
+   stops there, having changed nothing, and says what the admin role would need;
+2. **migrations**, as the owner (``sql/migrations``, yoyo-migrations, tracked in the
+   database) and the repeatable routines (``sql/routines``, re-applied every time);
+3. **settings and sources**, as the owner: ``dwh.settings``, foreign servers, user mappings
+   and foreign tables for the configured backends, rebuilt only when their definition changed;
+4. **grants and retention**, as the owner, derived from the catalog;
+5. **pg_cron jobs** (``warehouse.cron_jobs``), each scheduled by the role that runs it.
+
+A second run changes nothing: the bootstrap is idempotent, yoyo skips applied migrations,
+routines are ``CREATE OR REPLACE``, the source layer carries a fingerprint and the pg_cron
+sync compares before it schedules. ``plan`` (``dwh migrate --dry-run``) reports what a run
+would do without doing it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from yoyo import read_migrations
+from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
+from yoyo.connections import parse_uri
+
+from dwh_assets.warehouse import bootstrap, catalog, cron_jobs
+from dwh_assets.warehouse.connect import connect
+from dwh_assets.warehouse.deployment import DeploymentConfig, DeploymentError
+from dwh_assets.warehouse.sources import foreign_tables, reader_install
+
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+MIGRATIONS_DIR = SQL_DIR / "migrations"
+ROUTINES_DIR = SQL_DIR / "routines"
+
+Progress = Callable[[str], None]
+
+
+def _owner_connect(cfg: DeploymentConfig, autocommit: bool = True) -> psycopg.Connection:
+    """The owner's login acting as the owner's privilege role, so every object belongs to it."""
+    conn = connect(cfg, "owner", autocommit=autocommit)
+    if cfg.warehouse.owner.user != catalog.OWNER_GROUP:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(catalog.OWNER_GROUP)))
+        if not autocommit:
+            conn.commit()
+    return conn
+
+
+class _OwnerBackend(PostgresqlPsycopgBackend):
+    """yoyo's psycopg 3 backend on a connection we make: no password in any URI."""
+
+    def __init__(self, cfg: DeploymentConfig):
+        self._cfg = cfg
+        super().__init__(parse_uri("postgresql+psycopg://owner@localhost/warehouse"), "_yoyo_migration")
+
+    def connect(self, dburi):  # noqa: ANN001, ANN201 (yoyo's signature)
+        return _owner_connect(self._cfg)
+
+    def copy(self) -> _OwnerBackend:
+        return _OwnerBackend(self._cfg)
+
+
+def _backend(cfg: DeploymentConfig) -> _OwnerBackend:
+    backend = _OwnerBackend(cfg)
+    backend.init_database()  # yoyo's lock table, as yoyo.get_backend does
+    return backend
+
+
+def pending_migrations(cfg: DeploymentConfig) -> list[str]:
+    backend = _backend(cfg)
+    return [m.id for m in backend.to_apply(read_migrations(str(MIGRATIONS_DIR)))]
+
+
+def apply_migrations(cfg: DeploymentConfig) -> int:
+    """Versioned migrations (once each) and routines (every time); returns how many were new."""
+    if not MIGRATIONS_DIR.is_dir():
+        raise DeploymentError(f"no SQL migrations at {MIGRATIONS_DIR}: run dwh from a checkout of the repository")
+    backend = _backend(cfg)
+    migrations = read_migrations(str(MIGRATIONS_DIR))
+    routines = read_migrations(str(ROUTINES_DIR))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+        # Repeatable objects: CREATE OR REPLACE, applied without being marked.
+        for routine in routines:
+            backend.apply_one(routine, mark=False, force=True)
+    return len(pending)
+
+
+def settings(cfg: DeploymentConfig, cron_database: str) -> dict[str, str]:
+    """dwh.settings: what the routines and Dagster read from the database. No secrets."""
+    metrics = cfg.prometheus.metrics.as_dict()
+    values = {
+        "refresh.max_drop_fraction": repr(cfg.refresh.max_drop_fraction),
+        "backend.prometheus": cfg.prometheus.backend,
+        "backend.clerk": cfg.clerk.backend,
+        "reader.command": reader_install.reader_program(cfg),
+        "metrics.step_seconds": str(cfg.prometheus.step_seconds),
+        "metrics.names": ",".join(metrics.values()),
+        "history.start": cfg.history.start.isoformat(),
+        "cron.database": cron_database,
+    }
+    values.update({f"metrics.{purpose}": name for purpose, name in metrics.items()})
+    return values
+
+
+def _source_fingerprint(conn: psycopg.Connection, ddl: foreign_tables.SourceDDL) -> str:
+    rendered = "\n".join(s.as_string(conn) for s in ddl.statements)
+    return hashlib.sha256(rendered.encode()).hexdigest()
+
+
+def sources_changed(conn: psycopg.Connection, cfg: DeploymentConfig, cron_database: str) -> tuple[bool, bool]:
+    """(settings differ, source DDL differs) from what the database holds."""
+    wanted = settings(cfg, cron_database) | {"sources.fingerprint": _source_fingerprint(conn, foreign_tables.source_ddl(cfg))}
+    exists = conn.execute("SELECT to_regclass('dwh.settings') IS NOT NULL").fetchone()[0]
+    current = dict(conn.execute("SELECT key, value FROM dwh.settings").fetchall()) if exists else {}
+    return current != wanted, current.get("sources.fingerprint") != wanted["sources.fingerprint"]
+
+
+def sync_sources(conn: psycopg.Connection, cfg: DeploymentConfig, cron_database: str) -> bool:
+    """Write settings and (re)build the source layer when its definition changed."""
+    ddl = foreign_tables.source_ddl(cfg)
+    fingerprint = _source_fingerprint(conn, ddl)
+    wanted = settings(cfg, cron_database) | {"sources.fingerprint": fingerprint}
+    current = dict(conn.execute("SELECT key, value FROM dwh.settings").fetchall())
+    if current == wanted:
+        return False
+    with conn.transaction():
+        conn.execute("DELETE FROM dwh.settings")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO dwh.settings (key, value) VALUES (%s, %s)", list(wanted.items()))
+        if current.get("sources.fingerprint") != fingerprint:
+            # A source switched back to the reader would keep its tembo tables otherwise.
+            for source, server in foreign_tables.TEMBO_SERVERS.items():
+                if cfg.backends()[source] != "tembo":
+                    conn.execute(sql.SQL("DROP SERVER IF EXISTS {} CASCADE").format(sql.Identifier(server)))
+            for statement in ddl.statements:
+                conn.execute(statement)
+    return True
+
+
+def grant_routines(conn: psycopg.Connection) -> None:
+    loader = sql.Identifier(catalog.LOADER_GROUP)
+    routines = [(spec.routine, spec.routine_arguments) for spec in catalog.CATALOG]
+    routines.append((catalog.MART_ROUTINE, catalog.MART_ROUTINE_ARGUMENTS))
+    # Dagster's checks read settings (the metrics step, the cron database); settings hold no secrets.
+    routines.append(("dwh.setting", "text, text"))
+    with conn.transaction():
+        for routine, arguments in routines:
+            conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {}({}) TO {}").format(
+                sql.Identifier(*routine.split(".")), sql.SQL(arguments), loader))
+
+
+def sync_retention(conn: psycopg.Connection, cfg: DeploymentConfig) -> None:
+    with conn.transaction():
+        for spec in catalog.CATALOG:
+            table = spec.local_table if spec.kind is catalog.Kind.FACT else spec.snapshot_table
+            days = f"{cfg.retention(spec.name)} days"
+            conn.execute(
+                "UPDATE partman.part_config SET retention = %s, retention_keep_table = false "
+                "WHERE parent_table = %s AND retention IS DISTINCT FROM %s",
+                (days, table, days),
+            )
+
+
+@dataclass
+class MigrateReport:
+    bootstrap: list[str] = field(default_factory=list)
+    migrations: list[str] = field(default_factory=list)
+    sources: str = "unchanged"
+    cron: cron_jobs.SyncResult = field(default_factory=cron_jobs.SyncResult)
+
+    def summary(self) -> str:
+        return (f"{len(self.migrations)} new migration(s); sources {self.sources}; "
+                f"pg_cron: {self.cron.summary()}")
+
+
+def _prepare(cfg: DeploymentConfig, progress: Progress) -> tuple[bootstrap.BootstrapPlan, list[str]]:
+    with connect(cfg, "admin") as admin:
+        plan = bootstrap.plan_bootstrap(cfg, bootstrap.inspect(admin), bootstrap.password_verifier(admin))
+    check = reader_install.check_command(cfg) if cfg.uses_reader() else None
+    progress(f"checking what {plan.facts.admin} may do on {cfg.warehouse.host}:{cfg.warehouse.port} "
+             f"(cron.database_name = {plan.cron_db}) ...")
+    return plan, bootstrap.try_bootstrap(cfg, plan, check)
+
+
+def migrate(cfg: DeploymentConfig, progress: Progress = print) -> MigrateReport:
+    """Bootstrap, migrate, sync sources, grants, retention and pg_cron; refuses early, changing nothing."""
+    plan, problems = _prepare(cfg, progress)
+    if problems:
+        raise bootstrap.refuse(problems)
+    report = MigrateReport()
+    report.bootstrap = bootstrap.apply_bootstrap(cfg, plan)
+    progress(f"bootstrap: {len(report.bootstrap)} statement(s) as {plan.facts.admin} (roles, extensions, grants)")
+    report.migrations = pending_migrations(cfg)
+    apply_migrations(cfg)
+    progress(f"migrations: {len(report.migrations)} new ({', '.join(report.migrations) or 'none'}); routines re-applied")
+    with _owner_connect(cfg) as conn:
+        rebuilt = sync_sources(conn, cfg, plan.cron_db)
+        report.sources = "rebuilt" if rebuilt else "unchanged"
+        progress(f"settings and source foreign tables: {report.sources}")
+        grant_routines(conn)
+        sync_retention(conn, cfg)
+    report.cron = cron_jobs.sync(cfg, plan.cron_db)
+    for line in report.cron.lines():
+        progress(f"pg_cron: {line}")
+    progress(f"done: {report.summary()}")
+    return report
+
+
+def plan(cfg: DeploymentConfig, progress: Progress = print) -> list[str]:
+    """What ``migrate`` would do (``dwh migrate --dry-run``); changes nothing."""
+    bootstrap_plan, problems = _prepare(cfg, progress)
+    lines = [f"bootstrap: {line}" for line in bootstrap_plan.describe()]
+    if problems:
+        lines += [f"REFUSED: {p}" for p in problems]
+        return lines
+    owner_exists = cfg.warehouse.owner.user in bootstrap_plan.facts.roles
+    if not owner_exists:
+        lines.append(f"migrations: all of {MIGRATIONS_DIR} (the owner role does not exist yet)")
+        lines.append("settings and source foreign tables: created")
+    else:
+        pending = pending_migrations(cfg)
+        lines.append(f"migrations: {len(pending)} to apply ({', '.join(pending) or 'none'}); routines re-applied")
+        with _owner_connect(cfg) as conn:
+            settings_differ, ddl_differs = sources_changed(conn, cfg, bootstrap_plan.cron_db)
+        lines.append("settings: " + ("rewritten" if settings_differ else "unchanged")
+                     + "; source foreign tables: " + ("rebuilt" if ddl_differs else "unchanged"))
+    lines += [f"pg_cron: {line}" for line in cron_jobs.plan(cfg, bootstrap_plan.cron_db, bootstrap_plan.facts.roles).lines()]
+    return lines
