@@ -24,12 +24,13 @@ from pathlib import Path
 
 from benchmarks.harness import BenchContext, BenchError, BenchResult, Goal, Row, bench_stack, machine, say, versions
 
-# One module per benchmark; B2 (Dagster backfill) and B3 (sensor tick) plug in here.
+# One module per benchmark.
 BENCHMARKS = {
     "B1": "benchmarks.b1_refresh",
     "B2": "benchmarks.b2_backfill",
     "B3": "benchmarks.b3_sensor",
     "B4": "benchmarks.b4_prometheus",
+    "B5": "benchmarks.b5_dagster_overhead",
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

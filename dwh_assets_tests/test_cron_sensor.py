@@ -1,6 +1,6 @@
 """The pg_cron sensor against real pg_cron runs.
 
-Four throwaway jobs run once each on a one-minute schedule (then paused), as the loader (the role the
+Four throwaway jobs run once each (scheduled for one coming minute), as the loader (the role the
 sensor reads history as): one refresh that commits, one that fails, one that pg_cron
 logs ``succeeded`` although its refresh rolled back, and one that hangs. The sensor,
 evaluated like the daemon does, must report exactly: a materialization for the first,
@@ -30,14 +30,14 @@ STUCK_AFTER = dt.timedelta(seconds=20)
 
 JOBS = {
     # job name: (command, asset it stands for, refresh_log table, partitioning)
-    "dwhtest:ok": ("SELECT dwh.refresh_instances(current_date)", "dwh.instances", "instances", "snapshot"),
+    "dwhtest:ok": ("SELECT dwh.refresh_instances(current_date)", "dwh.instances", "instances", None),
     "dwhtest:fails": ("SELECT dwh.refresh_events(now(), now() - interval '1 day')", "dwh.events", "events", "window"),
     "dwhtest:rolled_back": (
         "DO $$ BEGIN PERFORM dwh.refresh_users(current_date); RAISE EXCEPTION 'undo'; "
         "EXCEPTION WHEN raise_exception THEN NULL; END $$",
-        "dwh.users", "users", "snapshot",
+        "dwh.users", "users", None,
     ),
-    "dwhtest:stuck": ("SELECT pg_sleep(600)", "dwh.organizations", "organizations", "snapshot"),
+    "dwhtest:stuck": ("SELECT pg_sleep(600)", "dwh.organizations", "organizations", None),
 }
 
 
@@ -51,17 +51,29 @@ def _wait(what: str, predicate, timeout: float, interval: float = 1.0):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def next_minute(conn, lead: dt.timedelta = dt.timedelta(seconds=15)) -> dt.datetime:
+    """The first whole minute (server time, UTC) at least ``lead`` ahead."""
+    now = conn.execute("SELECT now()").fetchone()[0].astimezone(UTC)
+    return (now + lead + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
+
+
 @pytest.fixture(scope="module")
 def cron_runs(stack, cfg):
-    """Schedule the four jobs, let each run once, unschedule them; yields (start cursor, runs)."""
+    """Schedule the four jobs for one minute (they run once), let them run; yields (start cursor, runs).
+
+    A one-off schedule instead of pausing jobs after their first run: pg_cron cancels the
+    running task of a job that is paused or removed.
+    """
     import psycopg
 
     with stack.postgres.connect(WAREHOUSE_DB) as su:
         su.autocommit = True
         start_runid = su.execute("SELECT coalesce(max(runid), 0) FROM cron.job_run_details").fetchone()[0]
+        at = next_minute(su)
+        once = f"{at.minute} {at.hour} {at.day} {at.month} *"
         jobids = {
-            name: su.execute("SELECT cron.schedule_in_database(%s, '* * * * *', %s, %s, %s)",
-                             (name, command, WAREHOUSE_DB, LOADER_ROLE)).fetchone()[0]
+            name: su.execute("SELECT cron.schedule_in_database(%s, %s, %s, %s, %s)",
+                             (name, once, command, WAREHOUSE_DB, LOADER_ROLE)).fetchone()[0]
             for name, (command, *_rest) in JOBS.items()
         }
         try:
@@ -70,14 +82,14 @@ def cron_runs(stack, cfg):
                                   "AND runid > %s GROUP BY jobid", (list(jobids.values()), start_runid)).fetchall()
                 return dict(rows) if len(rows) == len(jobids) else None
 
-            runids = _wait("each job's first run", first_runs, timeout=150)
-            # Paused, not unscheduled: the run history keeps its job name only while the job exists.
-            for jobid in jobids.values():
-                su.execute("SELECT cron.alter_job(%s, active := false)", (jobid,))
+            runids = _wait("each job's run", first_runs, timeout=150)
+            seen: list = []
 
             def settled():
                 rows = su.execute("SELECT jobid, status, start_time, job_pid FROM cron.job_run_details WHERE runid = ANY(%s)",
                                   (list(runids.values()),)).fetchall()
+                seen[:] = [rows, su.execute("SELECT pid, wait_event_type, wait_event, left(query, 80) FROM pg_stat_activity "
+                                            "WHERE pid = ANY(%s)", ([r[3] for r in rows],)).fetchall()]
                 by_job = {r[0]: r for r in rows}
                 stuck = by_job[jobids["dwhtest:stuck"]]
                 others_done = all(by_job[jobids[n]][1] in ("succeeded", "failed") for n in JOBS if n != "dwhtest:stuck")
@@ -87,7 +99,10 @@ def cron_runs(stack, cfg):
                 alive = su.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone()[0]
                 return others_done and stuck_long and alive == 0
 
-            _wait("the runs to finish (and the stuck one to pass its threshold)", settled, timeout=90)
+            try:
+                _wait("the runs to finish (and the stuck one to pass its threshold)", settled, timeout=90)
+            except AssertionError as e:
+                raise AssertionError(f"{e}; runs and their backends: {seen}") from None
             yield CronCursor(runid=start_runid).dump(), {name: runids[jobid] for name, jobid in jobids.items()}
         finally:
             su.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(600)%%' "
@@ -100,7 +115,8 @@ def cron_runs(stack, cfg):
 
 
 def _test_sensor(cfg):
-    targets = {name: JobTarget(key_of(asset), table, part) for name, (_c, asset, table, part) in JOBS.items()}
+    targets = {name: JobTarget(key_of(asset), table, part, catalog.get(table))
+               for name, (_c, asset, table, part) in JOBS.items()}
     return build_cron_sensor(targets, daily_partitions(cfg.history_start), stuck_after=STUCK_AFTER,
                              schedule_grace=dt.timedelta(minutes=5))
 
@@ -121,8 +137,9 @@ def test_sensor_reports_each_kind_of_pg_cron_run_exactly_once(cfg, loader, cron_
     checks = [e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
     today = dt.datetime.now(UTC).date().isoformat()
 
-    # the committed refresh: one materialization of today's snapshot, with the logged counts
-    assert [(m.asset_key, m.partition) for m in materializations] == [(key_of("dwh.instances"), today)]
+    # the committed refresh: a materialization of the table and of today's snapshot, with the logged counts
+    assert [(m.asset_key, m.partition) for m in materializations] == [
+        (key_of("dwh.instances"), None), (key_of("dwh.instances_snapshot"), None)]
     meta = materializations[0].metadata
     assert meta["pg_cron_runid"].value == runids["dwhtest:ok"]
     log = loader.execute("SELECT rows_inserted, rows_updated, rows_deleted, backend_pid FROM dwh.refresh_log WHERE id = %s",
@@ -130,10 +147,15 @@ def test_sensor_reports_each_kind_of_pg_cron_run_exactly_once(cfg, loader, cron_
     assert (meta["rows_inserted"].value, meta["rows_updated"].value, meta["rows_deleted"].value) == log[:3]
     pid = loader.execute("SELECT job_pid FROM cron.job_run_details WHERE runid = %s", (runids["dwhtest:ok"],)).fetchone()[0]
     assert log[3] == pid
+    # ... with the table metadata a Dagster run records
+    assert meta["dagster/row_count"].value == loader.execute("SELECT count(*) FROM dwh.instances").fetchone()[0]
+    assert [c.name for c in meta["dagster/column_schema"].value.columns][:2] == ["instance_id", "organization_id"]
+    assert materializations[1].metadata["snapshot_day"].value == today
 
-    failed = {c.asset_key: c for c in checks if not c.passed}
-    passed = {c.asset_key for c in checks if c.passed}
-    assert all(c.check_name == PG_CRON_HEALTH for c in checks)
+    health = [c for c in checks if c.check_name == PG_CRON_HEALTH]
+    data = {(c.asset_key, c.check_name): c for c in checks if c.check_name != PG_CRON_HEALTH}
+    failed = {c.asset_key: c for c in health if not c.passed}
+    passed = {c.asset_key for c in health if c.passed}
     assert passed == {key_of("dwh.instances")}
     assert set(failed) == {key_of("dwh.events"), key_of("dwh.users"), key_of("dwh.organizations")}
     assert "empty or reversed" in failed[key_of("dwh.events")].metadata["reason"].value
@@ -141,6 +163,10 @@ def test_sensor_reports_each_kind_of_pg_cron_run_exactly_once(cfg, loader, cron_
     assert "still running" in failed[key_of("dwh.organizations")].metadata["reason"].value
     for name, key in (("dwhtest:fails", "dwh.events"), ("dwhtest:rolled_back", "dwh.users"), ("dwhtest:stuck", "dwh.organizations")):
         assert failed[key_of(key)].metadata["runid"].value == runids[name]
+    # the committed refresh's data checks, evaluated in the same tick (and only its)
+    assert set(data) == {(key_of("dwh.instances"), "row_count_matches_source"), (key_of("dwh.instances"), "references_resolve")}
+    assert all(c.passed and c.metadata["pg_cron_runid"].value == runids["dwhtest:ok"] for c in data.values())
+    assert result.skip_reason.skip_message.startswith("reported 1 committed pg_cron refresh(es)")
 
     cursor = CronCursor.parse(result.cursor)
     assert cursor.runid >= max(runids.values())
@@ -166,7 +192,7 @@ def test_sensor_reports_the_stuck_run_when_it_finally_ends(cfg, superuser, cron_
 
 
 def test_missed_schedule_is_reported_once_per_tick():
-    judge = CronRunJudge({"dwh:refresh_users": JobTarget(key_of("dwh.users"), "users", "snapshot")}, set(),
+    judge = CronRunJudge({"dwh:refresh_users": JobTarget(key_of("dwh.users"), "users", None)}, set(),
                          stuck_after=dt.timedelta(hours=1), commit_grace=dt.timedelta(seconds=60),
                          schedule_grace=dt.timedelta(minutes=2))
     now = dt.datetime(2026, 11, 24, 12, 10, 30, tzinfo=UTC)

@@ -51,33 +51,6 @@ def test_definitions_validate_from_the_shell(cfg):
     assert "Validation successful" in done.stdout + done.stderr
 
 
-def test_asset_graph_runs_from_every_source_table_through_its_copy_to_the_marts(defs):
-    graph = defs.resolve_asset_graph()
-    for spec in catalog.CATALOG:
-        copy = key_of(spec.local_table)
-        assert graph.get(copy).parent_keys == {key_of(s) for s in spec.sources}, spec.name
-        for source in spec.sources:
-            node = graph.get(key_of(source))
-            assert not node.is_materializable, f"{source} should be an external asset"
-            assert node.group_name == source.split(".")[0].removeprefix("src_")  # the system it lives in
-    for mart, reads in catalog.MARTS.items():
-        assert graph.get(key_of(mart)).parent_keys == {key_of(r) for r in reads}
-    # every copy reaches at least one mart or is a documented leaf
-    feeding = {r for reads in catalog.MARTS.values() for r in reads}
-    assert feeding <= {s.local_table for s in catalog.CATALOG}
-
-
-def test_copies_are_partitioned_daily_with_single_run_backfills(defs, cfg):
-    graph = defs.resolve_asset_graph()
-    for spec in catalog.CATALOG:
-        node = graph.get(key_of(spec.local_table))
-        keys = node.partitions_def.get_partition_keys()
-        assert keys[0] == cfg.history_start.isoformat()
-        assert keys[-1] == dt.datetime.now(UTC).date().isoformat()
-        assert node.backfill_policy == dg.BackfillPolicy.single_run()
-        assert node.freshness_policy is not None
-
-
 def _events_window_delete(superuser, first: dt.date, last: dt.date) -> None:
     superuser.execute("DELETE FROM dwh.events WHERE enqueued_at >= %s AND enqueued_at < %s",
                       (dt.datetime.combine(first, dt.time(), UTC), dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), UTC)))
@@ -134,7 +107,7 @@ def test_one_partition_then_a_seven_day_range_in_one_run(cfg, superuser, loader,
 
 def test_materialization_metadata_comes_from_the_refresh_log(loader, instance):
     today = dt.datetime.now(UTC).date().isoformat()
-    done = materialize("--select", "dwh/instances", "--partition", today)
+    done = materialize("--select", "dwh/instances")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record = instance.fetch_materializations(key_of("dwh.instances"), limit=1).records[0]
     meta = record.asset_materialization.metadata
@@ -143,6 +116,12 @@ def test_materialization_metadata_comes_from_the_refresh_log(loader, instance):
     assert log[1] == "instances"
     assert meta["rows_inserted"].value == log[5] and meta["rows_updated"].value == log[6] and meta["rows_deleted"].value == log[7]
     assert meta["snapshot_day"].value == today
+    # The same refresh recorded today's snapshot, on the snapshot's own asset.
+    snapshot = instance.fetch_materializations(key_of("dwh.instances_snapshot"), limit=1).records[0]
+    assert snapshot.asset_materialization.metadata["refresh_log_id"].value == meta["refresh_log_id"].value
+    assert snapshot.asset_materialization.metadata["snapshot_day"].value == today
+    # One line per table in the run's log: window or snapshot, and rows.
+    assert f"instances snapshot {today}: +{log[5]:,} ~{log[6]:,} -{log[7]:,} rows" in done.stdout + done.stderr
 
 
 def _nothing_changed(loader):
@@ -179,18 +158,8 @@ def test_bad_selection_or_partition_is_a_clear_error_and_changes_nothing(loader,
     assert _nothing_changed(loader) == before
 
 
-def test_a_past_dimension_partition_is_refused_with_a_reason(loader):
-    past = (dt.datetime.now(UTC).date() - dt.timedelta(days=3)).isoformat()
-    users_runs = "SELECT count(*) FROM dwh.refresh_log WHERE table_name = 'users' AND application = 'dagster'"
-    before = loader.execute(users_runs).fetchone()
-    done = materialize("--select", "dwh/users", "--partition", past)
-    assert done.returncode != 0
-    assert "current-state source" in done.stdout + done.stderr
-    assert loader.execute(users_runs).fetchone() == before
-
-
 def test_dwh_up_materialises_every_asset_through_dagster(cfg, loader, instance):
-    """What `dwh up` does after starting the stack: three CLI runs, every asset materialised."""
+    """What `dwh up` does after starting the stack: two CLI runs, every asset materialised."""
     from dwh_assets.local.materialize import materialize_all
 
     lines: list[str] = []
@@ -199,20 +168,21 @@ def test_dwh_up_materialises_every_asset_through_dagster(cfg, loader, instance):
     # pg_cron's own jobs keep refreshing meanwhile: only Dagster's rows are this test's.
     logged = {r[0] for r in loader.execute(
         "SELECT table_name FROM dwh.refresh_log WHERE id > %s AND application = 'dagster'", (since,))}
-    assert logged == {s.name for s in catalog.CATALOG} | set(catalog.MARTS)
+    assert logged == {s.name for s in catalog.CATALOG} | {m.relation for m in catalog.MARTS}
     today = dt.datetime.now(UTC).date().isoformat()
     for spec in catalog.CATALOG:
-        materialized = instance.get_materialized_partitions(key_of(spec.local_table))
-        assert today in materialized, spec.name
         if spec.kind is catalog.Kind.FACT:
-            assert cfg.history_start.isoformat() in materialized, spec.name
+            materialized = instance.get_materialized_partitions(key_of(spec.local_table))
+            assert {today, cfg.history_start.isoformat()} <= materialized, spec.name
+        else:
+            assert instance.get_latest_materialization_event(key_of(spec.local_table)) is not None
     for mart in catalog.MARTS:
-        assert instance.get_latest_materialization_event(key_of(mart)) is not None
-    facts_window = loader.execute(
+        assert {today, cfg.history_start.isoformat()} <= instance.get_materialized_partitions(key_of(mart.relation))
+    windows = loader.execute(
         "SELECT DISTINCT window_start::date, window_end::date FROM dwh.refresh_log "
         "WHERE id > %s AND window_start IS NOT NULL AND application = 'dagster'",
         (since,)).fetchall()
-    assert facts_window == [(cfg.history_start, dt.datetime.now(UTC).date() + dt.timedelta(days=1))]
+    assert windows == [(cfg.history_start, dt.datetime.now(UTC).date() + dt.timedelta(days=1))]
     assert any("as one run: done" in line for line in lines)
 
 
@@ -234,7 +204,36 @@ def test_nightly_schedule_refreshes_the_last_days_of_facts_in_one_run_then_the_m
                             (since,)).fetchall()
     facts = [s.name for s in catalog.CATALOG if s.kind is catalog.Kind.FACT]
     window = _window(first, today)
-    assert sorted(r for r in logged if r[1] is not None) == sorted((f, *window) for f in facts)
-    assert {r[0] for r in logged if r[1] is None} == set(catalog.MARTS)
-    last_fact = max(i for i, r in enumerate(logged) if r[1] is not None)
-    assert all(i > last_fact for i, r in enumerate(logged) if r[1] is None), "marts must run after the facts"
+    marts = [m.relation for m in catalog.MARTS]
+    assert sorted(logged) == sorted((t, *window) for t in facts + marts), "facts and marts, one window each"
+    last_fact = max(i for i, r in enumerate(logged) if r[0] in facts)
+    assert all(i > last_fact for i, r in enumerate(logged) if r[0] in marts), "marts must run after the facts"
+
+
+def test_a_failed_blocking_check_of_a_copy_blocks_its_mart_in_the_run(cfg, superuser, loader, instance):
+    """A duplicated key in dwh.instance_state (a state change the test copies to the day before the
+    refreshed one): its blocking check fails and the mart reading it is not built in that run."""
+    day = dt.datetime.now(UTC).date() - dt.timedelta(days=5)
+    start, _ = _window(day, day)
+    loader.execute("SELECT dwh.refresh_instance_state(%s, %s)", _window(day, day))
+    row = superuser.execute("SELECT id, instance_id, state, changed_at FROM dwh.instance_state "
+                            "WHERE changed_at >= %s AND changed_at < %s ORDER BY id LIMIT 1",
+                            (start, start + dt.timedelta(days=1))).fetchone()
+    assert row is not None, "the day needs a state change to duplicate"
+    superuser.execute("INSERT INTO dwh.instance_state (id, instance_id, state, changed_at) VALUES (%s, %s, %s, %s)",
+                      (row[0], row[1], row[2], start - dt.timedelta(hours=1)))
+    mart_rows = "SELECT count(*) FROM dwh.refresh_log WHERE table_name = 'mart.instance_state_daily' AND application = 'dagster'"
+    before = loader.execute(mart_rows).fetchone()[0]
+    try:
+        done = materialize("--select", "dwh/instance_state,mart/instance_state_daily", "--partition", day.isoformat())
+        assert done.returncode != 0, "a run with a failed blocking check fails"
+        output = done.stdout + done.stderr
+        assert "key_is_unique" in output
+        record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(key_of("dwh.instance_state"), "key_is_unique")])
+        evaluation = next(iter(record.values())).event.dagster_event.event_specific_data
+        assert evaluation.passed is False and evaluation.metadata["duplicated_keys"].value == 1
+        assert loader.execute(mart_rows).fetchone()[0] == before, "the mart was not refreshed"
+    finally:
+        superuser.execute("DELETE FROM dwh.instance_state WHERE id = %s AND changed_at = %s",
+                          (row[0], start - dt.timedelta(hours=1)))

@@ -249,3 +249,159 @@ def test_lineage_page_dom_names_every_asset_and_group(lineage, defs):
     assert not missing, f"asset names missing from the rendered lineage page: {sorted(missing)}"
     assert {node["group"] for node in nodes.values()} <= texts
     assert {"org_daily_usage", "users"} <= texts
+
+
+# ----- what an asset page shows: table metadata, check results of pg_cron refreshes --------------
+
+LATEST_MATERIALIZATION_QUERY = """
+query Latest($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    __typename
+    ... on AssetNode {
+      assetMaterializations(limit: 1) {
+        runId
+        metadataEntries {
+          label
+          ... on TableSchemaMetadataEntry { schema { columns { name description } } }
+          ... on IntMetadataEntry { intValue }
+          ... on TableColumnLineageMetadataEntry { lineage { columnName columnDeps { assetKey { path } columnName } } }
+        }
+      }
+    }
+  }
+}
+"""
+
+CHECK_EXECUTIONS_QUERY = """
+query Checks($key: AssetKeyInput!, $check: String!) {
+  assetCheckExecutions(assetKey: $key, checkName: $check, limit: 1) {
+    status
+    evaluation { success metadataEntries { label ... on IntMetadataEntry { intValue } } }
+  }
+}
+"""
+
+
+def entries(materialization: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["label"]: e for e in materialization["metadataEntries"]}
+
+
+def test_an_asset_shows_its_columns_row_count_and_column_lineage_from_the_database(cfg, loader):
+    from dwh_assets_tests.test_dagster_cli import materialize
+
+    done = materialize("--select", "dwh/users")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    node = graphql(cfg.dagster_url, LATEST_MATERIALIZATION_QUERY, {"key": {"path": ["dwh", "users"]}})["assetNodeOrError"]
+    meta = entries(node["assetMaterializations"][0])
+    comments = dict(loader.execute(
+        "SELECT attname, col_description(attrelid, attnum) FROM pg_attribute "
+        "WHERE attrelid = 'dwh.users'::regclass AND attnum > 0 AND NOT attisdropped").fetchall())
+    columns = {c["name"]: c["description"] for c in meta["dagster/column_schema"]["schema"]["columns"]}
+    assert columns == comments and all(comments.values()), "every column carries its COMMENT"
+    assert meta["dagster/row_count"]["intValue"] == loader.execute("SELECT count(*) FROM dwh.users").fetchone()[0]
+    lineage = {e["columnName"]: e["columnDeps"] for e in meta["dagster/column_lineage"]["lineage"]}
+    assert lineage["email"] == [{"assetKey": {"path": ["src_clerk", "users"]}, "columnName": "email"}]
+    assert set(lineage) == set(columns)
+
+
+def test_after_a_pg_cron_refresh_the_latest_check_results_are_that_refreshes(cfg, superuser, loader):
+    """The daemon's sensor reports the run of dwh:refresh_users with its checks, in the same tick."""
+    import time
+
+    job = "dwh:refresh_users"
+    start_runid = superuser.execute("SELECT coalesce(max(runid), 0) FROM cron.job_run_details").fetchone()[0]
+    schedule = superuser.execute("SELECT schedule FROM cron.job WHERE jobname = %s AND username = 'dwh_loader'",
+                                 (job,)).fetchone()[0]
+    superuser.execute("SELECT cron.alter_job(jobid, schedule := '* * * * *') FROM cron.job "
+                      "WHERE jobname = %s AND username = 'dwh_loader'", (job,))
+    try:
+        deadline = time.monotonic() + 180
+        runid = None
+        while time.monotonic() < deadline and runid is None:
+            row = superuser.execute("SELECT r.runid FROM cron.job_run_details r JOIN cron.job j USING (jobid) "
+                                    "WHERE j.jobname = %s AND r.runid > %s AND r.status = 'succeeded' ORDER BY runid LIMIT 1",
+                                    (job, start_runid)).fetchone()
+            runid = row[0] if row else None
+            time.sleep(2)
+    finally:
+        superuser.execute("SELECT cron.alter_job(jobid, schedule := %s) FROM cron.job "
+                          "WHERE jobname = %s AND username = 'dwh_loader'", (schedule, job))
+    assert runid is not None, "pg_cron did not run dwh:refresh_users"
+
+    def reported() -> dict[str, Any] | None:
+        data = graphql(cfg.dagster_url, CHECK_EXECUTIONS_QUERY,
+                       {"key": {"path": ["dwh", "users"]}, "check": "row_count_matches_source"})
+        executions = data["assetCheckExecutions"]
+        if executions and executions[0]["evaluation"]:
+            meta = {e["label"]: e.get("intValue") for e in executions[0]["evaluation"]["metadataEntries"]}
+            if meta.get("pg_cron_runid", 0) >= runid:
+                return executions[0]
+        return None
+
+    deadline = time.monotonic() + 180
+    execution = reported()
+    while execution is None and time.monotonic() < deadline:
+        time.sleep(3)
+        execution = reported()
+    assert execution is not None, "the sensor reported no check result for the pg_cron refresh"
+    assert execution["status"] == "SUCCEEDED" and execution["evaluation"]["success"] is True
+
+
+def screenshot(url: str, path: Path, tmp_path: Path) -> Image.Image:
+    path.unlink(missing_ok=True)
+    run_chromium(url, tmp_path / "profile", f"--screenshot={path}")
+    with Image.open(path) as png:
+        return png.convert("RGB")
+
+
+def test_screenshots_of_an_asset_page_and_the_sensor_page(cfg, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    asset = screenshot(f"{cfg.dagster_url}/assets/dwh/users", ARTIFACTS / "asset-users.png", tmp_path)
+    sensor = screenshot(f"{cfg.dagster_url}/locations/{location_name()}/sensors/pg_cron_runs",
+                        ARTIFACTS / "sensor-pg-cron-runs.png", tmp_path)
+    for image in (asset, sensor):
+        assert image.size == WINDOW
+        assert inked_tile_share(image, (300, 100, WINDOW[0] - 40, WINDOW[1] - 40)) >= 0.05, "a (nearly) blank page"
+
+
+MATERIALIZE_ALL = """
+mutation All($assets: [AssetKeyInput!]!) {
+  launchPartitionBackfill(backfillParams: {assetSelection: $assets, allPartitions: true}) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+  }
+}
+"""
+BACKFILL_STATUS = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } ... on PythonError { message } }
+}
+"""
+PARTITION_STATS = """
+query Stats {
+  assetNodes { assetKey { path } isMaterializable partitionStats { numPartitions numMaterialized numFailed } }
+}
+"""
+
+
+def test_materialize_all_succeeds_and_leaves_no_partition_that_can_never_be_built(cfg, defs):
+    """What the UI's "Materialize all" launches: a backfill of every materializable asset, every partition."""
+    import time
+
+    nodes = graphql(cfg.dagster_url, PARTITION_STATS)["assetNodes"]
+    assets = [{"path": n["assetKey"]["path"]} for n in nodes if n["isMaterializable"]]
+    launched = graphql(cfg.dagster_url, MATERIALIZE_ALL, {"assets": assets})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    deadline, status = time.monotonic() + 600, None
+    while time.monotonic() < deadline:
+        status = graphql(cfg.dagster_url, BACKFILL_STATUS, {"id": launched["backfillId"]})["partitionBackfillOrError"]
+        if status.get("status") in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"):
+            break
+        time.sleep(3)
+    assert status and status.get("status") in ("COMPLETED", "COMPLETED_SUCCESS"), status
+    for node in graphql(cfg.dagster_url, PARTITION_STATS)["assetNodes"]:
+        stats = node["partitionStats"]
+        if node["isMaterializable"] and stats is not None:
+            assert stats["numMaterialized"] == stats["numPartitions"] and stats["numFailed"] == 0, node

@@ -198,11 +198,10 @@ def materialize(env: dict[str, str], *args: str) -> None:
 def materialized(deployment: Deployment, migrated, tmp_path_factory) -> Deployment:
     env = dagster_env(deployment, tmp_path_factory.mktemp("dagster"))
     today = dt.datetime.now(UTC).date().isoformat()
-    materialize(env, "--select", "dwh/users,dwh/organizations,dwh/organization_memberships,dwh/instances",
-                "--partition", today)
-    materialize(env, "--select", "dwh/events,dwh/instance_state,dwh/metrics",
+    materialize(env, "--select", "dwh/users,dwh/organizations,dwh/organization_memberships,dwh/instances")
+    materialize(env, "--select", "dwh/events,dwh/instance_state,dwh/metrics,mart/org_daily_usage,mart/daily_signups,"
+                "mart/instance_state_daily",
                 "--partition-range", f"{deployment.history_start.isoformat()}...{today}")
-    materialize(env, "--select", "mart/org_daily_usage,mart/daily_signups")
     return deployment
 
 
@@ -280,11 +279,18 @@ def test_metrics_equal_prometheus(materialized, cfg):
 
 
 def test_marts_are_built_from_the_copies(materialized):
+    start = materialized.history_start
     with materialized.connect("reader") as reader:
-        signups = reader.execute("SELECT sum(signups) FROM mart.daily_signups").fetchone()[0]
-        users = reader.execute("SELECT count(*) FROM dwh.users").fetchone()[0]
+        signups = reader.execute("SELECT coalesce(sum(signups), 0) FROM mart.daily_signups WHERE day >= %s",
+                                 (start,)).fetchone()[0]
+        users = reader.execute("SELECT count(*) FROM dwh.users WHERE created_at >= %s", (start,)).fetchone()[0]
         storage = reader.execute("SELECT sum(storage_gb_days) FROM mart.org_daily_usage").fetchone()[0]
-    assert signups == users > 0
+        states = reader.execute("SELECT sum(transitions) FROM mart.instance_state_daily").fetchone()[0]
+    with materialized.control_plane.connect(CP_DB) as cp:
+        changes = cp.execute("SELECT count(*) FROM public.instance_state_history WHERE changed_at >= %s",
+                             (start,)).fetchone()[0]
+    assert signups == users
+    assert states == changes > 0
     assert storage > 0, "the storage metric's name reaches the mart through dwh.settings"
 
 

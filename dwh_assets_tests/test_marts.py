@@ -1,17 +1,19 @@
-"""Marts against an independent computation with pandas over the same local rows, and
+"""Incremental marts against an independent computation with pandas over the same local rows.
+
+A mart refresh replaces exactly the UTC days of its window; the days the copies' refreshes
+changed are queued (dwh.mart_pending) and refreshed by dwh.refresh_pending_mart, which is
+what each mart's pg_cron job runs. Comparisons share one REPEATABLE READ transaction with
+the refresh, so pandas sees exactly the rows the mart was built from and the same ``now()``;
+the session runs in another time zone: mart days are UTC days.
+
+Also: a window refresh after a dimension change (an instance deleted at the control plane,
+an organization renamed in Clerk), the days outside a window untouched, bad windows, and
 readers never blocked by a refresh.
-
-The refresh and the reads share one REPEATABLE READ transaction, so pandas sees exactly
-the rows the mart was built from, and ``now()`` (which bounds running instances) is the
-same instant. The refresh runs from a client in another time zone: mart days are UTC days.
-
-dwh.refresh_mart refreshes a populated mart CONCURRENTLY: a refresh left open in one
-transaction holds an EXCLUSIVE lock, and a reader with a lock_timeout still reads the last
-committed build (a plain refresh, the control, makes that reader fail).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 
 import numpy as np
@@ -20,13 +22,14 @@ import psycopg
 import pytest
 
 from dwh_assets.local.config import LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB, StackConfig
-from dwh_assets_tests.warehouse_helpers import utc_midnight
+from dwh_assets_tests.warehouse_helpers import connect_control_plane, refresh, utc_midnight
 
 pytestmark = pytest.mark.integration
 
 STORAGE_METRIC = "dwh_instance_storage_bytes"
 # Marts round to 3 decimals.
 TOLERANCE = 0.0011
+WINDOW = (utc_midnight(-3), utc_midnight(1))
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,7 @@ def local_copies(cfg: StackConfig) -> None:
     with psycopg.connect(cfg.dsn(WAREHOUSE_DB, LOADER_ROLE), autocommit=True) as conn:
         for name in ("users", "organizations", "organization_memberships", "instances"):
             conn.execute(f"SELECT dwh.refresh_{name}()")
-        conn.execute("SELECT dwh.refresh_metrics(%s, %s)", (utc_midnight(-3), utc_midnight(1)))
+        conn.execute("SELECT dwh.refresh_metrics(%s, %s)", WINDOW)
 
 
 def frame(conn: psycopg.Connection, query: str, params: tuple = ()) -> pd.DataFrame:
@@ -57,7 +60,8 @@ def snapshot(cfg: StackConfig, local_copies) -> Iterator[psycopg.Connection]:
         conn.commit()  # leave the refreshed marts behind
 
 
-def expected_org_daily_usage(conn: psycopg.Connection) -> pd.DataFrame:
+def expected_org_daily_usage(conn: psycopg.Connection, first: dt.date, end: dt.date) -> pd.DataFrame:
+    """The mart's rows for the UTC days [first, end), computed from the copies with pandas."""
     now = pd.Timestamp(conn.execute("SELECT now()").fetchone()[0]).tz_convert("UTC")
     step = int(conn.execute("SELECT value FROM dwh.settings WHERE key = 'metrics.step_seconds'").fetchone()[0])
     instances = frame(conn, "SELECT instance_id, organization_id, cpu, created_at, deleted_at FROM dwh.instances")
@@ -81,6 +85,7 @@ def expected_org_daily_usage(conn: psycopg.Connection) -> pd.DataFrame:
     out = usage.join(storage, how="outer").fillna({"instances": 0, "vcpu_hours": 0.0, "storage_gb_days": 0.0})
     out.index.names = ["organization_id", "day"]
     out = out.reset_index()
+    out = out[(out.day >= first) & (out.day < end)]
 
     members = frame(conn, "SELECT organization_id, created_at FROM dwh.organization_memberships")
     members["created_at"] = utc(members.created_at)
@@ -93,13 +98,10 @@ def expected_org_daily_usage(conn: psycopg.Connection) -> pd.DataFrame:
     return out.merge(names, on="organization_id", how="left")
 
 
-def test_org_daily_usage_matches_pandas(snapshot):
-    log = snapshot.execute("SELECT rows_inserted FROM dwh.refresh_mart('org_daily_usage')").fetchone()
-    mart = frame(snapshot, "SELECT * FROM mart.org_daily_usage")
-    expected = expected_org_daily_usage(snapshot)
-    assert log[0] == len(mart) > 0
-    assert mart.vcpu_hours.astype(float).sum() > 0 and mart.storage_gb_days.astype(float).sum() > 0
-
+def assert_org_daily_usage_matches(conn: psycopg.Connection, first: dt.date, end: dt.date) -> int:
+    mart = frame(conn, "SELECT * FROM mart.org_daily_usage WHERE day >= %s AND day < %s", (first, end))
+    expected = expected_org_daily_usage(conn, first, end)
+    assert len(mart) > 0 and mart.vcpu_hours.astype(float).sum() > 0
     both = mart.merge(expected, on=["organization_id", "day"], how="outer", suffixes=("", "_pd"), indicator=True)
     unmatched = both[both._merge != "both"]
     assert unmatched.empty, f"{len(unmatched)} (organization, day) rows only on one side:\n{unmatched.head()}"
@@ -111,10 +113,21 @@ def test_org_daily_usage_matches_pandas(snapshot):
         diff = (both[col].astype(float) - both[f"{col}_pd"]).abs()
         worst = both.loc[diff.idxmax(), ["organization_id", "day", col, f"{col}_pd"]].tolist()
         assert diff.max() <= TOLERANCE, f"{col} differs from pandas by up to {diff.max()}: {worst}"
+    return len(mart)
 
 
-def test_daily_signups_matches_pandas(snapshot):
-    snapshot.execute("SELECT dwh.refresh_mart('daily_signups')")
+def test_org_daily_usage_window_matches_pandas(snapshot):
+    log = refresh(snapshot, "refresh_mart_org_daily_usage", *WINDOW)
+    assert (log["table_name"], log["window_start"], log["window_end"]) == ("mart.org_daily_usage", *WINDOW)
+    rows = assert_org_daily_usage_matches(snapshot, WINDOW[0].date(), WINDOW[1].date())
+    assert log["rows_inserted"] == rows
+    assert snapshot.execute("SELECT sum(storage_gb_days) FROM mart.org_daily_usage WHERE day >= %s",
+                            (WINDOW[0].date(),)).fetchone()[0] > 0
+
+
+def test_daily_signups_match_pandas_with_the_running_total(snapshot):
+    snapshot.execute("SELECT dwh.refresh_pending_mart('daily_signups')")  # days queued by the users refresh
+    refresh(snapshot, "refresh_mart_daily_signups", *WINDOW)
     mart = frame(snapshot, "SELECT day, signups, with_email, total_users FROM mart.daily_signups ORDER BY day")
     users = frame(snapshot, "SELECT created_at, email FROM dwh.users")
     users["day"] = utc(users.created_at).dt.date
@@ -124,82 +137,103 @@ def test_daily_signups_matches_pandas(snapshot):
     pd.testing.assert_frame_equal(mart, expected, check_dtype=False)
 
 
-def test_refresh_mart_rejects_unknown_marts(loader):
+def day_checksum(conn: psycopg.Connection, first: dt.date, end: dt.date) -> tuple:
+    return conn.execute("SELECT count(*), md5(coalesce(string_agg(d::text, ',' ORDER BY d::text), '')) "
+                        "FROM mart.org_daily_usage_days d WHERE day >= %s AND day < %s", (first, end)).fetchone()
+
+
+def test_a_window_refresh_replaces_its_days_and_nothing_else(loader, local_copies):
+    refresh(loader, "refresh_mart_org_daily_usage", *WINDOW)
+    day = WINDOW[0] + dt.timedelta(days=1)
+    others = (day_checksum(loader, WINDOW[0].date(), day.date()), day_checksum(loader, (day + dt.timedelta(days=1)).date(), WINDOW[1].date()))
+    log = refresh(loader, "refresh_mart_org_daily_usage", day, day + dt.timedelta(days=1))
+    assert log["rows_deleted"] == log["rows_inserted"] > 0, "the day's rows were replaced, not added to"
+    assert (day_checksum(loader, WINDOW[0].date(), day.date()),
+            day_checksum(loader, (day + dt.timedelta(days=1)).date(), WINDOW[1].date())) == others
+
+
+def test_a_dimension_change_queues_its_days_and_the_pending_refresh_matches_pandas(cfg, loader, local_copies, clerk):
+    """An instance deleted at the control plane yesterday, an organization renamed in Clerk."""
+    yesterday = utc_midnight(-1) + dt.timedelta(hours=6)
+    with connect_control_plane(cfg) as cp:
+        victim, organization_id = cp.execute(
+            "SELECT instance_id, organization_id FROM public.instances WHERE deleted_at IS NULL "
+            "AND created_at < now() - interval '5 days' ORDER BY instance_id LIMIT 1").fetchone()
+        cp.execute("UPDATE public.instances SET deleted_at = %s, updated_at = now() WHERE instance_id = %s",
+                   (yesterday, victim))
+    try:
+        loader.execute("SELECT dwh.refresh_pending_mart('org_daily_usage')")  # start from an empty queue
+        refresh(loader, "refresh_mart_org_daily_usage", *WINDOW)
+        before = loader.execute("SELECT vcpu_hours FROM mart.org_daily_usage WHERE organization_id = %s AND day = %s",
+                                (organization_id, yesterday.date())).fetchone()[0]
+        refresh(loader, "refresh_instances")
+        queued = [r[0] for r in loader.execute(
+            "SELECT day FROM dwh.mart_pending WHERE mart = 'org_daily_usage' ORDER BY day").fetchall()]
+        assert queued == [yesterday.date(), yesterday.date() + dt.timedelta(days=1)], "from the deletion through today"
+        log = loader.execute("SELECT * FROM dwh.refresh_pending_mart('org_daily_usage')").fetchone()
+        assert log[2:4] == (utc_midnight(-1), utc_midnight(1))
+        assert loader.execute("SELECT count(*) FROM dwh.mart_pending WHERE mart = 'org_daily_usage'").fetchone()[0] == 0
+        after = loader.execute("SELECT vcpu_hours FROM mart.org_daily_usage WHERE organization_id = %s AND day = %s",
+                               (organization_id, yesterday.date())).fetchone()[0]
+        assert after < before, "the deleted instance no longer counts after its deletion"
+
+        # A rename is joined at read time: it queues nothing and shows at once.
+        clerk.request("PATCH", f"/_admin/organizations/{organization_id}", {"name": "Renamed Probe Org"})
+        refresh(loader, "refresh_organizations")
+        assert loader.execute("SELECT count(*) FROM dwh.mart_pending WHERE mart = 'org_daily_usage'").fetchone()[0] == 0
+        with psycopg.connect(cfg.dsn(WAREHOUSE_DB, LOADER_ROLE)) as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            # Days before today: today's vCPU-hours of running instances grow with now().
+            assert_org_daily_usage_matches(conn, WINDOW[0].date(), utc_midnight(0).date())
+            assert conn.execute("SELECT DISTINCT organization_name FROM mart.org_daily_usage WHERE organization_id = %s",
+                                (organization_id,)).fetchall() == [("Renamed Probe Org",)]
+    finally:
+        with connect_control_plane(cfg) as cp:
+            cp.execute("UPDATE public.instances SET deleted_at = NULL WHERE instance_id = %s", (victim,))
+        clerk.reset()
+        refresh(loader, "refresh_instances")
+        refresh(loader, "refresh_organizations")
+        loader.execute("SELECT dwh.refresh_pending_mart('org_daily_usage')")
+
+
+@pytest.mark.parametrize("start, end, problem", [
+    (utc_midnight(-1) + dt.timedelta(hours=3), utc_midnight(0), "is not made of whole UTC days"),
+    (utc_midnight(0), utc_midnight(-1), "is empty or reversed"),
+    (utc_midnight(0), utc_midnight(3), "reaches into the future"),
+])
+def test_bad_windows_are_refused_and_change_nothing(loader, local_copies, start, end, problem):
+    before = day_checksum(loader, utc_midnight(-10).date(), utc_midnight(1).date())
+    with pytest.raises(psycopg.errors.RaiseException, match=problem):
+        refresh(loader, "refresh_mart_org_daily_usage", start, end)
+    assert day_checksum(loader, utc_midnight(-10).date(), utc_midnight(1).date()) == before
+
+
+def test_unknown_marts_are_refused(loader):
     with pytest.raises(psycopg.errors.RaiseException, match="no mart named 'users'"):
-        loader.execute("SELECT dwh.refresh_mart('users')")
+        loader.execute("SELECT dwh.refresh_pending_mart('users')")
+
+
+def test_a_pending_refresh_with_nothing_queued_logs_no_window(loader, local_copies):
+    loader.execute("SELECT dwh.refresh_pending_mart('daily_signups')")
+    log = loader.execute("SELECT table_name, window_start, rows_inserted FROM dwh.refresh_pending_mart('daily_signups')").fetchone()
+    assert log == ("mart.daily_signups", None, 0)
 
 
 # ----- refreshes never block readers ----------------------------------------------------------
 
-PROBE_USER = "user_mart_concurrency_probe"
 
-
-def open_transaction(cfg: StackConfig) -> psycopg.Connection:
-    """An owner session that is not autocommit: what it does stays uncommitted until it ends."""
-    return psycopg.connect(cfg.dsn(WAREHOUSE_DB, OWNER_ROLE))
-
-
-def total_users(conn: psycopg.Connection) -> int:
-    return conn.execute("SELECT max(total_users) FROM mart.daily_signups").fetchone()[0]
-
-
-def test_readers_read_a_mart_while_it_refreshes(cfg, local_copies, loader, reader_role):
-    loader.execute("SELECT dwh.refresh_mart('daily_signups')")  # built: later refreshes are concurrent
-    before = total_users(reader_role)
-    with open_transaction(cfg) as refresher:
-        refresher.execute("INSERT INTO dwh.users (user_id, created_at, updated_at) VALUES (%s, now(), now())", (PROBE_USER,))
-        refresher.execute("SELECT dwh.refresh_mart('daily_signups')")
-        assert total_users(refresher) == before + 1, "the refresh saw the new user"
-        held = reader_role.execute(
-            "SELECT mode FROM pg_locks WHERE pid = %s AND relation = 'mart.daily_signups'::regclass AND granted",
-            (refresher.info.backend_pid,),
-        ).fetchall()
-        assert ("ExclusiveLock",) in held and ("AccessExclusiveLock",) not in held
+def test_readers_read_a_mart_while_it_refreshes(cfg, local_copies, reader_role):
+    day = utc_midnight(0)
+    before = reader_role.execute("SELECT count(*), sum(vcpu_hours) FROM mart.org_daily_usage WHERE day = %s",
+                                 (day.date(),)).fetchone()
+    with psycopg.connect(cfg.dsn(WAREHOUSE_DB, OWNER_ROLE)) as refresher:
+        refresher.execute("DELETE FROM dwh.instances WHERE organization_id = (SELECT min(organization_id) FROM dwh.instances)")
+        refresher.execute("SELECT dwh.refresh_mart_org_daily_usage(%s, %s)", (day, day + dt.timedelta(days=1)))
+        changed = refresher.execute("SELECT count(*), sum(vcpu_hours) FROM mart.org_daily_usage WHERE day = %s",
+                                    (day.date(),)).fetchone()
+        assert changed != before, "the open refresh saw its own change"
         # A blocked reader would wait for the refresher's transaction: fail instead of hanging.
         reader_role.execute("SET lock_timeout = '200ms'")
-        assert total_users(reader_role) == before, "readers see the last committed build"
+        assert reader_role.execute("SELECT count(*), sum(vcpu_hours) FROM mart.org_daily_usage WHERE day = %s",
+                                   (day.date(),)).fetchone() == before, "readers see the last committed rows"
         refresher.rollback()
-    assert total_users(reader_role) == before
-
-
-def test_a_plain_refresh_would_block_readers(cfg, local_copies, reader_role):
-    """The control for the test above: its reader does notice a blocking refresh."""
-    with open_transaction(cfg) as refresher:
-        refresher.execute("REFRESH MATERIALIZED VIEW mart.daily_signups")
-        reader_role.execute("SET lock_timeout = '200ms'")
-        with pytest.raises(psycopg.errors.LockNotAvailable):
-            total_users(reader_role)
-        refresher.rollback()
-
-
-def test_the_first_refresh_builds_a_never_populated_mart(cfg, local_copies):
-    """Plain refresh the first time, CONCURRENTLY afterwards (which needs the key index)."""
-    with open_transaction(cfg) as conn:  # rolled back: the marts of the warehouse stay as they are
-        conn.execute("CREATE MATERIALIZED VIEW mart.probe_signups AS SELECT (created_at AT TIME ZONE 'UTC')::date AS day,"
-                     " count(*) AS signups FROM dwh.users GROUP BY 1 WITH NO DATA")
-        conn.execute("CREATE UNIQUE INDEX ON mart.probe_signups (day)")
-        conn.execute("CREATE MATERIALIZED VIEW mart.probe_no_key AS SELECT count(*) AS users FROM dwh.users WITH NO DATA")
-        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="has not been populated"):
-            with conn.transaction():
-                conn.execute("SELECT * FROM mart.probe_signups")
-        days = conn.execute("SELECT count(DISTINCT (created_at AT TIME ZONE 'UTC')::date) FROM dwh.users").fetchone()[0]
-        for _ in range(2):
-            assert conn.execute("SELECT rows_inserted FROM dwh.refresh_mart('probe_signups')").fetchone()[0] == days > 0
-        # Without a unique index only the first (plain) refresh works: the second is concurrent.
-        assert conn.execute("SELECT rows_inserted FROM dwh.refresh_mart('probe_no_key')").fetchone()[0] == 1
-        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="cannot refresh materialized view .* concurrently"):
-            conn.execute("SELECT dwh.refresh_mart('probe_no_key')")
-        conn.rollback()
-
-
-def test_every_mart_has_the_key_a_concurrent_refresh_needs(loader):
-    keys = dict(loader.execute(
-        "SELECT c.relname, array_agg(a.attname::text ORDER BY k.ord) FROM pg_class c"
-        " JOIN pg_index i ON i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL"
-        " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)"
-        " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum"
-        " WHERE c.relnamespace = 'mart'::regnamespace AND c.relkind = 'm' GROUP BY c.relname, i.indexrelid"
-    ).fetchall())
-    marts = {r[0] for r in loader.execute("SELECT relname FROM pg_class WHERE relnamespace = 'mart'::regnamespace AND relkind = 'm'")}
-    assert set(keys) == marts
-    assert keys["org_daily_usage"] == ["organization_id", "day"] and keys["daily_signups"] == ["day"]

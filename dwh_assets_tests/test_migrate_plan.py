@@ -49,7 +49,8 @@ def test_every_table_and_mart_has_a_loader_job_calling_its_routine(cfg):
         if spec.kind is catalog.Kind.FACT:
             assert f"interval '{spec.lookback_days} days'" in job.command
     for mart in catalog.MARTS:
-        assert jobs[(catalog.mart_job_name(mart), "loader")].command == f"SELECT dwh.refresh_mart('{catalog.mart_name(mart)}')"
+        job = jobs[(mart.cron_job_name, "loader")]
+        assert job.command == f"SELECT dwh.refresh_pending_mart('{mart.name}')" and job.schedule == mart.schedule
     assert jobs[(catalog.PARTMAN_MAINTENANCE_JOB, "owner")].command == "CALL partman.run_maintenance_proc()"
     # Each role purges its own run history (row-level security scopes the DELETE).
     assert {runner for name, runner in jobs if name == catalog.PURGE_CRON_HISTORY_JOB} == {"owner", "loader"}

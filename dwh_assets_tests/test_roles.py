@@ -34,19 +34,22 @@ def routine_call(spec: catalog.TableSpec) -> sql.Composable:
     return sql.SQL("SELECT {}({})").format(relation(spec.routine), args)
 
 
+MARTS = [relation for mart in catalog.MARTS for relation in (mart.relation, mart.table)]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def marts_built(cfg):
-    """The marts hold rows (a never-refreshed materialized view cannot be read by anyone)."""
+    """The marts hold rows: the queued days of each are refreshed, as their pg_cron jobs do."""
     with psycopg.connect(cfg.dsn(WAREHOUSE_DB, LOADER_ROLE), autocommit=True) as conn:
         conn.execute("SELECT dwh.refresh_users()")
         for mart in catalog.MARTS:
-            conn.execute("SELECT dwh.refresh_mart(%s)", (mart.split(".", 1)[1],))
+            conn.execute("SELECT dwh.refresh_pending_mart(%s)", (mart.name,))
 
 
 # ----- the reader ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("table", [*catalog.MARTS, *LOCAL_COPIES])
+@pytest.mark.parametrize("table", [*MARTS, *LOCAL_COPIES])
 def test_reader_selects_marts_and_local_copies(reader_role, table):
     reader_role.execute(sql.SQL("SELECT count(*) FROM {}").format(relation(table))).fetchone()
 
@@ -63,7 +66,7 @@ def test_reader_can_select_nothing_but_marts_and_local_copies(owner):
         " WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
         " AND has_schema_privilege(%(role)s, n.oid, 'USAGE') AND has_table_privilege(%(role)s, c.oid, 'SELECT')",
         {"role": READER_ROLE}).fetchall()}
-    assert set(catalog.MARTS) | set(LOCAL_COPIES) <= selectable
+    assert set(MARTS) | set(LOCAL_COPIES) <= selectable
     outside = {name for name in selectable if name.split(".")[0] not in ("dwh", "mart")} | ({"dwh.settings"} & selectable)
     assert outside == set(), "the reader can select more than marts and local copies"
 
@@ -92,12 +95,14 @@ def test_reader_cannot_run_refreshes(reader_role, spec):
 
 
 def test_reader_cannot_refresh_marts_or_write(reader_role):
-    with pytest.raises(errors.InsufficientPrivilege, match="permission denied for function refresh_mart"):
-        reader_role.execute("SELECT dwh.refresh_mart('daily_signups')")
+    with pytest.raises(errors.InsufficientPrivilege, match="permission denied for function refresh_pending_mart"):
+        reader_role.execute("SELECT dwh.refresh_pending_mart('daily_signups')")
+    with pytest.raises(errors.InsufficientPrivilege, match="permission denied for function refresh_mart_daily_signups"):
+        reader_role.execute("SELECT dwh.refresh_mart_daily_signups(date_trunc('day', now()), date_trunc('day', now()) + interval '1 day')")
     with pytest.raises(errors.InsufficientPrivilege):
         reader_role.execute("DELETE FROM dwh.users")
     with pytest.raises(errors.InsufficientPrivilege):
-        reader_role.execute("REFRESH MATERIALIZED VIEW mart.daily_signups")
+        reader_role.execute("DELETE FROM mart.daily_signups_days")
 
 
 def executable_routines(conn: psycopg.Connection, role: str) -> set[str]:
@@ -110,7 +115,8 @@ def executable_routines(conn: psycopg.Connection, role: str) -> set[str]:
 def test_only_refresh_routines_are_executable_and_only_by_the_loader(owner):
     assert executable_routines(owner, "dwh_reader") == set()
     loader_may = executable_routines(owner, LOADER_ROLE)
-    assert {f"refresh_{spec.name}" for spec in catalog.CATALOG} | {"refresh_mart"} <= loader_may
+    assert {f"refresh_{spec.name}" for spec in catalog.CATALOG} | {"refresh_pending_mart"} <= loader_may
+    assert {f"refresh_mart_{mart.name}" for mart in catalog.MARTS} <= loader_may
     # Helpers (ensure_partitions, merge_dimension, reader_command, raise_source_failure, ...) run only
     # inside the routines; dwh.setting is granted for Dagster's checks (settings hold no secrets).
     assert {name for name in loader_may if not name.startswith("refresh_")} <= {"setting"}, loader_may
@@ -140,7 +146,7 @@ def test_loader_runs_refreshes_but_cannot_write_tables_directly(loader):
     ("CREATE FUNCTION dwh.loader_function() RETURNS int LANGUAGE sql AS 'SELECT 1'", "permission denied for schema dwh"),
     ("CREATE INDEX ON dwh.users (email)", "must be owner of table users"),
     ("ALTER TABLE dwh.users ADD COLUMN loader_column int", "must be owner of table users"),
-    ("ALTER MATERIALIZED VIEW mart.daily_signups RENAME TO x", "must be owner of materialized view daily_signups"),
+    ("ALTER VIEW mart.daily_signups RENAME TO x", "must be owner of view daily_signups"),
     ("ALTER FUNCTION dwh.refresh_users(date) SECURITY INVOKER", "must be owner of function dwh.refresh_users"),
     ("DROP TABLE dwh.events", "must be owner of table events"),
     ("ALTER SERVER control_plane OPTIONS (SET port '1')", "must be owner of foreign server control_plane"),

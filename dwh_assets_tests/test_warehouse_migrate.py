@@ -64,7 +64,7 @@ def inventory(conn: psycopg.Connection) -> dict[str, list]:
         ).fetchall(),
         "cron": conn.execute(
             "SELECT jobname, schedule, command, database, username, active FROM cron.job"
-            " WHERE starts_with(jobname, %s) AND jobname NOT LIKE 'dwh:test%%' ORDER BY 1", (catalog.CRON_JOB_PREFIX,),
+            " WHERE starts_with(jobname, %s) AND jobname NOT LIKE 'dwh:test%%' ORDER BY 1, 5", (catalog.CRON_JOB_PREFIX,),
         ).fetchall(),
     }
 

@@ -41,9 +41,11 @@ SERVER_SETTINGS = {
     "unix_socket_permissions": "0700",
     "shared_preload_libraries": "'pg_cron'",
     "cron.database_name": f"'{WAREHOUSE_DB}'",
-    # Jobs run in background workers: no libpq connection, no password for pg_cron.
-    "cron.use_background_workers": "on",
-    "cron.max_running_jobs": "8",
+    # Jobs connect over the private Unix socket (trusted: the directory is 0700), not in
+    # background workers: pg_cron 1.4's launcher blocks on a running background worker's
+    # queue, so one long job would hold back every other (fixed in pg_cron 1.5).
+    "cron.use_background_workers": "off",
+    "cron.max_running_jobs": "16",
     "max_worker_processes": "32",
     "max_connections": "200",
     "password_encryption": "'scram-sha-256'",
@@ -164,7 +166,8 @@ class Postgres:
         return True
 
     def _write_config(self) -> None:
-        settings = dict(SERVER_SETTINGS, port=str(self.port), unix_socket_directories=f"'{self.cfg.socket_dir}'")
+        settings = dict(SERVER_SETTINGS, port=str(self.port), unix_socket_directories=f"'{self.cfg.socket_dir}'",
+                        **{"cron.host": f"'{self.cfg.socket_dir}'"})
         conf = "\n".join(f"{k} = {v}" for k, v in settings.items())
         auto = self.cfg.pgdata / "postgresql.auto.conf"
         auto.write_text("# written by dwh (dwh_assets/stack/postgres.py)\n" + conf + "\n")

@@ -8,7 +8,8 @@ the warehouse database, ``cron.schedule_in_database`` into the warehouse otherwi
 no superuser is needed, and ``cron.job`` / ``cron.job_run_details`` (row-level-secured by
 username) show each role its own jobs:
 
-- refresh jobs run as the loader (the Dagster sensor reads their history as the loader);
+- refresh jobs run as the loader (the Dagster sensor reads their history as the loader),
+  among them one per mart that refreshes the days the copies' refreshes queued;
 - pg_partman maintenance runs as the owner (it creates and drops partitions);
 - each of them purges its own run history daily (pg_cron keeps it forever otherwise).
 """
@@ -62,11 +63,7 @@ def purge_command(days: int) -> str:
 
 def desired_jobs(cfg: DeploymentConfig) -> list[CronJob]:
     jobs = [CronJob(spec.cron_job_name, cfg.schedule(spec.name), spec.cron_command(), "loader") for spec in catalog.CATALOG]
-    jobs += [
-        CronJob(catalog.mart_job_name(mart), cfg.schedule(catalog.mart_name(mart)),
-                f"SELECT {catalog.MART_ROUTINE}('{catalog.mart_name(mart)}')", "loader")
-        for mart in catalog.MARTS
-    ]
+    jobs += [CronJob(mart.cron_job_name, cfg.schedule(mart.name), mart.cron_command(), "loader") for mart in catalog.MARTS]
     maintenance = catalog.PARTMAN_MAINTENANCE_JOB
     jobs.append(CronJob(maintenance, cfg.schedule(maintenance.removeprefix(CRON_JOB_PREFIX)),
                         "CALL partman.run_maintenance_proc()", "owner"))

@@ -240,9 +240,10 @@ class DeploymentConfig(BaseSettings):
     @field_validator("retention_days")
     @classmethod
     def _known_tables(cls, value: dict[str, int]) -> dict[str, int]:
-        unknown = sorted(set(value) - set(catalog.BY_NAME))
+        known = set(catalog.BY_NAME) | set(catalog.MART_BY_NAME)
+        unknown = sorted(set(value) - known)
         if unknown:
-            raise ValueError(f"no table named {', '.join(unknown)}; known: {', '.join(sorted(catalog.BY_NAME))}")
+            raise ValueError(f"no table named {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         bad = {k: v for k, v in value.items() if v < 1}
         if bad:
             raise ValueError(f"retention must be at least one day: {bad}")
@@ -259,8 +260,10 @@ class DeploymentConfig(BaseSettings):
     def schedule(self, job: str) -> str:
         return self.schedules.get(job) or catalog.schedulable_jobs()[job]
 
-    def retention(self, table: str) -> int:
-        return self.retention_days.get(table) or catalog.get(table).retention_days
+    def retention(self, table: str) -> int | None:
+        """Days of daily partitions kept for a catalog table or mart (None: all of them)."""
+        spec = catalog.BY_NAME.get(table) or catalog.MART_BY_NAME[table]
+        return self.retention_days.get(table) or spec.retention_days
 
     def backends(self) -> dict[str, str]:
         return {"clerk": self.clerk.backend, "prometheus": self.prometheus.backend}

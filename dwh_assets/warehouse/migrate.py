@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -35,10 +34,7 @@ from dwh_assets.warehouse import bootstrap, catalog, cron_jobs
 from dwh_assets.warehouse.connect import connect
 from dwh_assets.warehouse.deployment import DeploymentConfig, DeploymentError
 from dwh_assets.warehouse.sources import foreign_tables, reader_install
-
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
-MIGRATIONS_DIR = SQL_DIR / "migrations"
-ROUTINES_DIR = SQL_DIR / "routines"
+from dwh_assets.warehouse.sql_files import MIGRATIONS_DIR, ROUTINES_DIR
 
 Progress = Callable[[str], None]
 
@@ -148,8 +144,8 @@ def sync_sources(conn: psycopg.Connection, cfg: DeploymentConfig, cron_database:
 
 def grant_routines(conn: psycopg.Connection) -> None:
     loader = sql.Identifier(catalog.LOADER_GROUP)
-    routines = [(spec.routine, spec.routine_arguments) for spec in catalog.CATALOG]
-    routines.append((catalog.MART_ROUTINE, catalog.MART_ROUTINE_ARGUMENTS))
+    routines = [(spec.routine, spec.routine_arguments) for spec in (*catalog.CATALOG, *catalog.MARTS)]
+    routines.append((catalog.PENDING_MART_ROUTINE, catalog.PENDING_MART_ROUTINE_ARGUMENTS))
     # Dagster's checks read settings (the metrics step, the cron database); settings hold no secrets.
     routines.append(("dwh.setting", "text, text"))
     with conn.transaction():
@@ -158,11 +154,25 @@ def grant_routines(conn: psycopg.Connection) -> None:
                 sql.Identifier(*routine.split(".")), sql.SQL(arguments), loader))
 
 
-def sync_retention(conn: psycopg.Connection, cfg: DeploymentConfig) -> None:
+def sync_mart_inputs(conn: psycopg.Connection) -> None:
+    """dwh.mart_inputs: which copies' refreshes queue days of which marts, from the catalog."""
+    wanted = {(mart.name, copy) for mart in catalog.MARTS for copy in mart.stale_when}
+    current = set(conn.execute("SELECT mart, copy FROM dwh.mart_inputs").fetchall())
+    if current == wanted:
+        return
     with conn.transaction():
-        for spec in catalog.CATALOG:
-            table = spec.local_table if spec.kind is catalog.Kind.FACT else spec.snapshot_table
-            days = f"{cfg.retention(spec.name)} days"
+        conn.execute("DELETE FROM dwh.mart_inputs")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO dwh.mart_inputs (mart, copy) VALUES (%s, %s)", sorted(wanted))
+
+
+def sync_retention(conn: psycopg.Connection, cfg: DeploymentConfig) -> None:
+    tables = [(spec.local_table if spec.kind is catalog.Kind.FACT else spec.snapshot_table, cfg.retention(spec.name))
+              for spec in catalog.CATALOG]
+    tables += [(mart.table, cfg.retention(mart.name)) for mart in catalog.MARTS]
+    with conn.transaction():
+        for table, retention in tables:
+            days = f"{retention} days" if retention else None
             conn.execute(
                 "UPDATE partman.part_config SET retention = %s, retention_keep_table = false "
                 "WHERE parent_table = %s AND retention IS DISTINCT FROM %s",
@@ -207,6 +217,7 @@ def migrate(cfg: DeploymentConfig, progress: Progress = print) -> MigrateReport:
         report.sources = "rebuilt" if rebuilt else "unchanged"
         progress(f"settings and source foreign tables: {report.sources}")
         grant_routines(conn)
+        sync_mart_inputs(conn)
         sync_retention(conn, cfg)
     report.cron = cron_jobs.sync(cfg, plan.cron_db)
     for line in report.cron.lines():

@@ -1,66 +1,60 @@
 -- depends: 0005.partitions
--- Marts are materialized views over local copies only (never foreign tables), refreshed
--- by dwh.refresh_mart() from Dagster after the copies they read.
+-- Marts, incremental: per-day measures in tables partitioned by day (pg_partman), refreshed
+-- per window [start, end) like the facts (dwh.refresh_mart_<name>); the labels and running
+-- totals a day's measures don't determine are joined at read time by a view named after the
+-- mart, so a renamed organization or one more signup never forces a rebuild of history.
+--
+-- Freshness without a human: the copies' refreshes queue the days they changed for the marts
+-- that read them (dwh.mart_pending, in their own transaction), and each mart's pg_cron job
+-- (dwh.refresh_pending_mart) refreshes exactly those days every few minutes.
+
+-- Which copies make which marts stale: written by `dwh migrate` from the catalog.
+CREATE TABLE dwh.mart_inputs (
+    mart text NOT NULL,   -- mart name, e.g. org_daily_usage
+    copy text NOT NULL,   -- local copy name, e.g. metrics
+    PRIMARY KEY (copy, mart)
+);
+
+-- Days of a mart whose inputs changed since its last refresh of that day.
+CREATE TABLE dwh.mart_pending (
+    mart      text NOT NULL,
+    day       date NOT NULL,
+    marked_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (mart, day)
+);
+REVOKE ALL ON dwh.mart_inputs, dwh.mart_pending FROM dwh_reader;
 
 -- Per organization and UTC day: instances alive, provisioned vCPU-hours (from instance
 -- lifetimes), storage GB-days (from the storage samples) and members (as of that day).
-CREATE MATERIALIZED VIEW mart.org_daily_usage AS
-WITH step AS (
-    SELECT coalesce((SELECT value::numeric FROM dwh.settings WHERE key = 'metrics.step_seconds'), 3600) AS seconds
-),
-usage AS (
-    SELECT i.organization_id,
-           (d AT TIME ZONE 'UTC')::date AS day,
-           count(*) AS instances,
-           sum(i.cpu * extract(epoch FROM least(coalesce(i.deleted_at, now()), d + interval '1 day')
-                                         - greatest(i.created_at, d)) / 3600) AS vcpu_hours
-    FROM dwh.instances i
-    CROSS JOIN LATERAL generate_series(
-        date_trunc('day', i.created_at, 'UTC'),
-        coalesce(i.deleted_at, now()) - interval '1 microsecond',
-        interval '1 day') AS d
-    GROUP BY 1, 2
-),
-storage AS (
-    SELECT s.organization_id,
-           (m.ts AT TIME ZONE 'UTC')::date AS day,
-           sum(m.value) / 1024.0 ^ 3 * (SELECT seconds FROM step) / 86400 AS storage_gb_days
-    FROM dwh.metrics m
-    JOIN dwh.metric_series s USING (series_id)
-    WHERE s.metric_name = (SELECT value FROM dwh.settings WHERE key = 'metrics.storage')
-    GROUP BY 1, 2
-),
-base AS (
-    SELECT organization_id, day, u.instances, u.vcpu_hours, s.storage_gb_days
-    FROM usage u
-    FULL JOIN storage s USING (organization_id, day)
-)
-SELECT b.organization_id,
-       b.day,
-       o.name AS organization_name,
-       coalesce(b.instances, 0)::bigint AS instances,
-       round(coalesce(b.vcpu_hours, 0)::numeric, 3) AS vcpu_hours,
-       round(coalesce(b.storage_gb_days, 0)::numeric, 3) AS storage_gb_days,
-       (SELECT count(*) FROM dwh.organization_memberships mm
-         WHERE mm.organization_id = b.organization_id
-           AND (mm.created_at IS NULL OR mm.created_at < (b.day + 1)::timestamp AT TIME ZONE 'UTC')) AS members
-FROM base b
-LEFT JOIN dwh.organizations o ON o.organization_id = b.organization_id
-WITH NO DATA;
-CREATE UNIQUE INDEX org_daily_usage_key ON mart.org_daily_usage (organization_id, day);
+CREATE TABLE mart.org_daily_usage_days (
+    organization_id text    NOT NULL,
+    day             date    NOT NULL,
+    instances       bigint  NOT NULL,
+    vcpu_hours      numeric NOT NULL,
+    storage_gb_days numeric NOT NULL,
+    members         bigint  NOT NULL,
+    PRIMARY KEY (organization_id, day)
+) PARTITION BY RANGE (day);
 
--- Sign-ups per UTC day, with the running total.
-CREATE MATERIALIZED VIEW mart.daily_signups AS
-SELECT day,
-       signups,
-       with_email,
-       sum(signups) OVER (ORDER BY day)::bigint AS total_users
-FROM (
-    SELECT (created_at AT TIME ZONE 'UTC')::date AS day,
-           count(*) AS signups,
-           count(email) AS with_email
-    FROM dwh.users
-    GROUP BY 1
-) per_day
-WITH NO DATA;
-CREATE UNIQUE INDEX daily_signups_key ON mart.daily_signups (day);
+CREATE VIEW mart.org_daily_usage AS
+SELECT d.organization_id, d.day, o.name AS organization_name, d.instances, d.vcpu_hours, d.storage_gb_days, d.members
+FROM mart.org_daily_usage_days d
+LEFT JOIN dwh.organizations o USING (organization_id);
+
+-- Sign-ups per UTC day; the view adds the running total.
+CREATE TABLE mart.daily_signups_days (
+    day        date   NOT NULL PRIMARY KEY,
+    signups    bigint NOT NULL,
+    with_email bigint NOT NULL
+) PARTITION BY RANGE (day);
+
+CREATE VIEW mart.daily_signups AS
+SELECT day, signups, with_email, sum(signups) OVER (ORDER BY day)::bigint AS total_users
+FROM mart.daily_signups_days;
+
+DO $$
+BEGIN
+    PERFORM dwh.partman_create_daily('mart.org_daily_usage_days', 'day', current_date - 90);
+    PERFORM dwh.partman_create_daily('mart.daily_signups_days', 'day', current_date - 90);
+END
+$$;

@@ -20,6 +20,7 @@ BEGIN
     FROM src_control_plane.a_instance_events
     WHERE enqueued_at >= p_start AND enqueued_at < p_end;
     GET DIAGNOSTICS v_ins = ROW_COUNT;
+    PERFORM dwh.mark_marts_stale_window('events', p_start, p_end);
     RETURN dwh.log_refresh('events', p_start, p_end, NULL, v_ins, 0, v_del, v_ins, v_t0, v_wait);
 END
 $$;

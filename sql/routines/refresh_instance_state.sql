@@ -19,6 +19,7 @@ BEGIN
     FROM src_control_plane.instance_state_history
     WHERE changed_at >= p_start AND changed_at < p_end;
     GET DIAGNOSTICS v_ins = ROW_COUNT;
+    PERFORM dwh.mark_marts_stale_window('instance_state', p_start, p_end);
     RETURN dwh.log_refresh('instance_state', p_start, p_end, NULL, v_ins, 0, v_del, v_ins, v_t0, v_wait);
 END
 $$;

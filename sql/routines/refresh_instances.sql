@@ -19,6 +19,16 @@ BEGIN
     FROM src_control_plane.instances;
     GET DIAGNOSTICS v_src = ROW_COUNT;
     PERFORM dwh.check_source_drop('instances', v_src, (SELECT count(*) FROM dwh.instances));
+    -- The marts' days this change affects: a new or vanished instance its whole life, a changed
+    -- owner, size or creation its whole life, a changed deletion time from the earlier of the two.
+    PERFORM dwh.mark_marts_stale_since('instances', (
+        SELECT min(CASE
+            WHEN i.instance_id IS NULL OR s.instance_id IS NULL THEN coalesce(s.created_at, i.created_at)
+            WHEN (s.organization_id, s.cpu, s.created_at) IS DISTINCT FROM (i.organization_id, i.cpu, i.created_at)
+                THEN least(s.created_at, i.created_at)
+            WHEN s.deleted_at IS DISTINCT FROM i.deleted_at THEN least(s.deleted_at, i.deleted_at)
+        END)
+        FROM pg_temp.stage_instances s FULL JOIN dwh.instances i USING (instance_id)));
     v_counts := dwh.merge_dimension('instances', 'pg_temp.stage_instances', ARRAY['instance_id']);
     PERFORM dwh.write_snapshot('instances', p_snapshot_day);
     RETURN dwh.log_refresh('instances', NULL, NULL, p_snapshot_day, v_counts[1], v_counts[2], v_counts[3], v_src, v_t0, v_wait);

@@ -35,6 +35,7 @@ BEGIN
     JOIN dwh.metric_series s ON s.metric_name = w.metric_name AND s.labels = w.metric_labels
     WHERE to_timestamp(w.metric_time) >= p_start AND to_timestamp(w.metric_time) < p_end;
     GET DIAGNOSTICS v_ins = ROW_COUNT;
+    PERFORM dwh.mark_marts_stale_window('metrics', p_start, p_end);
     RETURN dwh.log_refresh('metrics', p_start, p_end, NULL, v_ins, 0, v_del, v_src, v_t0, v_wait);
 END
 $$;

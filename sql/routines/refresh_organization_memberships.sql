@@ -25,6 +25,14 @@ BEGIN
     ORDER BY organization_id, user_id;
     GET DIAGNOSTICS v_src = ROW_COUNT;
     PERFORM dwh.check_source_drop('organization_memberships', v_src, (SELECT count(*) FROM dwh.organization_memberships));
+    -- Members as of a day count memberships created before its end (all days without created_at).
+    PERFORM dwh.mark_marts_stale_since('organization_memberships', (
+        SELECT min(CASE
+            WHEN m.user_id IS NULL OR s.user_id IS NULL OR s.created_at IS DISTINCT FROM m.created_at
+                THEN coalesce(least(s.created_at, m.created_at), '-infinity')
+        END)
+        FROM pg_temp.stage_organization_memberships s
+        FULL JOIN dwh.organization_memberships m USING (organization_id, user_id)));
     v_counts := dwh.merge_dimension('organization_memberships', 'pg_temp.stage_organization_memberships', ARRAY['organization_id', 'user_id']);
     PERFORM dwh.write_snapshot('organization_memberships', p_snapshot_day);
     RETURN dwh.log_refresh('organization_memberships', NULL, NULL, p_snapshot_day, v_counts[1], v_counts[2], v_counts[3], v_src, v_t0, v_wait);

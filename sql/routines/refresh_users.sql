@@ -27,6 +27,14 @@ BEGIN
     ORDER BY user_id;
     GET DIAGNOSTICS v_src = ROW_COUNT;
     PERFORM dwh.check_source_drop('users', v_src, (SELECT count(*) FROM dwh.users));
+    -- Sign-ups count users (and those with an email) by creation day: the days of new, vanished
+    -- and changed users, before and after.
+    PERFORM dwh.mark_marts_stale('users', ARRAY(
+        SELECT DISTINCT (d AT TIME ZONE 'UTC')::date
+        FROM pg_temp.stage_users s FULL JOIN dwh.users u USING (user_id)
+        CROSS JOIN LATERAL (VALUES (s.created_at), (u.created_at)) AS t(d)
+        WHERE d IS NOT NULL AND (s.user_id IS NULL OR u.user_id IS NULL
+              OR (s.created_at, s.email IS NULL) IS DISTINCT FROM (u.created_at, u.email IS NULL))));
     v_counts := dwh.merge_dimension('users', 'pg_temp.stage_users', ARRAY['user_id']);
     PERFORM dwh.write_snapshot('users', p_snapshot_day);
     RETURN dwh.log_refresh('users', NULL, NULL, p_snapshot_day, v_counts[1], v_counts[2], v_counts[3], v_src, v_t0, v_wait);

@@ -1,11 +1,20 @@
 """Assets derived from the catalog: source foreign tables -> local copies -> marts.
 
-- every source foreign table is an external ``AssetSpec`` (Dagster never runs it);
-- every catalog entry is an asset that calls its refresh routine, the same SQL pg_cron runs;
-- every mart is an asset that rebuilds its materialized view after the copies it reads.
+- every source foreign table is an external ``AssetSpec`` (Dagster never runs it), kind
+  ``foreign table``, in the group of the copy it feeds;
+- a **fact** is partitioned by day (its event time); a range of days is one run and one
+  window of the routine pg_cron also runs (``BackfillPolicy.single_run``);
+- a **dimension** is not partitioned: its source knows only the current state, so a
+  refresh makes the copy equal to it and records that day's snapshot. The snapshot table
+  is an asset of its own, materialised (with its ``snapshot_day``) by the same refresh;
+- a **mart** is partitioned like the facts, so a range of a fact and its marts is one run;
+  between runs, its pg_cron job refreshes the days its inputs' refreshes queued;
+- relations a refresh writes besides its table (``dwh.metric_series``) and the refresh log
+  are assets too, so every relation a mart or a dashboard reads is in the lineage.
 
-Keys are ``[schema, table]`` of the warehouse object; groups are the source systems.
-Metadata of a materialization comes from the routine's ``dwh.refresh_log`` row.
+Keys are ``[schema, table]``; groups follow the data (``catalog.Group``). Materialization
+metadata comes from the routine's ``dwh.refresh_log`` row and the database's catalog
+(``defs.metadata``); check results from ``defs.checks``, in the same step.
 """
 
 
@@ -13,19 +22,21 @@ import datetime as dt
 from typing import Any
 
 import dagster as dg
+import psycopg
+from psycopg import sql
 
-from dwh_assets.warehouse import catalog
+from dwh_assets.warehouse import catalog, sql_files
+from dwh_assets.warehouse.defs import metadata as md
+from dwh_assets.warehouse.defs.checks import RefreshCheck, mart_checks, refresh_checks
+from dwh_assets.warehouse.defs.metadata import key_of
 from dwh_assets.warehouse.defs.partitions import today_utc, window_of_days
-from dwh_assets.warehouse.defs.resources import WarehouseResource
+from dwh_assets.warehouse.defs.resources import WarehouseResource, qualified
 
-MARTS_GROUP = "marts"
-
-
-def key_of(relation: str) -> dg.AssetKey:
-    """``schema.table`` -> ``AssetKey([schema, table])``."""
-    return dg.AssetKey(relation.split(".", 1))
-
-
+SOURCE_KIND = {
+    catalog.SourceSystem.CONTROL_PLANE: "postgres",
+    catalog.SourceSystem.CLERK: "clerk",
+    catalog.SourceSystem.PROMETHEUS: "prometheus",
+}
 # Which FDW serves a source system's foreign tables; for Clerk and Prometheus it is the
 # deployment's backend choice (dwh.settings 'backend.<system>'), written by `dwh migrate`.
 SOURCE_FDW = {
@@ -33,41 +44,56 @@ SOURCE_FDW = {
     catalog.SourceSystem.CLERK: "file_fdw + source reader (backend reader) or clerk_fdw (backend tembo)",
     catalog.SourceSystem.PROMETHEUS: "file_fdw + source reader (backend reader) or prometheus_fdw (backend tembo)",
 }
+REFRESH_LOG = "dwh.refresh_log"
+
+
+def _tags(layer: str, system: catalog.SourceSystem | None = None) -> dict[str, str]:
+    return {"layer": layer, **({"source_system": system.value} if system else {})}
 
 
 def source_specs() -> list[dg.AssetSpec]:
     specs: dict[str, dg.AssetSpec] = {}
     for spec in catalog.CATALOG:
         for relation in spec.sources:
+            if relation in specs:
+                continue
             system = catalog.SourceSystem(relation.split(".", 1)[0].removeprefix("src_"))
             specs[relation] = dg.AssetSpec(
                 key=key_of(relation),
-                description=f"Foreign table {relation} ({system.value} source).",
-                group_name=system.value,
-                kinds={"postgres"},
-                metadata={"fdw": SOURCE_FDW[system], "relation": relation},
+                description=f"Source: foreign table {relation}, read live from {system.value} through "
+                            f"{SOURCE_FDW[system].split(' (')[0]}. Dagster never builds it.",
+                group_name=spec.group.value,
+                kinds={SOURCE_KIND[system], "foreign table"},
+                owners=list(catalog.OWNERS),
+                tags=_tags("source", system),
+                metadata={md.TABLE_NAME: relation, "fdw": SOURCE_FDW[system]},
             )
     return list(specs.values())
 
 
-def refresh_metadata(log: dict[str, Any]) -> dict[str, dg.MetadataValue]:
-    """Materialization metadata, as the routine logged it (never recomputed)."""
-    meta: dict[str, Any] = {
-        "rows_inserted": dg.MetadataValue.int(int(log["rows_inserted"])),
-        "rows_updated": dg.MetadataValue.int(int(log["rows_updated"])),
-        "rows_deleted": dg.MetadataValue.int(int(log["rows_deleted"])),
-        "duration_ms": dg.MetadataValue.float(float(log["duration_ms"])),
-        "lock_wait_ms": dg.MetadataValue.float(float(log["lock_wait_ms"])),
-        "refresh_log_id": dg.MetadataValue.int(int(log["id"])),
-        "backend_pid": dg.MetadataValue.int(int(log["backend_pid"])),
-    }
-    if log.get("rows_source") is not None:
-        meta["rows_source"] = dg.MetadataValue.int(int(log["rows_source"]))
-    if log.get("window_start") is not None:
-        meta["window"] = dg.MetadataValue.text(f"[{log['window_start'].isoformat()}, {log['window_end'].isoformat()})")
-    if log.get("snapshot_day") is not None:
-        meta["snapshot_day"] = dg.MetadataValue.text(log["snapshot_day"].isoformat())
-    return meta
+def side_specs() -> list[dg.AssetSpec]:
+    """Relations a refresh writes besides its own table, and the refresh log: materialised by those refreshes."""
+    specs = []
+    for spec in catalog.CATALOG:
+        written = list(spec.also_writes) + ([spec.snapshot_table] if spec.snapshot_table else [])
+        for relation in written:
+            what = ("daily snapshots of " + spec.local_table + " (partitioned by snapshot_day)"
+                    if relation == spec.snapshot_table else "written by the refresh of " + spec.local_table)
+            specs.append(dg.AssetSpec(
+                key=key_of(relation), deps=[key_of(spec.local_table)] if relation == spec.snapshot_table
+                else [key_of(s) for s in spec.sources],
+                description=f"{relation}: {what}; recorded on every refresh of {spec.local_table}.",
+                group_name=spec.group.value, kinds={"postgres", "table"}, owners=list(catalog.OWNERS),
+                tags=_tags("copy", spec.system),
+                metadata=md.table_definition_metadata(relation, spec.routine, spec.routine_file),
+            ))
+    specs.append(dg.AssetSpec(
+        key=key_of(REFRESH_LOG), description="One row per committed refresh (same transaction as its data): "
+                                              "table, window or snapshot, rows, duration, lock wait, backend pid.",
+        group_name=catalog.Group.WAREHOUSE.value, kinds={"postgres", "table"}, owners=list(catalog.OWNERS),
+        tags=_tags("bookkeeping"), metadata={md.TABLE_NAME: REFRESH_LOG},
+    ))
+    return specs
 
 
 def _partition_days(context: dg.AssetExecutionContext) -> tuple[dt.date, dt.date]:
@@ -81,79 +107,147 @@ def _partition_days(context: dg.AssetExecutionContext) -> tuple[dt.date, dt.date
     return first, last
 
 
-def _copy_asset_args(spec: catalog.TableSpec, partitions: dg.PartitionsDefinition, how: str) -> dict[str, Any]:
-    """What every local copy declares: key, lineage, group, partitions, freshness."""
+def _automation_text(job: str, schedule: str) -> str:
+    return f" pg_cron job `{job}` refreshes it on `{schedule}` (GMT, the catalog's default); the pg_cron_runs sensor reports each run."
+
+
+def _materialization(conn: psycopg.Connection, relation: str, log: dict[str, Any], lineage: dg.TableColumnLineage,
+                     row_count: int) -> dict[str, Any]:
+    return md.refresh_metadata(log) | {
+        md.COLUMN_SCHEMA: md.column_schema(conn, relation),
+        md.COLUMN_LINEAGE: lineage,
+        md.ROW_COUNT: dg.MetadataValue.int(row_count),
+    }
+
+
+def copy_materialization(conn: psycopg.Connection, spec: catalog.TableSpec, log: dict[str, Any]) -> dict[str, Any]:
+    """Metadata of a copy's materialization; a fact's row count is its window's (no scan of history)."""
+    rows = int(log["rows_inserted"]) if spec.kind is catalog.Kind.FACT else md.count_rows(conn, spec.local_table)
+    return _materialization(conn, spec.local_table, log, md.copy_column_lineage(conn, spec), rows)
+
+
+def side_materializations(conn: psycopg.Connection, spec: catalog.TableSpec, log: dict[str, Any],
+                          extra: dict[str, Any] | None = None) -> list[dg.AssetMaterialization]:
+    """What the same refresh wrote besides its table: today's snapshot, the metric series."""
+    events = []
+    extra = extra or {}
+    if spec.snapshot_table and log.get("snapshot_day") is not None:
+        rows = conn.execute(sql.SQL("SELECT count(*) AS n FROM {} WHERE snapshot_day = %s").format(
+            qualified(spec.snapshot_table)), (log["snapshot_day"],)).fetchone()["n"]
+        events.append(dg.AssetMaterialization(
+            asset_key=key_of(spec.snapshot_table), description=f"snapshot of {log['snapshot_day']}",
+            metadata={"snapshot_day": log["snapshot_day"].isoformat(), md.ROW_COUNT: int(rows),
+                      "refresh_log_id": int(log["id"]), md.COLUMN_SCHEMA: md.column_schema(conn, spec.snapshot_table)}
+            | extra))
+    for relation in spec.also_writes:
+        events.append(dg.AssetMaterialization(
+            asset_key=key_of(relation), description=f"written by {spec.routine}",
+            metadata={md.ROW_COUNT: md.count_rows(conn, relation), "refresh_log_id": int(log["id"]),
+                      md.COLUMN_SCHEMA: md.column_schema(conn, relation)} | extra))
+    return events
+
+
+def _copy_asset_args(spec: catalog.TableSpec, checks: list[RefreshCheck], how: str) -> dict[str, Any]:
+    """What every local copy declares: key, lineage, group, freshness, checks, code version."""
     return dict(
         key=key_of(spec.local_table),
         deps=[key_of(s) for s in spec.sources],
-        description=f"{spec.description} {how}",
-        group_name=spec.system.value,
-        kinds={"postgres"},
-        partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
+        description=f"{spec.description} {how}{_automation_text(spec.cron_job_name, spec.schedule)}",
+        group_name=spec.group.value,
+        kinds={"postgres", "table"},
+        owners=list(catalog.OWNERS),
+        tags=_tags("copy", spec.system),
+        code_version=sql_files.code_version(spec.routine_file),
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=spec.freshness),
-        metadata={"routine": spec.routine, "pg_cron_job": spec.cron_job_name, "table_kind": spec.kind.value},
+        check_specs=[c.spec() for c in checks],
+        metadata=md.table_definition_metadata(spec.local_table, spec.routine, spec.routine_file,
+                                              spec.cron_job_name, spec.schedule) | {"table_kind": spec.kind.value},
     )
 
 
 def _fact_asset(spec: catalog.TableSpec, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @dg.asset(**_copy_asset_args(spec, partitions, f"Daily partitions by {spec.time_column}; a range is one window."))
-    def refresh_fact(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    checks = refresh_checks(spec)
+
+    @dg.asset(**_copy_asset_args(spec, checks, f"Partitioned by day of {spec.time_column}; a range of days is one window."),
+              partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run())
+    def refresh_fact(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         first, last = _partition_days(context)
         start, end = window_of_days(first, last)
-        context.log.info(f"{spec.routine}: replacing [{start.isoformat()}, {end.isoformat()}) ({(last - first).days + 1} day(s))")
-        log = warehouse.refresh_fact(spec, start, end)
-        return dg.MaterializeResult(metadata=refresh_metadata(log))
+        with warehouse.connect() as conn:
+            log = warehouse.refresh_fact(conn, spec, start, end)
+            context.log.info(md.describe_refresh(log))
+            for event in side_materializations(conn, spec, log):
+                context.log_event(event)
+            return dg.MaterializeResult(metadata=copy_materialization(conn, spec, log),
+                                        check_results=[c.result(conn, log) for c in checks])
 
     return refresh_fact
 
 
-def _dimension_asset(spec: catalog.TableSpec, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    @dg.asset(**_copy_asset_args(spec, partitions, f"Current state, plus a daily snapshot partition ({spec.snapshot_table})."))
-    def refresh_dimension(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        first, last = _partition_days(context)
-        today = today_utc()
-        if first != today or last != today:
-            asked = first.isoformat() if first == last else f"{first.isoformat()}...{last.isoformat()}"
-            raise dg.Failure(
-                description=(
-                    f"{spec.local_table} is a copy of a current-state source: partition {asked} cannot be rebuilt, "
-                    f"only today's ({today.isoformat()}, UTC). Past snapshots stay as they were taken "
-                    f"in {spec.snapshot_table}; materialise --partition {today.isoformat()} instead."
-                ),
-                allow_retries=False,
-            )
-        log = warehouse.refresh_dimension(spec, today)
-        return dg.MaterializeResult(metadata=refresh_metadata(log))
+def _dimension_asset(spec: catalog.TableSpec) -> dg.AssetsDefinition:
+    checks = refresh_checks(spec)
+
+    @dg.asset(**_copy_asset_args(spec, checks, f"The current state of its source; each refresh also records "
+                                               f"that day's snapshot in {spec.snapshot_table}."))
+    def refresh_dimension(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+        with warehouse.connect() as conn:
+            log = warehouse.refresh_dimension(conn, spec, today_utc())
+            context.log.info(md.describe_refresh(log))
+            for event in side_materializations(conn, spec, log):
+                context.log_event(event)
+            return dg.MaterializeResult(metadata=copy_materialization(conn, spec, log),
+                                        check_results=[c.result(conn, log) for c in checks])
 
     return refresh_dimension
 
 
 def copy_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     return [
-        _fact_asset(spec, partitions) if spec.kind is catalog.Kind.FACT else _dimension_asset(spec, partitions)
+        _fact_asset(spec, partitions) if spec.kind is catalog.Kind.FACT else _dimension_asset(spec)
         for spec in catalog.CATALOG
     ]
 
 
-def _mart_asset(mart: str, reads: tuple[str, ...]) -> dg.AssetsDefinition:
+def mart_materialization(conn: psycopg.Connection, mart: catalog.MartSpec, log: dict[str, Any]) -> dict[str, Any]:
+    return _materialization(conn, mart.relation, log, md.mart_column_lineage(mart), int(log["rows_inserted"]))
+
+
+def _mart_asset(mart: catalog.MartSpec, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    checks = mart_checks(mart)
+
     @dg.asset(
-        key=key_of(mart),
-        deps=[key_of(r) for r in reads],
-        description=f"Materialized view {mart}, rebuilt from the local copies {', '.join(reads)}.",
-        group_name=MARTS_GROUP,
-        kinds={"postgres"},
-        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=2)),
-        metadata={"routine": "dwh.refresh_mart"},
+        key=key_of(mart.relation),
+        deps=[key_of(r) for r in mart.reads],
+        description=(f"{mart.description} Stored per day in {mart.table} (partitioned), read through the view "
+                     f"{mart.relation}; refreshed per window of days. Its pg_cron job `{mart.cron_job_name}` "
+                     f"(`{mart.schedule}`) refreshes the days that refreshes of "
+                     f"{', '.join('dwh.' + c for c in mart.stale_when)} changed, within minutes of them."),
+        group_name=catalog.Group.MARTS.value,
+        kinds={"postgres", "view"},
+        owners=list(catalog.OWNERS),
+        tags=_tags("mart"),
+        code_version=sql_files.code_version(mart.routine_file),
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=mart.freshness),
+        check_specs=[c.spec() for c in checks],
+        metadata=md.table_definition_metadata(mart.relation, mart.routine, mart.routine_file,
+                                              mart.cron_job_name, mart.schedule) | {"stored_in": mart.table},
     )
-    def refresh_mart(warehouse: WarehouseResource) -> dg.MaterializeResult:
-        return dg.MaterializeResult(metadata=refresh_metadata(warehouse.refresh_mart(mart)))
+    def refresh_mart(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+        first, last = _partition_days(context)
+        start, end = window_of_days(first, last)
+        with warehouse.connect() as conn:
+            log = warehouse.refresh_mart(conn, mart, start, end)
+            context.log.info(md.describe_refresh(log))
+            return dg.MaterializeResult(metadata=mart_materialization(conn, mart, log),
+                                        check_results=[c.result(conn, log) for c in checks])
 
     return refresh_mart
 
 
-def mart_assets() -> list[dg.AssetsDefinition]:
-    return [_mart_asset(mart, reads) for mart, reads in catalog.MARTS.items()]
+def mart_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    return [_mart_asset(mart, partitions) for mart in catalog.MARTS]
 
 
 def fact_keys() -> list[dg.AssetKey]:
@@ -165,5 +259,4 @@ def dimension_keys() -> list[dg.AssetKey]:
 
 
 def mart_keys() -> list[dg.AssetKey]:
-    return [key_of(m) for m in catalog.MARTS]
-
+    return [key_of(m.relation) for m in catalog.MARTS]

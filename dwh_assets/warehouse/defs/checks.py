@@ -1,57 +1,126 @@
-"""Asset checks on the local copies, derived from the catalog.
+"""Data checks that run on every refresh, whoever ran it, scoped to what the refresh touched.
 
-- dimensions: row count equals the source's (read through the same foreign table);
-- every copy: its catalog key is unique;
-- referential integrity: memberships -> users and organizations, instances -> organizations;
-- metrics: every past day of history holds every sample time of the configured step;
-- every copy and mart: health of its pg_cron job (the latest run). The pg_cron sensor
-  reports evaluations of this same check for each run it reads.
+Each check judges one ``dwh.refresh_log`` row (the refresh's own counts) plus a cheap query
+over the window's days (facts, marts) or the table (dimensions, which are small); none scans
+history. The same function serves both paths:
+
+- a Dagster run: the asset declares the checks (``check_specs``) and returns their results
+  with its materialization; the copies' checks are *blocking*, so a failed copy stops its
+  marts in the same run;
+- a pg_cron run: the sensor reports ``AssetCheckEvaluation``s with the materialization.
+
+Checks that cannot fail are not declared: a dimension's key and a mart's key are primary
+keys, and a metric sample's ``(series_id, ts)`` is too. ``pg_cron_job_health`` (the latest run
+of the asset's pg_cron job) is evaluated by the sensor for each run it reads, and can be
+run on demand.
 """
 
+from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
+import psycopg
 from psycopg import sql
 
 from dwh_assets.warehouse import catalog
-from dwh_assets.warehouse.defs.assets import key_of
-from dwh_assets.warehouse.defs.partitions import today_utc
+from dwh_assets.warehouse.defs.metadata import key_of
 from dwh_assets.warehouse.defs.resources import WarehouseResource, qualified
 
 PG_CRON_HEALTH = "pg_cron_job_health"
+Outcome = tuple[bool, dict[str, Any]]
 
 
-def _row_count_check(spec: catalog.TableSpec) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=key_of(spec.local_table), name="row_count_matches_source",
-                    description=f"{spec.local_table} has as many rows as {spec.sources[0]}.")
-    def row_count_matches_source(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        row = warehouse.query(
-            sql.SQL("SELECT (SELECT count(*) FROM {}) AS local, (SELECT count(*) FROM {}) AS source").format(
-                qualified(spec.local_table), qualified(spec.sources[0])
-            )
-        )[0]
-        return dg.AssetCheckResult(
-            passed=row["local"] == row["source"],
-            metadata={"local_rows": int(row["local"]), "source_rows": int(row["source"])},
-        )
+@dataclass(frozen=True)
+class RefreshCheck:
+    asset: dg.AssetKey
+    name: str
+    description: str
+    evaluate: Callable[[psycopg.Connection, dict[str, Any]], Outcome]
+    blocking: bool = False
 
-    return row_count_matches_source
+    @property
+    def severity(self) -> dg.AssetCheckSeverity:
+        return dg.AssetCheckSeverity.ERROR if self.blocking else dg.AssetCheckSeverity.WARN
+
+    def spec(self) -> dg.AssetCheckSpec:
+        return dg.AssetCheckSpec(self.name, asset=self.asset, description=self.description, blocking=self.blocking)
+
+    def run(self, conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
+        return self.evaluate(conn, log)
+
+    def result(self, conn: psycopg.Connection, log: dict[str, Any]) -> dg.AssetCheckResult:
+        passed, metadata = self.run(conn, log)
+        return dg.AssetCheckResult(check_name=self.name, asset_key=self.asset, passed=passed,
+                                   severity=self.severity, metadata=metadata)
+
+    def evaluation(self, conn: psycopg.Connection, log: dict[str, Any], extra: dict[str, Any]) -> dg.AssetCheckEvaluation:
+        passed, metadata = self.run(conn, log)
+        return dg.AssetCheckEvaluation(asset_key=self.asset, check_name=self.name, passed=passed,
+                                       severity=self.severity, metadata=metadata | extra)
 
 
-def _unique_key_check(spec: catalog.TableSpec) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=key_of(spec.local_table), name="key_is_unique",
-                    description=f"No two rows of {spec.local_table} share ({', '.join(spec.key)}).")
-    def key_is_unique(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+def _window(log: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
+    return log["window_start"], log["window_end"]
+
+
+# ----- facts -----------------------------------------------------------------------------------
+
+
+def _rows_match_source(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
+    return log["rows_inserted"] == log["rows_source"], {
+        "rows_inserted": int(log["rows_inserted"]), "rows_source": int(log["rows_source"] or 0)}
+
+
+def _key_unique_in_window(spec: catalog.TableSpec) -> Callable[[psycopg.Connection, dict[str, Any]], Outcome]:
+    """No key twice in the window and the days before it a moved row could still occupy (the
+    lookback): a row whose time changed at the source across the window's edge is copied again
+    while its old copy stays, until that day is refreshed too."""
+    reach = dt.timedelta(days=max(1, spec.lookback_days))
+
+    def evaluate(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
         cols = sql.SQL(", ").join(map(sql.Identifier, spec.key))
-        row = warehouse.query(
-            sql.SQL("SELECT count(*) AS duplicated FROM (SELECT {} FROM {} GROUP BY {} HAVING count(*) > 1) d").format(
-                cols, qualified(spec.local_table), cols
-            )
-        )[0]
-        return dg.AssetCheckResult(passed=row["duplicated"] == 0, metadata={"duplicated_keys": int(row["duplicated"])})
+        start, end = _window(log)
+        row = conn.execute(sql.SQL(
+            "SELECT count(*) AS duplicated FROM (SELECT {} FROM {} WHERE {} >= %s AND {} < %s "
+            "GROUP BY {} HAVING count(*) > 1) d").format(
+                cols, qualified(spec.local_table), sql.Identifier(spec.time_column), sql.Identifier(spec.time_column), cols),
+            (start - reach, end)).fetchone()
+        return row["duplicated"] == 0, {"duplicated_keys": int(row["duplicated"]),
+                                        "checked_from": (start - reach).isoformat()}
 
-    return key_is_unique
+    return evaluate
+
+
+def _samples_complete(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
+    """Every full day of the window before today holds every sample time of the metrics step."""
+    step = int(conn.execute("SELECT dwh.setting('metrics.step_seconds', '3600') AS step").fetchone()["step"])
+    expected = 86400 // step
+    start, end = _window(log)
+    rows = conn.execute(
+        "SELECT d::date AS day, (SELECT count(DISTINCT m.ts) FROM dwh.metrics m "
+        "                        WHERE m.ts >= d AND m.ts < d + interval '1 day') AS stamps "
+        "FROM generate_series(date_trunc('day', %(start)s::timestamptz, 'UTC'), %(end)s::timestamptz - interval '1 day', "
+        "                     interval '1 day') d "
+        "WHERE d >= %(start)s AND d + interval '1 day' <= least(%(end)s, date_trunc('day', now(), 'UTC'))",
+        {"start": start, "end": end}).fetchall()
+    incomplete = [f"{r['day']}: {r['stamps']}/{expected}" for r in rows if r["stamps"] < expected]
+    return not incomplete, {"days_checked": len(rows), "incomplete_days": len(incomplete),
+                            "first_incomplete": ", ".join(incomplete[:10]) or "none"}
+
+
+# ----- dimensions --------------------------------------------------------------------------------
+
+
+def _count_matches_source(spec: catalog.TableSpec) -> Callable[[psycopg.Connection, dict[str, Any]], Outcome]:
+    def evaluate(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
+        local = conn.execute(sql.SQL("SELECT count(*) AS n FROM {}").format(qualified(spec.local_table))).fetchone()["n"]
+        return local == log["rows_source"], {"local_rows": int(local), "source_rows": int(log["rows_source"] or 0)}
+
+    return evaluate
 
 
 # child table, its column, parent table, parent column
@@ -62,49 +131,104 @@ REFERENCES: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
-def _reference_check(child: str) -> dg.AssetChecksDefinition:
+def _references_resolve(child: str) -> Callable[[psycopg.Connection, dict[str, Any]], Outcome]:
     refs = [r for r in REFERENCES if r[0] == child]
 
-    @dg.asset_check(
-        asset=key_of(child), name="references_resolve",
-        additional_deps=[key_of(r[2]) for r in refs],
-        description="; ".join(f"every {c}.{col} exists in {p}.{pcol}" for c, col, p, pcol in refs),
-    )
-    def references_resolve(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    def evaluate(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
         metadata: dict[str, int] = {}
         for c, col, parent, pcol in refs:
-            row = warehouse.query(
-                sql.SQL("SELECT count(*) AS dangling FROM {} c WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.{} = c.{})").format(
-                    qualified(c), qualified(parent), sql.Identifier(pcol), sql.Identifier(col)
-                )
-            )[0]
+            row = conn.execute(sql.SQL(
+                "SELECT count(*) AS dangling FROM {} c WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.{} = c.{})").format(
+                    qualified(c), qualified(parent), sql.Identifier(pcol), sql.Identifier(col))).fetchone()
             metadata[f"dangling_{col}"] = int(row["dangling"])
-        return dg.AssetCheckResult(passed=not any(metadata.values()), metadata=metadata)
+        return not any(metadata.values()), metadata
 
-    return references_resolve
+    return evaluate
 
 
-def metrics_completeness(history_start: dt.date) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=key_of("dwh.metrics"), name="partitions_complete",
-                    description="Every full past day of history holds every sample time of the metrics step.")
-    def partitions_complete(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        step = int(warehouse.query("SELECT dwh.setting('metrics.step_seconds', '3600') AS step")[0]["step"])
-        expected = 86400 // step
-        # The first day may start mid-day (history begins where the back-fill began).
-        rows = warehouse.query(
-            "SELECT d::date AS day, count(DISTINCT m.ts) AS stamps "
-            "FROM generate_series(%s::date, %s::date, interval '1 day') d "
-            "LEFT JOIN dwh.metrics m ON m.ts >= d AND m.ts < d + interval '1 day' GROUP BY 1 ORDER BY 1",
-            (history_start + dt.timedelta(days=1), today_utc() - dt.timedelta(days=1)),
-        )
-        incomplete = [f"{r['day']}: {r['stamps']}/{expected}" for r in rows if r["stamps"] < expected]
-        return dg.AssetCheckResult(
-            passed=not incomplete,
-            metadata={"days_checked": len(rows), "incomplete_days": len(incomplete),
-                      "first_incomplete": ", ".join(incomplete[:10]) or "none"},
-        )
+# ----- marts -------------------------------------------------------------------------------------
 
-    return partitions_complete
+
+def _mart_window_query(query: str) -> Callable[[psycopg.Connection, dict[str, Any]], Outcome]:
+    """A check counting the offending rows of the refreshed days (zero passes)."""
+    def evaluate(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
+        start, end = _window(log)
+        bad = conn.execute(query, {"first": start.date(), "end": end.date()}).fetchone()["bad"]
+        return bad == 0, {"offending_rows": int(bad), "days": f"[{start.date()}, {end.date()})"}
+
+    return evaluate
+
+
+def _signups_match_users(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
+    start, end = _window(log)
+    row = conn.execute(
+        "SELECT (SELECT coalesce(sum(signups), 0) FROM mart.daily_signups_days WHERE day >= %(first)s AND day < %(end)s) AS mart, "
+        "       (SELECT count(*) FROM dwh.users WHERE created_at >= %(start)s AND created_at < %(stop)s) AS users",
+        {"first": start.date(), "end": end.date(), "start": start, "stop": end}).fetchone()
+    return row["mart"] == row["users"], {"mart_signups": int(row["mart"]), "users_created": int(row["users"])}
+
+
+MART_CHECKS: dict[str, list[tuple[str, str, Callable[[psycopg.Connection, dict[str, Any]], Outcome]]]] = {
+    "org_daily_usage": [
+        ("organizations_resolve", "Every organization of the refreshed days exists in dwh.organizations.",
+         _mart_window_query("SELECT count(*) AS bad FROM mart.org_daily_usage_days d WHERE d.day >= %(first)s "
+                            "AND d.day < %(end)s AND NOT EXISTS (SELECT 1 FROM dwh.organizations o "
+                            "WHERE o.organization_id = d.organization_id)")),
+        ("usage_is_not_negative", "No negative instances, vCPU-hours, storage or members on the refreshed days.",
+         _mart_window_query("SELECT count(*) AS bad FROM mart.org_daily_usage_days WHERE day >= %(first)s "
+                            "AND day < %(end)s AND least(instances, vcpu_hours, storage_gb_days, members) < 0")),
+    ],
+    "daily_signups": [
+        ("signups_match_users", "The refreshed days' sign-ups equal the users created on them.", _signups_match_users),
+    ],
+    "instance_state_daily": [
+        ("states_are_known", "Every state of the refreshed days is one the fleet dashboards know.",
+         _mart_window_query("SELECT count(*) AS bad FROM mart.instance_state_daily_days WHERE day >= %(first)s "
+                            "AND day < %(end)s AND state NOT IN "
+                            "('creating', 'running', 'stopping', 'stopped', 'starting', 'deleted')")),
+    ],
+}
+
+
+# ----- what each asset declares ------------------------------------------------------------------
+
+
+def refresh_checks(spec: catalog.TableSpec) -> list[RefreshCheck]:
+    key = key_of(spec.local_table)
+    if spec.kind is catalog.Kind.FACT:
+        checks = [RefreshCheck(key, "rows_match_source", f"The refresh inserted every row it read from {spec.sources[0]} "
+                                                          "for its window.", _rows_match_source, blocking=True)]
+        if spec.key_needs_check:
+            checks.append(RefreshCheck(key, "key_is_unique", f"No two rows of the refreshed window and its "
+                                                              f"lookback share ({', '.join(spec.key)}).",
+                                       _key_unique_in_window(spec), blocking=True))
+        if spec.name == "metrics":
+            checks.append(RefreshCheck(key, "samples_complete", "Every full past day of the window holds every sample "
+                                                                "time of the metrics step.", _samples_complete))
+        return checks
+    checks = [RefreshCheck(key, "row_count_matches_source", f"{spec.local_table} has as many rows as the refresh read "
+                                                             f"from {spec.sources[0]}.", _count_matches_source(spec),
+                           blocking=True)]
+    if any(r[0] == spec.local_table for r in REFERENCES):
+        refs = [r for r in REFERENCES if r[0] == spec.local_table]
+        checks.append(RefreshCheck(key, "references_resolve",
+                                   "; ".join(f"every {c}.{col} exists in {p}.{pcol}" for c, col, p, pcol in refs),
+                                   _references_resolve(spec.local_table)))
+    return checks
+
+
+def mart_checks(mart: catalog.MartSpec) -> list[RefreshCheck]:
+    return [RefreshCheck(key_of(mart.relation), name, description, fn) for name, description, fn in MART_CHECKS[mart.name]]
+
+
+def checks_by_log_table() -> dict[str, list[RefreshCheck]]:
+    """dwh.refresh_log.table_name -> the checks of the refresh that writes such rows."""
+    found = {spec.name: refresh_checks(spec) for spec in catalog.CATALOG}
+    found.update({mart.relation: mart_checks(mart) for mart in catalog.MARTS})
+    return found
+
+
+# ----- pg_cron job health, on demand -----------------------------------------------------------
 
 
 def cron_health_check(asset_key: dg.AssetKey, job_name: str) -> dg.AssetChecksDefinition:
@@ -133,14 +257,9 @@ def cron_health_check(asset_key: dg.AssetKey, job_name: str) -> dg.AssetChecksDe
 def job_assets() -> dict[str, dg.AssetKey]:
     """pg_cron job name -> the asset its runs materialise (the sensor's mapping too)."""
     jobs = {spec.cron_job_name: key_of(spec.local_table) for spec in catalog.CATALOG}
-    jobs.update({catalog.mart_job_name(mart): key_of(mart) for mart in catalog.MARTS})
+    jobs.update({mart.cron_job_name: key_of(mart.relation) for mart in catalog.MARTS})
     return jobs
 
 
-def all_checks(history_start: dt.date) -> list[dg.AssetChecksDefinition]:
-    checks = [_unique_key_check(spec) for spec in catalog.CATALOG]
-    checks += [_row_count_check(spec) for spec in catalog.CATALOG if spec.kind is catalog.Kind.DIMENSION]
-    checks += [_reference_check(child) for child in dict.fromkeys(r[0] for r in REFERENCES)]
-    checks.append(metrics_completeness(history_start))
-    checks += [cron_health_check(key, job) for job, key in job_assets().items()]
-    return checks
+def health_checks() -> list[dg.AssetChecksDefinition]:
+    return [cron_health_check(key, job) for job, key in job_assets().items()]

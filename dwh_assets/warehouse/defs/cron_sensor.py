@@ -7,16 +7,20 @@ judges every run once it has ended (docs/architecture.md, "pg_cron facts"):
 - ``succeeded`` and its worker gone from ``pg_stat_activity`` (pg_cron 1.4 writes
   ``succeeded`` *before* the worker commits): the ``dwh.refresh_log`` row with the run's
   pid and a start inside the run is the proof of a committed refresh -> an
-  ``AssetMaterialization`` per partition it touched, rows and duration as metadata;
+  ``AssetMaterialization`` per partition it touched (facts, marts) or of the table
+  (dimensions, with their snapshot), with the table metadata a Dagster run records, and
+  the refresh's data checks as ``AssetCheckEvaluation``s (``defs.checks``), in the same tick;
+  a mart job that found no queued day logs a refresh of no window: a passed health check only;
   no such row -> failed check "succeeded but committed no refresh";
 - ``failed`` -> failed check with pg_cron's message (a server restart says so);
 - still running past ``stuck_after`` -> failed check, once; judged again when it ends;
 - when caught up, an active job whose latest schedule tick passed without a run ->
   failed check "missed its schedule", once per tick.
 
-Evaluations belong to the check ``pg_cron_job_health`` of the job's asset. The cursor
-(JSON in Dagster's storage) holds the last runid read, the open runs and, per job, the
-last start seen, so a tick costs O(new runs), not O(history).
+Run health belongs to the check ``pg_cron_job_health`` of the job's asset. The cursor (a
+small JSON object in Dagster's storage) holds the last runid read, the runs still open and,
+per job, the last start seen, so a tick costs O(new runs), not O(history). Each tick says
+what it reported ("reported 3 pg_cron runs: 4 materializations, 0 failures").
 
 The daemon evaluates the sensor at most every ``DWH_SENSOR_INTERVAL_SECONDS`` seconds
 (default 30; tests and demos lower it to see pg_cron runs sooner).
@@ -32,8 +36,12 @@ from typing import Any
 import dagster as dg
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
-from dwh_assets.warehouse.defs.assets import refresh_metadata
-from dwh_assets.warehouse.defs.checks import PG_CRON_HEALTH
+import psycopg
+
+from dwh_assets.warehouse import catalog
+from dwh_assets.warehouse.defs import assets
+from dwh_assets.warehouse.defs.checks import PG_CRON_HEALTH, checks_by_log_table
+from dwh_assets.warehouse.defs.metadata import refresh_metadata
 from dwh_assets.warehouse.defs.partitions import days_of_window
 from dwh_assets.warehouse.defs.resources import WarehouseResource
 
@@ -57,12 +65,17 @@ def sensor_interval_seconds(default: int = 30) -> int:
     return seconds
 
 
+def _short_time(value: str) -> str:
+    """ISO time to the second, UTC, ``Z``: what the cursor stores (readable, small)."""
+    return dt.datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @dataclass
 class CronCursor:
     runid: int | None = None  # every run up to here has been read
     open_runs: list[int] = field(default_factory=list)  # read but not yet ended
     stuck_reported: list[int] = field(default_factory=list)
-    last_start: dict[str, str] = field(default_factory=dict)  # job -> latest start seen (ISO)
+    last_start: dict[str, str] = field(default_factory=dict)  # job -> latest start seen
     first_seen: dict[str, str] = field(default_factory=dict)  # job -> when the sensor first saw it
     missed_reported: dict[str, str] = field(default_factory=dict)  # job -> schedule tick reported
 
@@ -71,14 +84,20 @@ class CronCursor:
         return cls(**json.loads(raw)) if raw else cls()
 
     def dump(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """Compact, sorted JSON with times to the second; empty fields are left out."""
+        values = asdict(self)
+        for name in ("last_start", "first_seen", "missed_reported"):
+            values[name] = {job: _short_time(t) for job, t in values[name].items()}
+        return json.dumps({k: v for k, v in values.items() if v not in ([], {})}, sort_keys=True,
+                          separators=(",", ":"))
 
 
 @dataclass(frozen=True)
 class JobTarget:
     asset_key: dg.AssetKey
     log_table: str  # dwh.refresh_log.table_name its routine writes
-    partitioned: str | None  # None, "window" (facts) or "snapshot" (dimensions)
+    partitioned: str | None  # "window" (facts, marts: a partition per day) or None (dimensions)
+    spec: catalog.TableSpec | catalog.MartSpec | None = None
 
 
 @dataclass
@@ -86,6 +105,15 @@ class TickReport:
     events: list[dg.AssetMaterialization | dg.AssetCheckEvaluation] = field(default_factory=list)
     cursor: CronCursor = field(default_factory=CronCursor)
     runs_read: int = 0
+    # (job, run, log) of every committed refresh judged this tick, for the table metadata and checks.
+    committed: list[tuple[str, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        materialized = sum(isinstance(e, dg.AssetMaterialization) for e in self.events)
+        failed = sum(isinstance(e, dg.AssetCheckEvaluation) and not e.passed for e in self.events)
+        runs = len({run["runid"] for _, run, _ in self.committed})
+        return (f"reported {runs} committed pg_cron refresh(es) of {self.runs_read} run(s) read: "
+                f"{materialized} materialization(s), {failed} failed check(s); cursor at runid {self.cursor.runid}")
 
 
 class CronRunJudge:
@@ -121,11 +149,10 @@ class CronRunJudge:
                                         "pg_cron_job": dg.MetadataValue.text(job)}
         partitions: list[str | None] = [None]
         if target.partitioned == "window":
+            if log["window_start"] is None:
+                return []  # a mart job that found no queued day: nothing was rebuilt
             days = days_of_window(log["window_start"], log["window_end"])
             partitions = [d.isoformat() for d in days if d.isoformat() in self.partition_keys]
-        elif target.partitioned == "snapshot":
-            day = log["snapshot_day"].isoformat()
-            partitions = [day] if day in self.partition_keys else []
         return [dg.AssetMaterialization(asset_key=target.asset_key, partition=p, metadata=meta,
                                         description=f"refreshed by pg_cron job {job} (run {run['runid']})")
                 for p in partitions]
@@ -142,6 +169,7 @@ class CronRunJudge:
                 return [self._failed(job, "pg_cron logged the run succeeded but it committed no refresh "
                                           "(no dwh.refresh_log row from its backend): the refresh rolled back", run)], False
             return [*self.materializations(job, run, log), self._passed(job, run)], False
+
         if status == "failed":
             message = (run["return_message"] or "no message").strip()
             return [self._failed(job, f"pg_cron run failed: {message[:1000]}", run)], False
@@ -186,7 +214,7 @@ RUN_COLUMNS = ("SELECT r.runid, r.jobid, j.jobname, r.job_pid, r.status, r.retur
 
 def evaluate_cron_runs(warehouse: WarehouseResource, judge: CronRunJudge, raw_cursor: str | None, *,
                        batch_size: int = 500, max_batches: int = 4, now: dt.datetime | None = None) -> TickReport:
-    """One sensor tick: read new and open runs, judge them, move the cursor."""
+    """One sensor tick: read new and open runs, judge them, report their refreshes, move the cursor."""
     cursor = CronCursor.parse(raw_cursor)
     jobs = list(judge.targets)
     report = TickReport(cursor=cursor)
@@ -219,18 +247,22 @@ def evaluate_cron_runs(warehouse: WarehouseResource, judge: CronRunJudge, raw_cu
         job_rows = cron.execute("SELECT jobname, schedule, active FROM cron.job WHERE jobname = ANY(%s)",
                                 (jobs,)).fetchall() if caught_up else []
 
-    still_open: list[int] = []
-    for run in runs:
-        name = run["jobname"]
-        if run["start_time"] is not None:
-            prev = cursor.last_start.get(name)
-            if prev is None or dt.datetime.fromisoformat(prev) < run["start_time"]:
-                cursor.last_start[name] = run["start_time"].isoformat()
-        log = _matching_log(run, judge.targets[name].log_table, logs, now)
-        events, keep = judge.judge(run, now, int(run["job_pid"] or 0) in alive, log, cursor)
-        report.events += events
-        if keep:
-            still_open.append(int(run["runid"]))
+        still_open: list[int] = []
+        for run in runs:
+            name = run["jobname"]
+            if run["start_time"] is not None:
+                prev = cursor.last_start.get(name)
+                if prev is None or dt.datetime.fromisoformat(prev) < run["start_time"]:
+                    cursor.last_start[name] = run["start_time"].isoformat()
+            log = _matching_log(run, judge.targets[name].log_table, logs, now)
+            events, keep = judge.judge(run, now, int(run["job_pid"] or 0) in alive, log, cursor)
+            report.events += events
+            if keep:
+                still_open.append(int(run["runid"]))
+            elif log is not None and run["status"] == "succeeded":
+                report.committed.append((name, run, log))
+        schedules = {row["jobname"]: row["schedule"] for row in job_rows}
+        report.events = _with_table_reports(conn, judge, report, schedules)
     cursor.open_runs = still_open
     cursor.stuck_reported = [r for r in cursor.stuck_reported if r in still_open]
     for job in job_rows:
@@ -238,6 +270,45 @@ def evaluate_cron_runs(warehouse: WarehouseResource, judge: CronRunJudge, raw_cu
     open_jobs = {r["jobname"] for r in runs if int(r["runid"]) in still_open}
     report.events += judge.missed(job_rows, cursor, now, open_jobs)
     return report
+
+
+def _with_table_reports(conn: psycopg.Connection, judge: CronRunJudge, report: TickReport,
+                        schedules: dict[str, str]) -> list:
+    """The judged events, each committed refresh's materializations completed with what a Dagster
+    run records (column schema and lineage, row count, the snapshot or series it also wrote), and
+    its data checks evaluated now, in the same tick."""
+    checks = checks_by_log_table()
+    by_run = {int(run["runid"]): (job, log) for job, run, log in report.committed}
+    events: list = []
+    for event in report.events:
+        if not isinstance(event, dg.AssetMaterialization):
+            events.append(event)
+            continue
+        job, log = by_run[int(event.metadata["pg_cron_runid"].value)]
+        spec = judge.targets[job].spec
+        extra = {"pg_cron_schedule": schedules.get(job, "")} if job in schedules else {}
+        if isinstance(spec, catalog.TableSpec):
+            table = assets.copy_materialization(conn, spec, log)
+        elif isinstance(spec, catalog.MartSpec):
+            table = assets.mart_materialization(conn, spec, log)
+        else:
+            table = {}
+        events.append(dg.AssetMaterialization(asset_key=event.asset_key, partition=event.partition,
+                                              description=event.description,
+                                              metadata={**event.metadata, **table, **extra}))
+    reported: set[int] = set()
+    for job, run, log in report.committed:
+        spec = judge.targets[job].spec
+        if spec is None or log.get("window_start") is None and judge.targets[job].partitioned == "window":
+            continue  # nothing refreshed (a mart job with no queued day): no data to check
+        if int(run["runid"]) in reported:
+            continue
+        reported.add(int(run["runid"]))
+        extra = {"pg_cron_runid": int(run["runid"]), "pg_cron_job": job}
+        if isinstance(spec, catalog.TableSpec):
+            events += assets.side_materializations(conn, spec, log, extra)
+        events += [c.evaluation(conn, log, extra) for c in checks.get(log["table_name"], [])]
+    return events
 
 
 def _matching_log(run: dict[str, Any], table: str, logs: list[dict[str, Any]], now: dt.datetime) -> dict[str, Any] | None:
@@ -260,15 +331,17 @@ def build_cron_sensor(targets: dict[str, JobTarget], partitions: dg.PartitionsDe
         name=name,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Reports pg_cron's refresh runs: materializations for committed refreshes, "
-                    "failed pg_cron_job_health checks for failed, stuck, missed or rolled-back runs.",
+        description="Reports what pg_cron did inside Postgres: a materialization (with its data checks) for "
+                    "every committed refresh, failed pg_cron_job_health checks for failed, stuck, missed or "
+                    "rolled-back runs. pg_cron is this warehouse's automation: each copy's and mart's job is "
+                    "named in its description.",
     )
     def pg_cron_runs(context: dg.SensorEvaluationContext, warehouse: WarehouseResource) -> dg.SensorResult:
         judge = CronRunJudge(targets, set(partitions.get_partition_keys()), stuck_after=stuck_after,
                              commit_grace=commit_grace, schedule_grace=schedule_grace)
         report = evaluate_cron_runs(warehouse, judge, context.cursor)
-        context.log.info(f"read {report.runs_read} pg_cron run(s); {len(report.events)} event(s); "
-                         f"cursor at runid {report.cursor.runid}")
-        return dg.SensorResult(asset_events=report.events, cursor=report.cursor.dump())
+        context.log.info(report.summary())
+        # The tick requests no run; its message says what it reported instead of "skipped".
+        return dg.SensorResult(asset_events=report.events, cursor=report.cursor.dump(), skip_reason=report.summary())
 
     return pg_cron_runs

@@ -68,21 +68,24 @@ class WarehouseResource(dg.ConfigurableResource):
         with self.connect() as conn:
             return conn.execute(statement, params).fetchall()
 
-    def refresh_fact(self, spec: catalog.TableSpec, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+    def refresh_fact(self, conn: psycopg.Connection, spec: catalog.TableSpec, start: dt.datetime,
+                     end: dt.datetime) -> dict[str, Any]:
         """Replace ``[start, end)`` of a fact table; returns its ``dwh.refresh_log`` row."""
         query = sql.SQL("SELECT * FROM {}(%s, %s)").format(qualified(spec.routine))
-        return self._call(query, (start, end))
+        return self._call(conn, query, (start, end))
 
-    def refresh_dimension(self, spec: catalog.TableSpec, snapshot_day: dt.date) -> dict[str, Any]:
+    def refresh_dimension(self, conn: psycopg.Connection, spec: catalog.TableSpec, snapshot_day: dt.date) -> dict[str, Any]:
         """Make a dimension equal to its source and write ``snapshot_day``'s snapshot."""
         query = sql.SQL("SELECT * FROM {}(%s)").format(qualified(spec.routine))
-        return self._call(query, (snapshot_day,))
+        return self._call(conn, query, (snapshot_day,))
 
-    def refresh_mart(self, mart: str) -> dict[str, Any]:
-        query = sql.SQL("SELECT * FROM {}(%s)").format(qualified(catalog.MART_ROUTINE))
-        return self._call(query, (catalog.mart_name(mart),))
+    def refresh_mart(self, conn: psycopg.Connection, mart: catalog.MartSpec, start: dt.datetime,
+                     end: dt.datetime) -> dict[str, Any]:
+        """Replace the days of ``[start, end)`` of a mart."""
+        query = sql.SQL("SELECT * FROM {}(%s, %s)").format(qualified(mart.routine))
+        return self._call(conn, query, (start, end))
 
-    def _call(self, query: str | sql.Composable, params: tuple) -> dict[str, Any]:
-        with self.connect() as conn:
-            conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(self.lock_timeout_seconds)}s")))
-            return conn.execute(query, params).fetchone()
+    def _call(self, conn: psycopg.Connection, query: str | sql.Composable, params: tuple) -> dict[str, Any]:
+        # The session is the step's own: the timeout also bounds its checks' reads, which is fine.
+        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(self.lock_timeout_seconds)}s")))
+        return conn.execute(query, params).fetchone()

@@ -1,0 +1,132 @@
+"""The Dagster definitions from a date, without any server: graph, partitions, checks, metadata.
+
+What a user sees in the UI starts here: keys, groups, kinds, partitions, blocking checks,
+code versions that follow the SQL files, links to them, owners, and no beta warnings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+
+from dwh_assets.local.config import REPO_ROOT
+from dwh_assets.warehouse import catalog, sql_files
+from dwh_assets.warehouse.defs import build_definitions, cron_targets
+from dwh_assets.warehouse.defs.checks import job_assets
+from dwh_assets.warehouse.defs.metadata import key_of
+
+START = dt.date(2026, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return build_definitions(START).resolve_asset_graph()
+
+
+def test_lineage_runs_from_every_source_through_its_copy_to_the_marts(graph):
+    for spec in catalog.CATALOG:
+        copy = key_of(spec.local_table)
+        assert graph.get(copy).parent_keys == {key_of(s) for s in spec.sources}, spec.name
+        assert graph.get(copy).group_name == spec.group.value
+        for source in spec.sources:
+            node = graph.get(key_of(source))
+            assert not node.is_materializable, f"{source} should be an external asset"
+            # Source and copy are told apart at a glance: the source is a foreign table.
+            assert "foreign table" in node.kinds and "foreign table" not in graph.get(copy).kinds
+    for source in {s for spec in catalog.CATALOG for s in spec.sources}:
+        fed = {graph.get(child).group_name for child in graph.get(key_of(source)).child_keys}
+        assert graph.get(key_of(source)).group_name in fed, f"{source} is drawn away from what it feeds"
+    for mart in catalog.MARTS:
+        assert graph.get(key_of(mart.relation)).parent_keys == {key_of(r) for r in mart.reads}
+        assert all(graph.has(key_of(r)) for r in mart.reads), "every relation a mart reads is an asset"
+    assert graph.get(key_of("dwh.metric_series")).parent_keys == {key_of("src_prometheus.metrics")}
+    assert graph.has(key_of("dwh.refresh_log"))
+
+
+def test_facts_and_marts_are_daily_partitions_from_the_history_start_dimensions_are_not(graph):
+    ranged = [s.local_table for s in catalog.CATALOG if s.kind is catalog.Kind.FACT] + [m.relation for m in catalog.MARTS]
+    for relation in ranged:
+        node = graph.get(key_of(relation))
+        assert node.partitions_def.get_partition_keys()[0] == START.isoformat()
+        assert node.partitions_def == graph.get(key_of(ranged[0])).partitions_def, "one range covers facts and marts"
+        assert node.backfill_policy == dg.BackfillPolicy.single_run()
+    for spec in catalog.CATALOG:
+        if spec.kind is catalog.Kind.DIMENSION:
+            assert graph.get(key_of(spec.local_table)).partitions_def is None
+            snapshot = graph.get(key_of(spec.snapshot_table))
+            assert snapshot.parent_keys == {key_of(spec.local_table)} and not snapshot.is_materializable
+
+
+def test_copies_have_blocking_checks_and_marts_have_checks(graph):
+    for spec in catalog.CATALOG:
+        checks = {c.name: c for c in graph.get(key_of(spec.local_table)).check_keys and
+                  graph.get(key_of(spec.local_table)).assets_def.check_specs}
+        names = set(checks)
+        assert "pg_cron_job_health" not in names  # a separate, non-blocking check
+        if spec.kind is catalog.Kind.FACT:
+            assert "rows_match_source" in names
+            assert ("key_is_unique" in names) == spec.key_needs_check, "a key that is the primary key cannot fail"
+        else:
+            assert "row_count_matches_source" in names and "key_is_unique" not in names
+        assert checks["rows_match_source" if spec.kind is catalog.Kind.FACT else "row_count_matches_source"].blocking
+    for mart in catalog.MARTS:
+        assert list(graph.get(key_of(mart.relation)).assets_def.check_specs), mart.name
+
+
+def test_each_asset_names_its_table_its_sql_its_owner_and_its_pg_cron_job(graph):
+    for spec in (*catalog.CATALOG, *catalog.MARTS):
+        relation = spec.local_table if isinstance(spec, catalog.TableSpec) else spec.relation
+        node = graph.get(key_of(relation))
+        meta = node.metadata
+        assert meta["dagster/table_name"] == relation
+        reference = meta["dagster/code_references"].code_references[0]
+        assert reference.file_path == str(sql_files.routine_path(spec.routine_file))
+        assert (REPO_ROOT / "sql" / "routines" / spec.routine_file).exists()
+        assert node.owners == list(catalog.OWNERS)
+        assert spec.cron_job_name in node.description and meta["pg_cron_job"] == spec.cron_job_name
+        assert node.code_version == sql_files.code_version(spec.routine_file)
+
+
+def code_versions() -> dict[dg.AssetKey, str | None]:
+    graph = build_definitions(START).resolve_asset_graph()
+    return {key: graph.get(key).code_version for key in graph.get_all_asset_keys()}
+
+
+def test_changing_a_routines_sql_changes_that_assets_code_version_only(tmp_path, monkeypatch):
+    before = code_versions()
+    routines = tmp_path / "routines"
+    shutil.copytree(sql_files.ROUTINES_DIR, routines)
+    (routines / "refresh_events.sql").write_text((routines / "refresh_events.sql").read_text() + "\n-- changed\n")
+    monkeypatch.setattr(sql_files, "ROUTINES_DIR", routines)
+    sql_files.code_version.cache_clear()
+    try:
+        after = code_versions()
+    finally:
+        sql_files.code_version.cache_clear()
+    changed = {k.to_user_string() for k in before if before[k] != after[k]}
+    assert changed == {"dwh/events"}
+
+
+def test_every_pg_cron_job_of_an_asset_has_a_sensor_target():
+    targets = cron_targets()
+    assert set(targets) == set(job_assets())
+    for spec in catalog.CATALOG:
+        target = targets[spec.cron_job_name]
+        assert target.partitioned == ("window" if spec.kind is catalog.Kind.FACT else None)
+    for mart in catalog.MARTS:
+        assert targets[mart.cron_job_name].log_table == mart.relation
+
+
+def test_loading_the_code_location_prints_no_warning():
+    """Every CLI call and daemon reload loads it: no BetaWarning (or any other) on the way."""
+    probe = ("import warnings; warnings.simplefilter('error'); import dwh_assets.definitions as d; "
+             "d.defs.resolve_asset_graph(); print('ok')")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd="/",
+                          env={"DWH_WAREHOUSE_DSN": "host=db.example", "DWH_HISTORY_START": "2026-01-01",
+                               "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
