@@ -180,6 +180,9 @@ class ReaderSettings(Section):
     page_size: int = Field(500, ge=1, le=500)
     max_points_per_request: int = Field(11000, ge=1, le=11000)
     max_points_per_series: int = Field(5_000_000, ge=1)
+    # Samples (points x series) one Prometheus answer may hold: bounds the memory of
+    # Prometheus and of the reader per request, whatever the fleet's size.
+    max_samples_per_request: int = Field(500_000, ge=1)
 
     def tuning(self) -> dict[str, float | int]:
         return self.model_dump(exclude={"directory", "python", "os_user"})
