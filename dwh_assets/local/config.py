@@ -21,8 +21,10 @@ throwaway stack next to the demo one:
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import json
 import os
+import shutil
 import socket
 import sys
 from dataclasses import asdict, dataclass, field
@@ -65,6 +67,14 @@ MAX_HISTORY_DAYS = 3650
 # Days a stack may keep running past its anchor day before its oldest history falls out of
 # retention (see StackConfig.retention_days).
 RETENTION_MARGIN_DAYS = 35
+
+
+def server_psql() -> str:
+    """The cluster's own psql (Debian keeps it next to the server; /usr/bin/psql is a wrapper)."""
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"), reverse=True):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("psql") or "/usr/bin/psql"
 
 
 def _default_home() -> Path:
@@ -234,7 +244,7 @@ class StackConfig:
                               "password_file": str(self.password_file(CONTROL_PLANE_READER_ROLE))},
             "clerk": {"api_url": self.clerk_url, "secret_key_file": str(self.clerk_secret_file)},
             "prometheus": {"url": self.prometheus_url},
-            "reader": {"directory": str(self.reader_dir), "os_user": self.server_user},
+            "reader": {"directory": str(self.reader_dir), "os_user": self.server_user, "psql": server_psql()},
             "history": {"start": self.history_start},
             **({"retention_days": self.retention_days()} if self.retention_days() else {}),
         }

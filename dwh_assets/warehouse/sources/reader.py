@@ -96,6 +96,10 @@ DEFAULT_SETTINGS = {
     "max_samples_per_request": 500_000,
     # Refuse windows that would take thousands of requests (a typo in --start, usually).
     "max_points_per_series": 5_000_000,
+    # The events refresh's bulk copy (control_plane.transfer = copy): psql, and the 0600
+    # passfile with the control plane's password that `dwh reader install` writes.
+    "psql": "/usr/bin/psql",
+    "control_plane_passfile": None,
 }
 # Prometheus' metric name syntax (catalog.METRIC_NAME_PATTERN: this file may not import it).
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -175,6 +179,9 @@ def validate_settings(loaded: object, path: str) -> dict:
     for key in ("clerk_url", "prometheus_url"):
         if urllib.parse.urlsplit(str(settings[key])).scheme not in ("http", "https"):
             raise usage_error(f"setting {key} in {path} must be an http(s) URL")
+    for key in ("psql", "control_plane_passfile"):
+        if settings[key] is not None and not (isinstance(settings[key], str) and os.path.isabs(settings[key])):
+            raise usage_error(f"setting {key} in {path} must be an absolute path")
     return settings
 
 
@@ -747,12 +754,31 @@ def take_last_error(settings: dict, since: float, exit_code: int) -> RowBuffer:
 
 # ----- command line ----------------------------------------------------------------------------
 
+def check_control_plane_copy(settings: dict) -> None:
+    """The events refresh's bulk copy can run: psql is executable, the passfile readable and private."""
+    psql, passfile = settings["psql"], settings["control_plane_passfile"]
+    if not (psql and os.access(psql, os.X_OK)):
+        raise usage_error(f"psql {psql} (reader.psql) is not executable on the database host")
+    if not passfile:
+        raise usage_error("no control_plane_passfile in the settings: rerun `dwh reader install`")
+    try:
+        mode = os.stat(passfile).st_mode
+        with open(passfile, "rb"):
+            pass
+    except OSError as e:
+        raise usage_error(f"cannot read the control plane passfile {passfile}: {e.strerror}; rerun `dwh reader install`") from None
+    if mode & 0o077:
+        raise usage_error(f"the control plane passfile {passfile} must be readable by its owner only (0600)")
+
+
 def self_check(args: argparse.Namespace) -> int:
     """For `dwh migrate`: one CSV line through COPY FROM PROGRAM, 'ok' or the problem (exit 0 either way)."""
     try:
         settings = load_settings(args.config)
         if args.clerk_key:
             load_clerk_key(settings)
+        if args.control_plane_copy:
+            check_control_plane_copy(settings)
         errors_dir = settings.get("errors_dir")
         if errors_dir and not os.access(errors_dir, os.W_OK | os.X_OK):
             raise usage_error(f"errors_dir {errors_dir} is not writable by this user")
@@ -788,6 +814,8 @@ def parse_args(argv: list) -> argparse.Namespace:
     last.add_argument("--exit-code", type=int, required=True, help="the exit code PostgreSQL reported")
     check = sources.add_parser("check", help="print 'ok' if the settings (and the Clerk key) can be read, else the problem")
     check.add_argument("--clerk-key", action="store_true", help="also read the Clerk key from secrets_file")
+    check.add_argument("--control-plane-copy", action="store_true",
+                       help="also check psql and the control plane passfile (control_plane.transfer = copy)")
     args = p.parse_args(argv)
     if args.source == "prometheus":
         if args.last is not None:
