@@ -1,10 +1,11 @@
-"""B1 refresh throughput: the FDW-native routine against Python round trips.
+"""B1 refresh throughput: the project's routine against Python round trips.
 
 The control plane is reloaded with 1,000,000 events and a 100,000-row instances dimension
 (times ``--scale``). Each relation is then copied into the warehouse four ways:
 
 (a) the project's routine (``dwh.refresh_events`` over the whole window,
-    ``dwh.refresh_instances``), called by a Python client as pg_cron and Dagster do;
+    ``dwh.refresh_instances``), called by a Python client as pg_cron and Dagster do; the
+    events routine moves the window the stack's way (``control_plane.transfer``: ``copy``);
 (b) pandas: ``read_sql`` in chunks from the control plane, ``to_sql`` into a scratch copy
     of the local table (SQLAlchemy + psycopg);
 (c) psycopg: ``COPY ... TO STDOUT`` streamed into ``COPY ... FROM STDIN`` (binary);
@@ -13,16 +14,22 @@ The control plane is reloaded with 1,000,000 events and a 100,000-row instances 
 Every target is a clone of the local table (same columns, keys, indexes and daily
 partitions), emptied before each run; every copy is checked against the source.
 Events are also copied at a tenth of the size, to see whether memory grows with rows.
+
+On the whole event window, (a) is also run the other ways tried (``VARIANTS``): through
+postgres_fdw (``transfer = fdw``, the routine before, and at other ``fetch_size`` values),
+the copy path in text, postgres_fdw over two foreign servers at once, and a postgres_fdw
+fetch into a server file followed by ``COPY FROM`` that file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import asdict, dataclass
 
 from psycopg import sql
 
-from benchmarks.harness import BenchContext, BenchResult, Goal, Row, checksum, clone_table, make_row, utc_midnight
+from benchmarks.harness import BenchContext, BenchError, BenchResult, Goal, Row, checksum, clone_table, make_row, utc_midnight
 from dwh_assets.local.config import CONTROL_PLANE_DB, CONTROL_PLANE_READER_ROLE, LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB
 from dwh_assets.local.control_plane import load_control_plane
 from dwh_assets.local.generator import INSTANCES_PER_SCALE, World, build_world
@@ -87,7 +94,7 @@ INSTANCES = Table(
 )
 
 METHODS = {
-    "a": "(a) FDW-native routine",
+    "a": "(a) the project's routine",
     "b": "(b) pandas read_sql/to_sql",
     "c": "(c) psycopg COPY pipe",
     "d": "(d) local INSERT ... SELECT",
@@ -121,10 +128,13 @@ def run(ctx: BenchContext) -> BenchResult:
                                   "pandas_chunk_rows": PANDAS_CHUNK_ROWS})
     with ctx.superuser() as conn:
         result.details["fetch_size"] = current_fetch_size(conn)
+        # How dwh.refresh_events moves the window in this deployment ('copy' or 'fdw').
+        result.details["transfer"] = conn.execute("SELECT dwh.setting('control_plane.transfer', 'fdw')").fetchone()[0]
     for case in cases:
         rows = run_case(ctx, case)
         if case.table is EVENTS and case.window[1] == end.isoformat():
             rows += fetch_size_sweep(ctx, case)
+            rows += transfer_variants(ctx, case)
         reference = next(r for r in rows if r.method == METHODS["d"])
         for row in rows:
             row.ratio, row.ratio_to = row.rows_per_s / reference.rows_per_s, "(d)"
@@ -258,22 +268,153 @@ def measure_method(ctx: BenchContext, case: Case, method: str, label: str, sourc
 
 
 def fetch_size_sweep(ctx: BenchContext, case: Case) -> list[Row]:
-    """(a) again at other postgres_fdw fetch_size values (the server option, restored after)."""
+    """(a) through postgres_fdw again at other fetch_size values (the server option, restored after)."""
     with ctx.superuser() as conn:
         configured = current_fetch_size(conn)
+        transfer = conn.execute("SELECT dwh.setting('control_plane.transfer', 'fdw')").fetchone()[0]
     where, params = case_filter(case)
     with ctx.superuser(CONTROL_PLANE_DB) as conn:
         source_sum = checksum(conn, case.table.source, case.table.row_text, where, params)
     rows = []
     try:
+        set_transfer(ctx, "fdw")  # fetch_size is postgres_fdw's: only the fdw transfer uses it
         for size in FETCH_SIZE_SWEEP:
             if size == configured:
                 continue
             set_fetch_size(ctx, size)
-            rows.append(measure_method(ctx, case, "a", f"(a) with fetch_size {size:,}", source_sum))
+            rows.append(measure_method(ctx, case, "a", f"(a) with transfer fdw and fetch_size {size:,}", source_sum))
     finally:
         set_fetch_size(ctx, configured)
+        set_transfer(ctx, transfer)
     return rows
+
+
+# ----- other ways the routine could move the events (B1, continued) ----------------------------
+
+# Each is (method label, statement the loader runs, setting of control_plane.transfer).
+# The functions live in schema bench_fn of the throwaway stack (created by make_variants),
+# SECURITY DEFINER like the routine, and replace the window of dwh.events as it does.
+VARIANTS = (
+    ("(a) with transfer fdw: INSERT ... SELECT through postgres_fdw (the routine before)",
+     "SELECT rows_inserted FROM dwh.refresh_events(%s, %s)", "fdw"),
+    ("(a) variant: copy path with text instead of binary COPY",
+     "SELECT bench_fn.refresh_events_copy_text(%s, %s)", None),
+    ("(a) variant: postgres_fdw over two servers at once (window halves, async Append)",
+     "SELECT bench_fn.refresh_events_two_servers(%s, %s)", None),
+    ("(a) variant: postgres_fdw fetch into a server file, then COPY FROM it (batched inserts)",
+     "SELECT bench_fn.refresh_events_via_file(%s, %s)", None),
+)
+
+
+def make_variants(ctx: BenchContext) -> None:
+    """bench_fn: the variants of the events routine, owned by the superuser (server files, mappings)."""
+    from dwh_assets.local import secrets
+
+    password = secrets.passwords(ctx.cfg)[CONTROL_PLANE_READER_ROLE]
+    spool = ctx.cfg.home / "bench-spool"
+    spool.mkdir(exist_ok=True)
+    from dwh_assets.local.postgres import chown_to_server
+
+    chown_to_server(ctx.cfg, spool, 0o700)
+    with ctx.superuser() as conn:
+        su = conn.execute("SELECT current_user").fetchone()[0]
+        conn.execute("DROP SCHEMA IF EXISTS bench_fn CASCADE")
+        conn.execute("CREATE SCHEMA bench_fn")
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA bench_fn TO {}").format(sql.Identifier(LOADER_ROLE)))
+        options = dict(conn.execute(
+            "SELECT option_name, option_value FROM pg_foreign_server s, pg_options_to_table(s.srvoptions)"
+            " WHERE s.srvname = 'control_plane'").fetchall())
+        for half in ("a", "b"):
+            server = sql.Identifier(f"bench_cp_{half}")
+            conn.execute(sql.SQL("DROP SERVER IF EXISTS {} CASCADE").format(server))
+            conn.execute(sql.SQL("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw OPTIONS ({}, async_capable 'true')").format(
+                server, sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in options.items())))
+            conn.execute(sql.SQL("CREATE USER MAPPING FOR {} SERVER {} OPTIONS (user {}, password {})").format(
+                sql.Identifier(su), server, sql.Literal(CONTROL_PLANE_READER_ROLE), sql.Literal(password)))
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(f"bench_fn_{half}")))
+            conn.execute(sql.SQL("IMPORT FOREIGN SCHEMA pgmq LIMIT TO (a_instance_events) FROM SERVER {} INTO {}").format(
+                server, sql.Identifier(f"bench_fn_{half}")))
+        conn.execute(sql.SQL("CREATE USER MAPPING IF NOT EXISTS FOR {} SERVER control_plane OPTIONS (user {}, password {})").format(
+            sql.Identifier(su), sql.Literal(CONTROL_PLANE_READER_ROLE), sql.Literal(password)))
+        cols = "msg_id, read_ct, enqueued_at, archived_at, vt, message"
+        conn.execute(f"""
+            CREATE FUNCTION bench_fn.refresh_events_two_servers(p_start timestamptz, p_end timestamptz) RETURNS bigint
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+            DECLARE v_mid timestamptz := p_start + (p_end - p_start) / 2; v_rows bigint;
+            BEGIN
+                PERFORM dwh.begin_fact_refresh('events', p_start, p_end);
+                DELETE FROM dwh.events WHERE enqueued_at >= p_start AND enqueued_at < p_end;
+                INSERT INTO dwh.events ({cols})
+                SELECT {cols} FROM bench_fn_a.a_instance_events WHERE enqueued_at >= p_start AND enqueued_at < v_mid
+                UNION ALL
+                SELECT {cols} FROM bench_fn_b.a_instance_events WHERE enqueued_at >= v_mid AND enqueued_at < p_end;
+                GET DIAGNOSTICS v_rows = ROW_COUNT;
+                RETURN v_rows;
+            END $$""")
+        spool_file = str(spool / "events.bin")
+        conn.execute(f"""
+            CREATE FUNCTION bench_fn.refresh_events_via_file(p_start timestamptz, p_end timestamptz) RETURNS bigint
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+            DECLARE v_rows bigint;
+            BEGIN
+                PERFORM dwh.begin_fact_refresh('events', p_start, p_end);
+                DELETE FROM dwh.events WHERE enqueued_at >= p_start AND enqueued_at < p_end;
+                EXECUTE format('COPY (SELECT {cols} FROM src_control_plane.a_instance_events'
+                               ' WHERE enqueued_at >= %L AND enqueued_at < %L) TO %L (FORMAT binary)', p_start, p_end, {sql.Literal(spool_file).as_string(conn)});
+                EXECUTE format('COPY dwh.events ({cols}) FROM %L (FORMAT binary)', {sql.Literal(spool_file).as_string(conn)});
+                GET DIAGNOSTICS v_rows = ROW_COUNT;
+                RETURN v_rows;
+            END $$""")
+        # The project's copy path with FORMAT text on both ends: the same function, renamed.
+        definition = conn.execute("SELECT pg_get_functiondef('dwh.copy_from_foreign'::regproc)").fetchone()[0]
+        text = definition.replace("dwh.copy_from_foreign(", "bench_fn.copy_from_foreign_text(").replace(
+            "(FORMAT binary)", "(FORMAT text)")
+        if text.count("(FORMAT text)") != 2:
+            raise BenchError("dwh.copy_from_foreign changed: the text variant of B1 needs updating")
+        conn.execute(text)
+        conn.execute(f"""
+            CREATE FUNCTION bench_fn.refresh_events_copy_text(p_start timestamptz, p_end timestamptz) RETURNS bigint
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+            BEGIN
+                PERFORM dwh.begin_fact_refresh('events', p_start, p_end);
+                DELETE FROM dwh.events WHERE enqueued_at >= p_start AND enqueued_at < p_end;
+                RETURN bench_fn.copy_from_foreign_text('dwh.events', 'src_control_plane.a_instance_events',
+                    ARRAY['msg_id', 'read_ct', 'enqueued_at', 'archived_at', 'vt', 'message'], 'enqueued_at', p_start, p_end);
+            END $$""")
+        conn.execute(sql.SQL("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA bench_fn TO {}").format(sql.Identifier(LOADER_ROLE)))
+
+
+def drop_variants(ctx: BenchContext) -> None:
+    with ctx.superuser() as conn:
+        su = conn.execute("SELECT current_user").fetchone()[0]
+        conn.execute("DROP SCHEMA IF EXISTS bench_fn, bench_fn_a, bench_fn_b CASCADE")
+        conn.execute("DROP SERVER IF EXISTS bench_cp_a, bench_cp_b CASCADE")
+        conn.execute(sql.SQL("DROP USER MAPPING IF EXISTS FOR {} SERVER control_plane").format(sql.Identifier(su)))
+
+
+def transfer_variants(ctx: BenchContext, case: Case) -> list[Row]:
+    """(a) and the other ways tried to move the events: each empties dwh.events' window first."""
+    where, params = case_filter(case)
+    with ctx.superuser(CONTROL_PLANE_DB) as conn:
+        source_sum = checksum(conn, case.table.source, case.table.row_text, where, params)
+    with ctx.superuser() as conn:
+        configured = conn.execute("SELECT dwh.setting('control_plane.transfer', 'fdw')").fetchone()[0]
+    rows = []
+    make_variants(ctx)
+    try:
+        for label, statement, transfer in VARIANTS:
+            set_transfer(ctx, transfer or configured)
+            variant = Case(dataclasses.replace(case.table, routine=statement), case.label, case.window, case.routine_params)
+            rows.append(measure_method(ctx, variant, "a", label, source_sum))
+    finally:
+        set_transfer(ctx, configured)
+        drop_variants(ctx)
+    return rows
+
+
+def set_transfer(ctx: BenchContext, transfer: str) -> None:
+    with ctx.superuser() as conn:
+        conn.execute("UPDATE dwh.settings SET value = %s WHERE key = 'control_plane.transfer'", (transfer,))
 
 
 def current_fetch_size(conn) -> int | None:

@@ -122,6 +122,8 @@ class BenchContext:
     scale: float
     repeat: int = 1
     progress: Progress = say
+    # B6: stacks to reuse (running, materialised) instead of starting its own, by history days.
+    b6_homes: dict[int, Path] = field(default_factory=dict)
 
     @property
     def cfg(self) -> StackConfig:
@@ -190,8 +192,13 @@ def stack_scale(scale: float) -> float:
 
 
 @contextmanager
-def bench_stack(scale: float, *, dagster: bool, home: Path | None = None, progress: Progress = say) -> Iterator[LocalStack]:
-    """A local stack in ``home`` (kept running) or in a fresh /tmp home (torn down after)."""
+def bench_stack(scale: float, *, dagster: bool, home: Path | None = None, progress: Progress = say,
+                history_days: int | None = None, world_scale: float | None = None) -> Iterator[LocalStack]:
+    """A local stack in ``home`` (kept running) or in a fresh /tmp home (torn down after).
+
+    ``world_scale`` overrides ``stack_scale(scale)``; ``history_days`` sets DWH_HISTORY_DAYS
+    (default: the stack's default). Stacks may be nested: each restores the environment.
+    """
     throwaway = home is None
     if throwaway:
         import tempfile
@@ -200,7 +207,11 @@ def bench_stack(scale: float, *, dagster: bool, home: Path | None = None, progre
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o755)  # traversable by the server's OS user
     saved = dict(os.environ)
-    os.environ.update({"DWH_HOME": str(home), "DWH_SCALE": repr(stack_scale(scale)), "DWH_SEED": "42"})
+    os.environ.pop("DWH_HISTORY_DAYS", None)
+    world = stack_scale(scale) if world_scale is None else world_scale
+    os.environ.update({"DWH_HOME": str(home), "DWH_SCALE": repr(world), "DWH_SEED": "42"})
+    if history_days is not None:
+        os.environ["DWH_HISTORY_DAYS"] = str(history_days)
     if not (home / "stack.json").exists():
         # Free loopback ports, never the defaults a demo stack may be using.
         os.environ.update({f"DWH_{name.upper()}_PORT": str(free_port()) for name in DEFAULT_PORTS})

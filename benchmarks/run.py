@@ -31,6 +31,7 @@ BENCHMARKS = {
     "B3": "benchmarks.b3_sensor",
     "B4": "benchmarks.b4_prometheus",
     "B5": "benchmarks.b5_dagster_overhead",
+    "B6": "benchmarks.b6_steady_hour",
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -43,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for latest.json and latest.md")
     parser.add_argument("--home", type=Path, default=None,
                         help="reuse (and keep running) the stack in this directory instead of a throwaway one")
+    parser.add_argument("--b6-homes", default=None, metavar="DIR60,DIR365",
+                        help="B6: reuse two running, materialised stacks of the same scale (60 and 365 days of "
+                             "history, e.g. made by `dwh up`) instead of starting and filling two")
     args = parser.parse_args(argv)
     chosen = {name.strip().upper() for name in args.only.split(",") if name.strip()}
     unknown = sorted(chosen - set(BENCHMARKS))
@@ -54,6 +58,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--scale must be in (0, 10]")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    homes = [Path(h) for h in (args.b6_homes or "").split(",") if h]
+    if args.b6_homes is not None and len(homes) != 2:
+        parser.error("--b6-homes takes two directories: the 60-day stack, then the 365-day stack")
+    args.b6_homes = homes
     return args
 
 
@@ -68,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, BenchResult] = {}
     errors: dict[str, str] = {}
     with bench_stack(args.scale, dagster=any(m.NEEDS_DAGSTER for m in modules.values()), home=args.home) as stack:
-        ctx = BenchContext(stack=stack, scale=args.scale, repeat=args.repeat)
+        ctx = BenchContext(stack=stack, scale=args.scale, repeat=args.repeat,
+                           b6_homes=dict(zip((60, 365), args.b6_homes)))
         environment = {"machine": machine(), "versions": versions(ctx)}
         for name, module in modules.items():
             say(f"== {name}: {module.TITLE}")

@@ -128,3 +128,31 @@ def test_dsns_for_other_programs_name_a_passfile_never_a_password(tmp_path, monk
     assert "user=dwh_loader" in dsn and "passfile=/etc/dwh/pgpass" in dsn and "dbname=warehouse" in dsn
     assert "loader-secret-value" not in dsn and "password" not in dsn
     assert "user=dwh_reader" in conninfo(cfg, "reader")
+
+
+# ----- how the events refresh reads the control plane ---------------------------------------------
+
+
+def test_control_plane_transfer_auto_is_copy_only_where_the_server_runs_programs(monkeypatch):
+    assert DeploymentConfig.load(EXAMPLE).control_plane_transfer() == "copy"  # the reader backend
+    monkeypatch.setenv("DWH_CLERK__BACKEND", "tembo")
+    monkeypatch.setenv("DWH_PROMETHEUS__BACKEND", "tembo")
+    assert DeploymentConfig.load(EXAMPLE).control_plane_transfer() == "fdw"
+    monkeypatch.setenv("DWH_CONTROL_PLANE__TRANSFER", "copy")
+    with pytest.raises(DeploymentError, match=r"transfer = \\?\"copy\\?\" runs psql on the database server"):
+        DeploymentConfig.load(EXAMPLE)
+    monkeypatch.setenv("DWH_CONTROL_PLANE__TRANSFER", "fdw")
+    monkeypatch.delenv("DWH_CLERK__BACKEND")
+    assert DeploymentConfig.load(EXAMPLE).control_plane_transfer() == "fdw"
+    monkeypatch.setenv("DWH_CONTROL_PLANE__TRANSFER", "bulk")
+    with pytest.raises(DeploymentError, match="control_plane.transfer"):
+        DeploymentConfig.load(EXAMPLE)
+
+
+def test_control_plane_passfile_line_escapes_colons_and_backslashes(monkeypatch):
+    from dwh_assets.warehouse.sources.reader_install import control_plane_pgpass
+
+    monkeypatch.setenv("DWH_CONTROL_PLANE__PASSWORD", r"pa:ss\word")
+    monkeypatch.setenv("DWH_CONTROL_PLANE__HOST", "fe80::1")
+    line = control_plane_pgpass(DeploymentConfig.load(EXAMPLE)).decode()
+    assert line == r"fe80\:\:1:5432:control_plane:cp_reader:pa\:ss\\word" + "\n"

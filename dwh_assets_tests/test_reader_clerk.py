@@ -297,20 +297,30 @@ def test_reader_dies_by_sigpipe_when_stdout_closes_early(admin, settings):
 # ----- installed copy, as the server's OS user ---------------------------------------------------
 
 def test_install_reader_is_private_to_the_server_user_and_idempotent(clerk_stack):
+    cp_password = secrets.passwords(clerk_stack)["cp_reader"]
     path = install_reader(clerk_stack.deployment())
     assert install_reader(clerk_stack.deployment()) == path == clerk_stack.reader_dir / "dwh_source_reader.py"
     assert path.read_bytes() == READER_SOURCE.read_bytes()
     uid = pwd.getpwnam(clerk_stack.server_user).pw_uid
+    passfile = clerk_stack.reader_dir / "control_plane.pgpass"
     for p, mode in ((clerk_stack.reader_dir, 0o700), (clerk_stack.reader_dir / "secrets.json", 0o600),
-                    (clerk_stack.reader_dir / "reader.json", 0o600)):
+                    (clerk_stack.reader_dir / "reader.json", 0o600), (passfile, 0o600)):
         st = p.stat()
         assert (st.st_uid, st.st_mode & 0o777) == (uid, mode), p
     settings = json.loads((clerk_stack.reader_dir / "reader.json").read_text())
     assert settings["clerk_url"] == clerk_stack.clerk_url and settings["prometheus_url"] == clerk_stack.prometheus_url
-    assert "sk_" not in json.dumps(settings)
+    assert "sk_" not in json.dumps(settings) and cp_password not in json.dumps(settings)
+    assert settings["control_plane_passfile"] == str(passfile)
     assert json.loads((clerk_stack.reader_dir / "secrets.json").read_text()) == {
         "clerk_secret_key": secrets.clerk_secret_key(clerk_stack)
     }
+    # The events refresh's psql finds the control plane's password here (and only here).
+    assert passfile.read_text() == f"127.0.0.1:{clerk_stack.pg_port}:control_plane:cp_reader:{cp_password}\n"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DWH_CONTROL_PLANE__TRANSFER", "fdw")
+        install_reader(clerk_stack.deployment())
+    assert not passfile.exists(), "the passfile outlives the copy transfer"
+    assert json.loads((clerk_stack.reader_dir / "reader.json").read_text())["control_plane_passfile"] is None
 
 
 def test_installed_reader_runs_as_the_server_user(admin, clerk_stack, world):

@@ -135,17 +135,21 @@ def test_reader_is_stdlib_only_and_python_39_syntax():
 # ----- splitting against a stub query_range ---------------------------------------------------------
 
 class StubPrometheus(BaseHTTPRequestHandler):
-    """Answers query_range with one series valued t/10 at every evaluation time (NaN at 0)."""
+    """Answers query_range with ``series`` series (instance i-1, i-2, ...) valued t/10 + k at
+    every evaluation time (NaN at 0)."""
 
     requests: list[dict] = []
+    series = 1
 
     def do_GET(self):  # noqa: N802
         q = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
         self.requests.append(q)
         start, end, step = int(q["start"]), int(q["end"]), int(q["step"])
-        values = [[t, "NaN" if t == 0 else str(t / 10)] for t in range(start, end + 1, step)]
-        body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": [
-            {"metric": {"__name__": q["query"], "instance_id": "i-1", "zone": "a"}, "values": values}]}}).encode()
+        result = [
+            {"metric": {"__name__": q["query"], "instance_id": f"i-{k}", "zone": "a"},
+             "values": [[t, "NaN" if t == 0 else str(t / 10 + k - 1)] for t in range(start, end + 1, step)]}
+            for k in range(1, self.series + 1)]
+        body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}}).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -158,7 +162,7 @@ class StubPrometheus(BaseHTTPRequestHandler):
 def test_reader_splits_requests_and_returns_each_sample_once(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), StubPrometheus)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    StubPrometheus.requests = []
+    StubPrometheus.requests, StubPrometheus.series = [], 1
     config = tmp_path / "reader.json"
     config.write_text(json.dumps({"prometheus_url": f"http://127.0.0.1:{server.server_port}",
                                   "max_points_per_request": 4}))
@@ -240,3 +244,51 @@ def test_bad_windows_and_settings_are_usage_errors(installed, tmp_path):
     bad.write_text(json.dumps({"clerk_secret_key": "sk_on_the_wrong_file"}))
     result = run("clerk", "users", config=bad)
     assert result.returncode == 2 and "unknown setting" in result.stderr and "sk_on_the_wrong_file" not in result.stderr
+
+
+def run_stub_reader(tmp_path, settings: dict, *args: str, series: int) -> subprocess.CompletedProcess:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StubPrometheus)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    StubPrometheus.requests, StubPrometheus.series = [], series
+    config = tmp_path / "reader.json"
+    config.write_text(json.dumps({"prometheus_url": f"http://127.0.0.1:{server.server_port}", **settings}))
+    try:
+        return subprocess.run(["/usr/bin/python3", str(READER_SOURCE), "--config", str(config), "prometheus", *args],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+
+
+def test_requests_shrink_to_the_sample_budget_once_the_series_are_known(tmp_path):
+    """The first request assumes ASSUMED_SERIES; later ones hold at most the budget (points x series)."""
+    budget = r.ASSUMED_SERIES * 3  # first request: 3 points
+    result = run_stub_reader(tmp_path, {"max_samples_per_request": budget}, "--start", "0", "--end", "3600",
+                             "--step", "60", "--metric", "m", series=2000, )
+    assert result.returncode == 0, result.stderr
+    spans = [(int(q["start"]), int(q["end"])) for q in StubPrometheus.requests]
+    points = [(end - start) // 60 + 1 for start, end in spans]
+    assert points[0] == 3 and set(points[1:-1]) == {budget // 2000} and points[-1] <= budget // 2000
+    assert [start for start, _ in spans] == [0] + [end + 60 for _, end in spans[:-1]], "gaps or overlaps"
+    assert spans[-1][1] == 3540 and sum(points) == 60
+    assert len(result.stdout.splitlines()) == 60 * 2000
+
+
+def test_series_rows_send_each_label_set_once_then_numbered_samples(tmp_path):
+    args = ("--start", "0", "--end", "151", "--step", "15", "--metric", "m_a", "--metric", "m_b")
+    compact = run_stub_reader(tmp_path, {"max_points_per_request": 4}, *args, "--series-rows", series=2)
+    full = run_stub_reader(tmp_path, {"max_points_per_request": 4}, *args, series=2)
+    assert compact.returncode == 0 and full.returncode == 0, compact.stderr + full.stderr
+    lines = compact.stdout.splitlines()
+    heads = [line for line in lines if line.startswith('"s",')]
+    assert heads == [
+        '"s",1,"m_a","{""instance_id"":""i-1"",""zone"":""a""}",,',
+        '"s",2,"m_a","{""instance_id"":""i-2"",""zone"":""a""}",,',
+        '"s",3,"m_b","{""instance_id"":""i-1"",""zone"":""a""}",,',
+        '"s",4,"m_b","{""instance_id"":""i-2"",""zone"":""a""}",,',
+    ]
+    # Every sample once, numbered by its series; together the same rows as the full shape.
+    labels = {line.split(",", 2)[1]: line.split(",", 2)[2].rsplit(",,", 1)[0] for line in heads}
+    rebuilt = sorted(f"{labels[n]},{t},{v}" for n, t, v in
+                     (line[2:].replace(",,,", ",", 1).split(",") for line in lines if line.startswith("v,")))
+    assert rebuilt == sorted(full.stdout.splitlines())
+    assert lines.index(heads[2]) > lines.index(heads[1]), "a series is announced before its samples"

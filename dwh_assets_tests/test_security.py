@@ -66,9 +66,10 @@ def test_no_secret_in_dagster_runs_or_event_metadata(stack, cfg, clerk):
 
 # ----- files --------------------------------------------------------------------------------------
 
-# Where secrets live on purpose (0600/0700, see stack/secrets.py and stack/reader_install.py),
-# and the database files (a user mapping's password is catalog data).
-SECRET_PLACES = ("secrets", "reader/secrets.json", "pgdata", "prometheus/data")
+# Where secrets live on purpose (0600/0700, see stack/secrets.py and stack/reader_install.py:
+# the Clerk key, and the control plane's passfile for the events refresh's psql), and the
+# database files (a user mapping's password is catalog data).
+SECRET_PLACES = ("secrets", "reader/secrets.json", "reader/control_plane.pgpass", "pgdata", "prometheus/data")
 
 
 def stack_files(home: Path) -> list[Path]:

@@ -16,9 +16,7 @@ class ClerkEmulator(ManagedProcess):
             argv=[
                 sys.executable, "-m", "dwh_assets.local.clerk_emulator",
                 "--port", str(cfg.ports["clerk"]),
-                "--seed", str(cfg.seed),
-                "--scale", str(cfg.scale),
-                "--anchor-day", cfg.anchor_day.isoformat(),
+                *cfg.world_args(),
                 "--secret-file", str(cfg.clerk_secret_file),
             ],
             port=cfg.ports["clerk"],

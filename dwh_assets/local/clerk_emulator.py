@@ -34,7 +34,7 @@ Test hooks (bearer-protected as well, never rate limited):
 - ``GET /_health``: unauthenticated liveness probe (no data).
 
 Run: ``python -m dwh_assets.local.clerk_emulator --port P --seed S --scale X
---anchor-day YYYY-MM-DD --secret-file PATH [--rate-limit N]``. One log line per request
+--anchor-day YYYY-MM-DD [--history-days N] --secret-file PATH [--rate-limit N]``. One log line per request
 (method, path, status) on stderr; headers are never logged.
 """
 
@@ -56,6 +56,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from dwh_assets.local.config import DEFAULT_HISTORY_DAYS
 from dwh_assets.local.generator import Membership, Organization, User, World, build_world, clerk_id, to_ms
 
 MAX_LIMIT = 500
@@ -521,6 +522,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--anchor-day", type=dt.date.fromisoformat, default=dt.datetime.now(dt.timezone.utc).date())
+    p.add_argument("--history-days", type=int, default=DEFAULT_HISTORY_DAYS, help="days of history before the anchor day")
     p.add_argument("--secret-file", required=True, help="file holding the accepted bearer key")
     p.add_argument("--rate-limit", type=int, default=DEFAULT_RATE_LIMIT, help="requests per second; 0 = off")
     args = p.parse_args(argv)
@@ -532,7 +534,7 @@ def main(argv: list[str] | None = None) -> None:
     if not key or not re.fullmatch(r"\S+", key):
         raise SystemExit(f"clerk emulator: {args.secret_file} holds no usable key (one token, no spaces)")
     # Build the world before binding: an open port then means "ready".
-    state = State(build_world(args.seed, args.scale, args.anchor_day), key, args.rate_limit)
+    state = State(build_world(args.seed, args.scale, args.anchor_day, args.history_days), key, args.rate_limit)
     server = make_server(args.port, state)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     sys.stderr.write(

@@ -7,7 +7,10 @@ throwaway stack next to the demo one:
 - ``DWH_PG_PORT``, ``DWH_CLERK_PORT``, ``DWH_PROMETHEUS_PORT``, ``DWH_EXPORTER_PORT``,
   ``DWH_DAGSTER_PORT``: ports. Unset ports are chosen once (the default, or a free
   one when the default is taken) and remembered in ``<home>/stack.json``.
-- ``DWH_SCALE`` / ``DWH_SEED``: size and seed of the generated source data.
+- ``DWH_SCALE`` / ``DWH_SEED`` / ``DWH_HISTORY_DAYS``: size, seed and history length (days,
+  default 60) of the generated source data. Like the anchor day, they are fixed when the
+  stack is first created and remembered in ``stack.json``: every source regenerates the
+  same world from them, so a later change of the variable needs a new ``DWH_HOME``.
 - ``DWH_SERVER_USER``: the unprivileged OS user that runs PostgreSQL when ``dwh``
   runs as root (default ``postgres``).
 
@@ -18,8 +21,10 @@ throwaway stack next to the demo one:
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import json
 import os
+import shutil
 import socket
 import sys
 from dataclasses import asdict, dataclass, field
@@ -54,8 +59,22 @@ CONTROL_PLANE_READER_ROLE = "cp_reader"
 DAGSTER_ROLE = "dagster"
 PASSWORD_ROLES = (OWNER_ROLE, LOADER_ROLE, READER_ROLE, CONTROL_PLANE_READER_ROLE, DAGSTER_ROLE)
 
-# Demo history length; the data generator and the Dagster partitions both start there.
-HISTORY_DAYS = 60
+# Demo history length (days) unless DWH_HISTORY_DAYS says otherwise; the data generator,
+# the Prometheus back-fill and the Dagster partitions (history.start) all start there.
+DEFAULT_HISTORY_DAYS = 60
+# The longest history the generator makes (10 years): the stack's Prometheus keeps that long.
+MAX_HISTORY_DAYS = 3650
+# Days a stack may keep running past its anchor day before its oldest history falls out of
+# retention (see StackConfig.retention_days).
+RETENTION_MARGIN_DAYS = 35
+
+
+def server_psql() -> str:
+    """The cluster's own psql (Debian keeps it next to the server; /usr/bin/psql is a wrapper)."""
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"), reverse=True):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("psql") or "/usr/bin/psql"
 
 
 def _default_home() -> Path:
@@ -90,6 +109,8 @@ class StackState:
     anchor_day: str = ""
     seed: int = 42
     scale: float = 1.0
+    # Days of generated history before the anchor day (stacks created before this setting: 60).
+    history_days: int = DEFAULT_HISTORY_DAYS
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,7 @@ class StackConfig:
     seed: int
     scale: float
     server_user: str
+    history_days: int = DEFAULT_HISTORY_DAYS
     host: str = "127.0.0.1"
 
     # ----- directories ------------------------------------------------------------
@@ -179,7 +201,22 @@ class StackConfig:
 
     @property
     def history_start(self) -> dt.date:
-        return self.anchor_day - dt.timedelta(days=HISTORY_DAYS)
+        return self.anchor_day - dt.timedelta(days=self.history_days)
+
+    def world_args(self) -> list[str]:
+        """The command-line arguments that make a source process rebuild this stack's world."""
+        return ["--seed", str(self.seed), "--scale", str(self.scale), "--anchor-day", self.anchor_day.isoformat(),
+                "--history-days", str(self.history_days)]
+
+    def retention_days(self) -> dict[str, int]:
+        """Retention for the tables whose catalog default is shorter than the generated history.
+
+        A window is refused when it starts before the retention (dwh.check_window), and the
+        first materialisation refreshes the whole history, so the stack keeps each table at
+        least the history plus a month of running (pg_partman drops older partitions).
+        """
+        wanted = self.history_days + RETENTION_MARGIN_DAYS
+        return {spec.name: wanted for spec in catalog.CATALOG if spec.retention_days < wanted}
 
     def dsn(self, dbname: str, user: str) -> str:
         """A libpq DSN over TCP; the password comes from the pgpass file, never the DSN."""
@@ -207,8 +244,9 @@ class StackConfig:
                               "password_file": str(self.password_file(CONTROL_PLANE_READER_ROLE))},
             "clerk": {"api_url": self.clerk_url, "secret_key_file": str(self.clerk_secret_file)},
             "prometheus": {"url": self.prometheus_url},
-            "reader": {"directory": str(self.reader_dir), "os_user": self.server_user},
+            "reader": {"directory": str(self.reader_dir), "os_user": self.server_user, "psql": server_psql()},
             "history": {"start": self.history_start},
+            **({"retention_days": self.retention_days()} if self.retention_days() else {}),
         }
 
     def deployment(self) -> DeploymentConfig:
@@ -278,6 +316,15 @@ def _env_int(name: str) -> int | None:
         raise SystemExit(f"{name}={raw!r} is not an integer port/number") from None
 
 
+def _history_days() -> int:
+    days = _env_int("DWH_HISTORY_DAYS")
+    if days is None:
+        return DEFAULT_HISTORY_DAYS
+    if not 1 <= days <= MAX_HISTORY_DAYS:
+        raise SystemExit(f"DWH_HISTORY_DAYS={days} is out of range: 1..{MAX_HISTORY_DAYS} days")
+    return days
+
+
 def _state_path(home: Path) -> Path:
     return home / "stack.json"
 
@@ -317,6 +364,14 @@ def load_config(*, create: bool = False) -> StackConfig:
             anchor_day=dt.datetime.now(dt.timezone.utc).date().isoformat(),
             seed=_env_int("DWH_SEED") or 42,
             scale=float(os.environ.get("DWH_SCALE") or 1.0),
+            history_days=_history_days(),
+        )
+    wanted_days = _env_int("DWH_HISTORY_DAYS")
+    if wanted_days is not None and wanted_days != state.history_days:
+        raise SystemExit(
+            f"The stack in {home} was created with {state.history_days} days of history; DWH_HISTORY_DAYS="
+            f"{wanted_days} needs a stack of its own: set DWH_HOME to another directory (or `dwh down` and "
+            f"remove {home})."
         )
     changed = False
     for name, default in DEFAULT_PORTS.items():
@@ -337,4 +392,5 @@ def load_config(*, create: bool = False) -> StackConfig:
         seed=state.seed,
         scale=state.scale,
         server_user=_server_user(),
+        history_days=state.history_days,
     )

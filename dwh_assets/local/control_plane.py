@@ -9,7 +9,7 @@ pgmq queue ``instance_events``. The warehouse reads it over TCP through postgres
 - Events are generated inside Postgres by ``dwh_seed.generate_instance_events`` (a
   seeded hash per msg_id), so millions of rows load without leaving the server.
 - ``ensure_control_plane`` (used by ``dwh up``) loads once per (seed, scale,
-  anchor_day, event count); the marker row is ``dwh_seed.loaded_world``. Rows added
+  anchor_day, history days, event count); the marker row is ``dwh_seed.loaded_world``. Rows added
   later (e.g. late events from ``add_events``) are left alone until one of those changes.
 
 A (re)load is one transaction: readers see the old data or the new, never half.
@@ -126,15 +126,16 @@ def ensure_control_plane(
     with conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOAD_LOCK_KEY,))
         apply_schema(conn)
-        wanted = _marker_key(cfg.seed, cfg.scale, cfg.anchor_day, n_events)
+        wanted = _marker_key(cfg.seed, cfg.scale, cfg.anchor_day, n_events, cfg.history_days)
         current = conn.execute(
-            "SELECT seed, scale, anchor_day, n_events, generator_version, row_counts"
+            "SELECT seed, scale, anchor_day, n_events, generator_version, history_days, row_counts"
             " FROM dwh_seed.loaded_world"
         ).fetchone()
-        if current is not None and current[:5] == wanted:
-            log.info("control plane already holds seed %s scale %s (%s)", cfg.seed, cfg.scale, cfg.anchor_day)
-            return ControlPlaneLoad(False, dict(current[5]), time.monotonic() - started)
-        world = build_world(cfg.seed, cfg.scale, cfg.anchor_day)
+        if current is not None and current[:6] == wanted:
+            log.info("control plane already holds seed %s scale %s (%s, %s days)",
+                     cfg.seed, cfg.scale, cfg.anchor_day, cfg.history_days)
+            return ControlPlaneLoad(False, dict(current[6]), time.monotonic() - started)
+        world = build_world(cfg.seed, cfg.scale, cfg.anchor_day, cfg.history_days)
         counts = load_control_plane(conn, world, n_events=wanted[3], progress=progress)
     return ControlPlaneLoad(True, counts, time.monotonic() - started)
 
@@ -174,11 +175,11 @@ def _connection(conn_or_dsn: psycopg.Connection | str) -> Iterator[psycopg.Conne
         yield conn
 
 
-def _marker_key(seed: int, scale: float, anchor_day: dt.date, n_events: int | None) -> tuple:
+def _marker_key(seed: int, scale: float, anchor_day: dt.date, n_events: int | None, history_days: int) -> tuple:
     if n_events is None:
         # World.n_events without building the world (building it at 100x takes a while).
         n_events = World(seed=seed, scale=scale, anchor_day=anchor_day).n_events
-    return (seed, scale, anchor_day, n_events, GENERATOR_VERSION)
+    return (seed, scale, anchor_day, n_events, GENERATOR_VERSION, history_days)
 
 
 def _copy_world(conn: psycopg.Connection, world: World) -> dict[str, int]:
@@ -264,10 +265,11 @@ def _drop_indexes(conn: psycopg.Connection, table: str) -> list[sql.Composable]:
 
 
 def _write_marker(conn: psycopg.Connection, world: World, n_events: int, counts: dict[str, int]) -> None:
-    seed, scale, anchor_day, n_events, version = _marker_key(world.seed, world.scale, world.anchor_day, n_events)
+    seed, scale, anchor_day, n_events, version, history_days = _marker_key(
+        world.seed, world.scale, world.anchor_day, n_events, world.history_days)
     conn.execute("DELETE FROM dwh_seed.loaded_world")
     conn.execute(
-        "INSERT INTO dwh_seed.loaded_world (seed, scale, anchor_day, n_events, generator_version, row_counts)"
-        " VALUES (%s, %s, %s, %s, %s, %s)",
-        (seed, scale, anchor_day, n_events, version, Jsonb(counts)),
+        "INSERT INTO dwh_seed.loaded_world (seed, scale, anchor_day, n_events, generator_version, history_days,"
+        " row_counts) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (seed, scale, anchor_day, n_events, version, history_days, Jsonb(counts)),
     )

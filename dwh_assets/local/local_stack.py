@@ -54,7 +54,7 @@ class LocalStack:
         self.postgres = Postgres(cfg)
         self.clerk = ClerkEmulator(cfg)
         self.exporter = UsageExporter(cfg)
-        self.prometheus = PrometheusServer(cfg)
+        self.prometheus = PrometheusServer(cfg, progress=lambda line: self.progress(f"      {line}"))
         self.webserver = DagsterWebserver(cfg)
         self.daemon = DagsterDaemon(cfg)
 

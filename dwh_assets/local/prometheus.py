@@ -30,6 +30,7 @@ import re
 import shutil
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from dwh_assets.local.config import REPO_ROOT, StackConfig
@@ -63,9 +64,7 @@ class UsageExporter(ManagedProcess):
             argv=[
                 sys.executable, "-m", "dwh_assets.local.usage_exporter",
                 "--port", str(cfg.ports["exporter"]),
-                "--seed", str(cfg.seed),
-                "--scale", str(cfg.scale),
-                "--anchor-day", cfg.anchor_day.isoformat(),
+                *cfg.world_args(),
             ],
             port=cfg.ports["exporter"],
             pid_file=cfg.pid_file("usage-exporter"),
@@ -103,10 +102,13 @@ scrape_configs:
 
 
 class PrometheusServer(ManagedProcess):
-    def __init__(self, cfg: StackConfig, *, backfill_step: int = DEFAULT_STEP, scrape_interval: str = SCRAPE_INTERVAL):
+    def __init__(self, cfg: StackConfig, *, backfill_step: int = DEFAULT_STEP, scrape_interval: str = SCRAPE_INTERVAL,
+                 progress: Callable[[str], None] | None = None):
         if not re.fullmatch(r"[1-9][0-9]*[smh]", scrape_interval):
             raise ValueError(f"scrape interval {scrape_interval!r} is not a duration like 60s, 5m or 1h")
         self.cfg = cfg
+        # Lines about a long back-fill (a year of 10,000 instances takes minutes).
+        self.progress = progress
         self.backfill_step = backfill_step
         self.scrape_interval = scrape_interval
         self.config_file = cfg.prometheus_dir / "prometheus.yml"
@@ -142,16 +144,16 @@ class PrometheusServer(ManagedProcess):
         """History up to now (no gap before the first scrape), once per data directory."""
         done = read_marker(self.data_dir)
         if done is not None:
-            world_of_data = (done.seed, done.scale, done.anchor_day)
-            if world_of_data != (self.cfg.seed, self.cfg.scale, self.cfg.anchor_day.isoformat()):
+            world_of_data = (done.seed, done.scale, done.anchor_day, done.history_days)
+            if world_of_data != (self.cfg.seed, self.cfg.scale, self.cfg.anchor_day.isoformat(), self.cfg.history_days):
                 raise StackError(
-                    f"{self.data_dir} holds the history of another world (seed, scale, anchor day = "
+                    f"{self.data_dir} holds the history of another world (seed, scale, anchor day, history days = "
                     f"{world_of_data}); delete that directory to back-fill this stack's history."
                 )
             return
-        world = generator.build_world(self.cfg.seed, self.cfg.scale, self.cfg.anchor_day)
+        world = generator.build_world(self.cfg.seed, self.cfg.scale, self.cfg.anchor_day, self.cfg.history_days)
         now = dt.datetime.now(dt.timezone.utc)
-        report = backfill(world, self.data_dir, step=self.backfill_step, end=now)
+        report = backfill(world, self.data_dir, step=self.backfill_step, end=now, progress=self.progress)
         if report is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             with open(self.log_file, "a") as log:

@@ -13,8 +13,13 @@ Block length adapts to the number of series so that no file grows past a bounded
 Blocks are built in a staging directory and moved into the data directory only when all
 of them succeeded; a marker file then records that the data directory is back-filled.
 
+Memory is flat in the history's length and the fleet's size: one window's file is written
+at a time (at most ``MAX_SAMPLES_PER_FILE`` samples, spilled to disk), promtool reads at
+most that one file, and values are computed per sample (``generator.UsageCurve``), never
+held. Only the instances' per-series constants are kept (a few hundred bytes each).
+
 CLI: ``python -m dwh_assets.local.prometheus_backfill --data-dir D --seed S --scale X
---anchor-day YYYY-MM-DD [--step 3600] [--end EPOCH]``.
+--anchor-day YYYY-MM-DD [--history-days N] [--step 3600] [--end EPOCH]``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from pathlib import Path
 from typing import TextIO
 
 from dwh_assets.local import generator
-from dwh_assets.local.generator import METRIC_CPU, METRIC_MEMORY, METRIC_STORAGE, Instance, World
+from dwh_assets.local.config import DEFAULT_HISTORY_DAYS
+from dwh_assets.local.generator import METRIC_CPU, METRIC_MEMORY, METRIC_STORAGE, Instance, UsageCurve, World
 from dwh_assets.local.process import StackError
 
 # Labels Prometheus attaches to the live scrape (see stack/prometheus.py): the back-filled
@@ -73,6 +79,8 @@ class BackfillReport:
     seed: int
     scale: float
     anchor_day: str
+    # Markers written before history length was a setting: the 60-day default.
+    history_days: int = DEFAULT_HISTORY_DAYS
 
 
 def _epoch(t: dt.datetime | int | float) -> float:
@@ -114,30 +122,60 @@ def choose_block_seconds(n_instances: int, step: int, span: float) -> int:
     return chosen
 
 
-def write_window(out: TextIO, parts_dir: Path, instances: list[Instance], lo: float, hi: float, step: int) -> int:
-    """Write one OpenMetrics document for ``[lo, hi)``; returns the number of samples.
+class _Series:
+    """One instance's three series in a back-fill: its label prefixes, lifetime and curve."""
 
-    usage_at yields all three values at once, but OpenMetrics wants each family in one
-    piece: the memory and storage lines are spilled to side files and appended after.
+    __slots__ = ("inst", "prefixes", "alive_from", "alive_until", "curve")
+
+    def __init__(self, inst: Instance):
+        labels = "{" + series_labels(inst) + "}"
+        self.inst = inst
+        self.prefixes = [sample + labels + " " for _, _, sample in FAMILIES]
+        self.alive_from = inst.created_at.timestamp()
+        self.alive_until = None if inst.deleted_at is None else inst.deleted_at.timestamp()
+        self.curve = UsageCurve(inst)
+
+    def times(self, start: float, end: float, step: int) -> range:
+        """``sample_times`` of the instance, from the precomputed lifetime."""
+        lo = max(start, self.alive_from)
+        hi = end if self.alive_until is None else min(end, self.alive_until)
+        first = math.ceil(lo / step) * step
+        return range(first, max(first, math.ceil(hi)), step)
+
+
+def write_window(out: TextIO, parts_dir: Path, instances: list[Instance], lo: float, hi: float, step: int) -> int:
+    """Write one OpenMetrics document for ``[lo, hi)``; returns the number of samples."""
+    return _write_window(out, parts_dir, [_Series(i) for i in instances], lo, hi, step)
+
+
+def _write_window(out: TextIO, parts_dir: Path, series: list[_Series], lo: float, hi: float, step: int) -> int:
+    """``write_window`` for prepared series.
+
+    The values come from ``UsageCurve`` (bit for bit ``usage_at``), all three at once, but
+    OpenMetrics wants each family in one piece: the memory and storage lines are spilled
+    to side files and appended after.
     """
     spill = [open(parts_dir / f"{name}.part", "w+", encoding="utf-8") for name, _, _ in FAMILIES[1:]]
-    targets = [out, *spill]
-    names = [sample for _, _, sample in FAMILIES]
     family, kind, _ = FAMILIES[0]
     out.write(f"# TYPE {family} {kind}\n")
     samples = 0
     try:
-        for inst in instances:
-            times = sample_times(inst, lo, hi, step)
+        for s in series:
+            times = s.times(lo, hi, step)
             if not times:
                 continue
-            labels = "{" + series_labels(inst) + "}"
-            prefixes = [name + labels + " " for name in names]
+            at = s.curve.at
+            p_cpu, p_mem, p_sto = s.prefixes
+            cpu_lines, mem_lines, sto_lines = [], [], []
             for t in times:
-                usage = generator.usage_at(inst, dt.datetime.fromtimestamp(t, dt.timezone.utc))
-                for target, prefix, name in zip(targets, prefixes, names):
-                    target.write(f"{prefix}{float(usage[name])!r} {t}\n")
-            samples += len(times) * len(names)
+                cpu, mem, sto = at(t)
+                cpu_lines.append(f"{p_cpu}{cpu!r} {t}\n")
+                mem_lines.append(f"{p_mem}{float(mem)!r} {t}\n")
+                sto_lines.append(f"{p_sto}{float(sto)!r} {t}\n")
+            out.write("".join(cpu_lines))
+            spill[0].write("".join(mem_lines))
+            spill[1].write("".join(sto_lines))
+            samples += len(times) * len(FAMILIES)
         for part, (family, kind, _) in zip(spill, FAMILIES[1:]):
             out.write(f"# TYPE {family} {kind}\n")
             part.seek(0)
@@ -204,8 +242,8 @@ def backfill(
     # Samples sit at whole seconds: ceil keeps the same samples and makes [lo, hi) exact.
     lo = math.ceil(_epoch(start if start is not None else world.history_start))
     hi = math.ceil(_epoch(end if end is not None else world.history_end))
-    instances = [i for i in world.instances if sample_times(i, lo, hi, step)]
-    block = choose_block_seconds(len(instances), step, hi - lo)
+    series = [prepared for prepared in map(_Series, world.instances) if prepared.times(lo, hi, step)]
+    block = choose_block_seconds(len(series), step, hi - lo)
 
     staging = data_dir.parent / f"{data_dir.name}.backfill-staging"
     shutil.rmtree(staging, ignore_errors=True)  # leftovers of an interrupted back-fill
@@ -216,7 +254,7 @@ def backfill(
         for k, (w_lo, w_hi) in enumerate(spans):
             om_file = staging / f"window-{k:05d}.om"
             with open(om_file, "w", encoding="utf-8") as out:
-                samples += write_window(out, staging, instances, w_lo, w_hi, step)
+                samples += _write_window(out, staging, series, w_lo, w_hi, step)
             # One promtool at a time, running while Python writes the next window.
             if pending is not None:
                 _wait(*pending)
@@ -236,9 +274,10 @@ def backfill(
             pending[0].wait()
         shutil.rmtree(staging, ignore_errors=True)
     report = BackfillReport(
-        start=lo, end=hi, step=step, block_seconds=block, series=len(instances) * len(FAMILIES),
+        start=lo, end=hi, step=step, block_seconds=block, series=len(series) * len(FAMILIES),
         samples=samples, blocks=len(blocks), seconds=round(time.monotonic() - t0, 1),
         seed=world.seed, scale=world.scale, anchor_day=world.anchor_day.isoformat(),
+        history_days=world.history_days,
     )
     marker_path(data_dir).write_text(json.dumps(asdict(report), indent=2) + "\n")
     return report
@@ -250,10 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--anchor-day", type=dt.date.fromisoformat, required=True, help="YYYY-MM-DD (UTC)")
+    parser.add_argument("--history-days", type=int, default=DEFAULT_HISTORY_DAYS, help="days of history before the anchor day")
     parser.add_argument("--step", type=int, default=DEFAULT_STEP, help="seconds between samples (divides 7200)")
     parser.add_argument("--end", type=int, help="epoch seconds (default: the anchor day, 00:00 UTC)")
     args = parser.parse_args(argv)
-    world = generator.build_world(args.seed, args.scale, args.anchor_day)
+    world = generator.build_world(args.seed, args.scale, args.anchor_day, args.history_days)
     try:
         report = backfill(world, args.data_dir, step=args.step, end=args.end, progress=print)
     except StackError as exc:

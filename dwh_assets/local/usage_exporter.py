@@ -1,7 +1,7 @@
 """The usage exporter: Prometheus metrics for every instance of the world alive now.
 
 Run as ``python -m dwh_assets.local.usage_exporter --port P --seed S --scale X
---anchor-day D``. It serves ``/metrics`` on 127.0.0.1 with three series per alive
+--anchor-day D [--history-days N]``. It serves ``/metrics`` on 127.0.0.1 with three series per alive
 instance (labels ``instance_id``, ``organization_id``), computed at scrape time by
 ``generator.usage_at``; the history back-fill (``prometheus_backfill.py``) uses the
 same function, so live and back-filled samples lie on one curve.
@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from dwh_assets.local import generator
+from dwh_assets.local.config import DEFAULT_HISTORY_DAYS
 from dwh_assets.local.generator import METRIC_CPU, METRIC_MEMORY, METRIC_STORAGE, Instance
 
 LABELS = ("instance_id", "organization_id")
@@ -78,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--anchor-day", type=dt.date.fromisoformat, required=True, help="YYYY-MM-DD (UTC)")
+    parser.add_argument("--history-days", type=int, default=DEFAULT_HISTORY_DAYS, help="days of history before the anchor day")
     args = parser.parse_args(argv)
 
-    world = generator.build_world(args.seed, args.scale, args.anchor_day)
+    world = generator.build_world(args.seed, args.scale, args.anchor_day, args.history_days)
     try:
         server, thread = start_http_server(args.port, addr=args.host, registry=build_registry(world))
     except OSError as exc:

@@ -36,6 +36,8 @@ ENV_PREFIX = "DWH_"
 SECRET_KEYS = ("password", "secret_key")
 
 Backend = Literal["reader", "tembo"]
+# How dwh.refresh_events reads the control plane's event archive (see ControlPlaneSettings).
+Transfer = Literal["auto", "fdw", "copy"]
 
 
 class DwhError(RuntimeError):
@@ -113,6 +115,12 @@ class ControlPlaneSettings(Section):
     user: str = "cp_reader"
     password_file: Path | None = None
     password: SecretStr | None = None  # environment only
+    # How the events refresh moves a window: "fdw", one INSERT ... SELECT from the foreign
+    # table; "copy", the control plane's binary COPY of the same query piped by psql into
+    # COPY ... FROM PROGRAM (the database server runs psql as its OS user, with the password
+    # in a passfile `dwh reader install` writes next to the reader); "auto": copy where the
+    # server runs the source reader (the reader backend), else fdw.
+    transfer: Transfer = "auto"
 
     def secret(self) -> str:
         if self.password is not None:
@@ -180,9 +188,14 @@ class ReaderSettings(Section):
     page_size: int = Field(500, ge=1, le=500)
     max_points_per_request: int = Field(11000, ge=1, le=11000)
     max_points_per_series: int = Field(5_000_000, ge=1)
+    # Samples (points x series) one Prometheus answer may hold: bounds the memory of
+    # Prometheus and of the reader per request, whatever the fleet's size.
+    max_samples_per_request: int = Field(500_000, ge=1)
+    # psql on the database host, for control_plane.transfer = "copy" (Debian: its wrapper).
+    psql: str = "/usr/bin/psql"
 
     def tuning(self) -> dict[str, float | int]:
-        return self.model_dump(exclude={"directory", "python", "os_user"})
+        return self.model_dump(exclude={"directory", "python", "os_user", "psql"})
 
 
 class HistorySettings(Section):
@@ -250,6 +263,14 @@ class DeploymentConfig(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _copy_needs_the_reader(self) -> DeploymentConfig:
+        if self.control_plane.transfer == "copy" and not self.uses_reader():
+            raise ValueError(
+                "control_plane.transfer = \"copy\" runs psql on the database server, which needs a server that runs "
+                "programs (the reader backend for clerk or prometheus); use \"fdw\" or \"auto\"")
+        return self
+
+    @model_validator(mode="after")
     def _prometheus_step_divides_a_day(self) -> DeploymentConfig:
         if 86400 % self.prometheus.step_seconds:
             raise ValueError(f"prometheus.step_seconds={self.prometheus.step_seconds} must divide a day (86400 s)")
@@ -270,6 +291,12 @@ class DeploymentConfig(BaseSettings):
 
     def uses_reader(self) -> bool:
         return "reader" in self.backends().values()
+
+    def control_plane_transfer(self) -> Literal["fdw", "copy"]:
+        """control_plane.transfer with "auto" decided: copy where the server runs the reader."""
+        if self.control_plane.transfer == "auto":
+            return "copy" if self.uses_reader() else "fdw"
+        return self.control_plane.transfer
 
     def logins(self) -> dict[str, Login]:
         """Purpose -> login role: owner, loader, reader."""

@@ -98,6 +98,10 @@ def settings(cfg: DeploymentConfig, cron_database: str) -> dict[str, str]:
         "backend.prometheus": cfg.prometheus.backend,
         "backend.clerk": cfg.clerk.backend,
         "reader.command": reader_install.reader_program(cfg),
+        # dwh.refresh_events: fdw or copy (psql on the server, with the passfile of `dwh reader install`).
+        "control_plane.transfer": cfg.control_plane_transfer(),
+        "control_plane.psql": cfg.reader.psql,
+        "control_plane.passfile": str(reader_install.control_plane_passfile(cfg)),
         "metrics.step_seconds": str(cfg.prometheus.step_seconds),
         "metrics.names": ",".join(metrics.values()),
         "history.start": cfg.history.start.isoformat(),

@@ -50,6 +50,13 @@ BEGIN
 END
 $$;
 
+-- Stage the samples of [p_start, p_end) into pg_temp.stage_metrics(kind, series_no,
+-- metric_name, metric_labels, metric_time, metric_value): one row of kind 's' per series
+-- (its number, name and labels as JSON text), then rows of kind 'v' (the series' number,
+-- a time, a value). Label sets travel once per window, not once per sample: a year of a
+-- large fleet is hundreds of millions of samples, and parsing their labels again and again
+-- was most of the work. Called once per chunk of a refresh: the stage is emptied first.
+-- Returns the number of samples.
 CREATE OR REPLACE FUNCTION dwh.read_metrics_window(p_start timestamptz, p_end timestamptz)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -66,16 +73,17 @@ DECLARE
     v_message text;
     v_detail text;
 BEGIN
-    CREATE TEMP TABLE stage_metrics (
-        metric_name text, metric_labels jsonb, metric_time bigint, metric_value double precision
+    CREATE TEMP TABLE IF NOT EXISTS stage_metrics (
+        kind "char", series_no int, metric_name text, metric_labels text, metric_time bigint, metric_value double precision
     ) ON COMMIT DROP;
+    TRUNCATE pg_temp.stage_metrics;
     IF v_backend = 'reader' THEN
         v_args := ARRAY['prometheus', '--start', floor(extract(epoch FROM p_start))::bigint::text,
-                        '--end', ceil(extract(epoch FROM p_end))::bigint::text, '--step', v_step::text];
+                        '--end', ceil(extract(epoch FROM p_end))::bigint::text, '--step', v_step::text, '--series-rows'];
         SELECT v_args || array_agg(x) FROM (SELECT unnest(ARRAY['--metric', m]) x FROM unnest(v_metrics) m) s INTO v_args;
         -- A temporary foreign table per window: the window is part of the program's
         -- arguments, concurrent refreshes don't collide, nothing lands in the catalog.
-        EXECUTE format('CREATE FOREIGN TABLE pg_temp.%I (metric_name text, metric_labels jsonb, metric_time bigint, metric_value double precision) '
+        EXECUTE format('CREATE FOREIGN TABLE pg_temp.%I (kind "char", series_no int, metric_name text, metric_labels text, metric_time bigint, metric_value double precision) '
                        'SERVER dwh_reader OPTIONS (program %L, format %L, encoding %L)',
                        v_ft, dwh.reader_command(v_args), 'csv', 'UTF8');
         BEGIN
@@ -87,13 +95,29 @@ BEGIN
         END;
         EXECUTE format('DROP FOREIGN TABLE pg_temp.%I', v_ft);
     ELSIF v_backend = 'tembo' THEN
+        -- prometheus_fdw answers in the contract's shape (labels per sample): number the
+        -- series here, into the same stage.
+        CREATE TEMP TABLE IF NOT EXISTS stage_metrics_tembo (
+            metric_name text, metric_labels jsonb, metric_time bigint, metric_value double precision
+        ) ON COMMIT DROP;
+        TRUNCATE pg_temp.stage_metrics_tembo;
         FOR v_q IN SELECT dwh.tembo_metric_queries(p_start, p_end, v_step, v_metrics) LOOP
-            EXECUTE 'INSERT INTO pg_temp.stage_metrics ' || v_q;
+            EXECUTE 'INSERT INTO pg_temp.stage_metrics_tembo ' || v_q;
         END LOOP;
+        INSERT INTO pg_temp.stage_metrics (kind, series_no, metric_name, metric_labels)
+        SELECT 's', row_number() OVER (), metric_name, metric_labels::text
+        FROM (SELECT DISTINCT metric_name, metric_labels FROM pg_temp.stage_metrics_tembo) d;
+        INSERT INTO pg_temp.stage_metrics (kind, series_no, metric_time, metric_value)
+        SELECT 'v', s.series_no, t.metric_time, t.metric_value
+        FROM pg_temp.stage_metrics_tembo t
+        JOIN pg_temp.stage_metrics s ON s.kind = 's' AND s.metric_name = t.metric_name AND s.metric_labels = t.metric_labels::text;
     ELSE
         RAISE EXCEPTION 'unknown Prometheus backend %: expected reader or tembo', quote_literal(v_backend);
     END IF;
-    SELECT count(*) INTO v_rows FROM pg_temp.stage_metrics;
+    -- Temporary tables get no statistics unless asked: without them the planner joins the
+    -- samples to their series by nested loop.
+    ANALYZE pg_temp.stage_metrics;
+    SELECT count(*) INTO v_rows FROM pg_temp.stage_metrics WHERE kind = 'v';
     RETURN v_rows;
 END
 $$;

@@ -90,8 +90,16 @@ DEFAULT_SETTINGS = {
     "max_retry_after_seconds": 60.0,
     "page_size": 500,
     "max_points_per_request": 11000,
+    # Samples one query_range answer may hold (points x series), which bounds the memory
+    # of Prometheus and of this reader per request whatever the fleet's size: the points
+    # per request shrink as the series the previous answer held grow.
+    "max_samples_per_request": 500_000,
     # Refuse windows that would take thousands of requests (a typo in --start, usually).
     "max_points_per_series": 5_000_000,
+    # The events refresh's bulk copy (control_plane.transfer = copy): psql, and the 0600
+    # passfile with the control plane's password that `dwh reader install` writes.
+    "psql": "/usr/bin/psql",
+    "control_plane_passfile": None,
 }
 # Prometheus' metric name syntax (catalog.METRIC_NAME_PATTERN: this file may not import it).
 METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -163,7 +171,7 @@ def validate_settings(loaded: object, path: str) -> dict:
     for key in ("timeout_seconds", "total_timeout_seconds", "backoff_seconds", "max_retry_after_seconds"):
         if not _is_number(settings[key]) or settings[key] < 0:
             raise usage_error(f"setting {key} in {path} must be a number >= 0")
-    for key in ("max_retries", "page_size", "max_points_per_request", "max_points_per_series"):
+    for key in ("max_retries", "page_size", "max_points_per_request", "max_points_per_series", "max_samples_per_request"):
         if not isinstance(settings[key], int) or isinstance(settings[key], bool) or settings[key] < (0 if key == "max_retries" else 1):
             raise usage_error(f"setting {key} in {path} must be a positive integer")
     if settings["page_size"] > CLERK_MAX_PAGE_SIZE:
@@ -171,6 +179,9 @@ def validate_settings(loaded: object, path: str) -> dict:
     for key in ("clerk_url", "prometheus_url"):
         if urllib.parse.urlsplit(str(settings[key])).scheme not in ("http", "https"):
             raise usage_error(f"setting {key} in {path} must be an http(s) URL")
+    for key in ("psql", "control_plane_passfile"):
+        if settings[key] is not None and not (isinstance(settings[key], str) and os.path.isabs(settings[key])):
+            raise usage_error(f"setting {key} in {path} must be an absolute path")
     return settings
 
 
@@ -346,11 +357,18 @@ def csv_line(values: list) -> bytes:
 
 
 class RowBuffer:
-    """Rows spooled to memory/disk until the read succeeded; de-duplicated by id (last wins)."""
+    """Rows spooled to memory/disk until the read succeeded; de-duplicated by id (last wins).
+
+    Only rows with an id are indexed (Clerk objects, to drop an id that came twice): a
+    Prometheus window of a year of a large fleet is hundreds of millions of id-less rows,
+    which cost nothing here but their bytes in the spool file.
+    """
 
     def __init__(self):
         self.file = tempfile.SpooledTemporaryFile(max_size=64 << 20, mode="w+b")
-        self.spans: list[tuple[int, int]] = []
+        self.count = 0
+        # (offset, length, row_id) of rows with an id, in the order they were added
+        self.spans: list[tuple[int, int, object]] = []
         self.latest: dict[object, int] = {}
         self.superseded: set[int] = set()
 
@@ -359,27 +377,47 @@ class RowBuffer:
         line = csv_line(values)
         start = self.file.tell()
         self.file.write(line)
-        self.spans.append((start, len(line)))
+        self.count += 1
         if row_id is None:
             return True
+        self.spans.append((start, len(line), row_id))
         previous = self.latest.get(row_id)
         self.latest[row_id] = len(self.spans) - 1
         if previous is not None:
             self.superseded.add(previous)
         return previous is None
 
+    def add_lines(self, data: bytes, n: int) -> None:
+        """Buffer ``n`` id-less rows already formatted as CSV lines."""
+        self.file.write(data)
+        self.count += n
+
     def __len__(self) -> int:
-        return len(self.spans) - len(self.superseded)
+        return self.count - len(self.superseded)
 
     def write_to(self, out) -> None:  # noqa: ANN001 (a binary file)
         self.file.seek(0)
         if not self.superseded:
             shutil.copyfileobj(self.file, out, 1 << 20)
             return
-        for index, (start, length) in enumerate(self.spans):
-            if index not in self.superseded:
-                self.file.seek(start)
-                out.write(self.file.read(length))
+        # Copy everything but the superseded rows' byte ranges (id-less rows are kept).
+        position = 0
+        for index in sorted(self.superseded):
+            start, length, _ = self.spans[index]
+            self.file.seek(position)
+            _copy_bytes(self.file, out, start - position)
+            position = start + length
+        self.file.seek(position)
+        shutil.copyfileobj(self.file, out, 1 << 20)
+
+
+def _copy_bytes(src, out, n: int) -> None:  # noqa: ANN001 (binary files)
+    while n > 0:
+        chunk = src.read(min(n, 1 << 20))
+        if not chunk:
+            break
+        out.write(chunk)
+        n -= len(chunk)
 
 
 # ----- Clerk ---------------------------------------------------------------------------------
@@ -548,12 +586,31 @@ def split_window(start: int, end: int, step: int, max_points: int) -> list[tuple
     return chunks
 
 
-def read_prometheus(settings: dict, start: int, end: int, step: int, metrics: list) -> RowBuffer:
+# Series a metric is assumed to have until the first answer says how many it has.
+ASSUMED_SERIES = 10_000
+
+
+def points_per_request(settings: dict, series: int) -> int:
+    """Points per series of the next request, given the most series an answer held so far."""
+    budget = settings["max_samples_per_request"] // max(series, 1)
+    return max(1, min(settings["max_points_per_request"], budget))
+
+
+def read_prometheus(settings: dict, start: int, end: int, step: int, metrics: list,
+                    series_rows: bool = False) -> RowBuffer:
+    """Every sample of ``metrics`` at the step grid of ``[start, end)``, as CSV rows.
+
+    Rows are ``metric_name, labels, time, value`` (the foreign table's columns), or with
+    ``series_rows`` the compact shape the metrics refresh stages (``kind, series_no,
+    metric_name, labels, time, value``): one ``s`` row per series the first time it is
+    seen (number, name, labels), then ``v`` rows of (number, time, value) only, so the
+    label set travels once per window instead of once per sample.
+    """
     if step < 1:
         raise usage_error(f"--step must be at least 1 second, got {step}")
     if end < start or start < 0:
         raise usage_error(f"window [{start}, {end}) is not a window: need 0 <= start <= end")
-    _, count = aligned_times(start, end, step)
+    first, count = aligned_times(start, end, step)
     if count > settings["max_points_per_series"]:
         raise usage_error(
             f"window [{start}, {end}) at step {step}s has {count} points per series, more than "
@@ -561,18 +618,43 @@ def read_prometheus(settings: dict, start: int, end: int, step: int, metrics: li
         )
     source = HttpSource(settings["prometheus_url"], settings)
     rows = RowBuffer()
+    numbers: dict[tuple[str, str], int] = {}
+    series_seen: int | None = None  # the most series one answer held so far
     for metric in metrics:
-        for chunk_start, chunk_end in split_window(start, end, step, settings["max_points_per_request"]):
+        done = 0
+        while done < count:
+            points = min(points_per_request(settings, series_seen or ASSUMED_SERIES), count - done)
+            chunk_start = first + done * step
+            chunk_end = chunk_start + (points - 1) * step
+            done += points
             query = urllib.parse.urlencode({"query": metric, "start": chunk_start, "end": chunk_end, "step": step})
             path = f"/api/v1/query_range?{query}"
-            for name, labels, t, value in _matrix_samples(source.get_json(path), metric, path):
-                if not (chunk_start <= t <= chunk_end and (t - chunk_start) % step == 0):
-                    raise ReaderError(f"{path} returned a sample at {t}, outside its evaluation grid")
-                rows.add(None, [name, labels, t, value])
+            answer = _matrix_series(source.get_json(path), metric, path)
+            for name, labels, values in answer:
+                if series_rows:
+                    number = numbers.get((name, labels))
+                    if number is None:
+                        number = numbers[(name, labels)] = len(numbers) + 1
+                        rows.add(None, ["s", number, name, labels, None, None])
+                    prefix = f"v,{number},,,"
+                    lines = []
+                    for sample in values:
+                        t, value = _sample(sample, path, chunk_start, chunk_end, step)
+                        lines.append(f"{prefix}{t},{format_float(value)}\n")
+                    rows.add_lines("".join(lines).encode("utf-8"), len(lines))
+                else:
+                    for sample in values:
+                        t, value = _sample(sample, path, chunk_start, chunk_end, step)
+                        rows.add(None, [name, labels, t, value])
+            # The next request is sized by the largest answer so far (a fleet grows or
+            # shrinks slowly along a window: the budget bounds a request, it is no target).
+            series_seen = max(len(answer), series_seen or 0)
+            del answer
     return rows
 
 
-def _matrix_samples(payload: object, metric: str, path: str):  # noqa: ANN202 (generator)
+def _matrix_series(payload: object, metric: str, path: str) -> list[tuple[str, str, list]]:
+    """(name, labels as canonical JSON, values) of each series of a query_range answer."""
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(payload, dict) or payload.get("status") != "success" or not isinstance(data, dict):
         raise ReaderError(f"unexpected payload from {path}: no status 'success' with data")
@@ -580,6 +662,7 @@ def _matrix_samples(payload: object, metric: str, path: str):  # noqa: ANN202 (g
         raise ReaderError(f"unexpected payload from {path}: expected a matrix result")
     for warning in payload.get("warnings") or []:
         warn(f"prometheus {metric}: {warning}")
+    out = []
     for series in data["result"]:
         if not isinstance(series, dict) or not isinstance(series.get("metric"), dict):
             raise ReaderError(f"malformed series from {path}: no 'metric' labels")
@@ -590,15 +673,26 @@ def _matrix_samples(payload: object, metric: str, path: str):  # noqa: ANN202 (g
         if series.get("histograms"):
             raise ReaderError(f"{path} returned native histograms, which the metrics table cannot hold")
         labels_json = json.dumps(without_nul(labels), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-        for sample in series.get("values") or []:
-            try:
-                t, value = sample
-                t, value = float(t), float(value)
-            except (TypeError, ValueError):
-                raise ReaderError(f"malformed sample {one_line(repr(sample), 80)} from {path}") from None
-            if not t.is_integer():
-                raise ReaderError(f"{path} returned a sample at non-integer time {t}")
-            yield name, labels_json, int(t), value
+        values = series.get("values") or []
+        if not isinstance(values, list):
+            raise ReaderError(f"malformed series from {path}: 'values' is not a list")
+        out.append((name, labels_json, values))
+    return out
+
+
+def _sample(sample: object, path: str, chunk_start: int, chunk_end: int, step: int) -> tuple[int, float]:
+    """One ``[time, "value"]`` pair of an answer, checked to lie on the request's grid."""
+    try:
+        t, value = sample
+        t, value = float(t), float(value)
+    except (TypeError, ValueError):
+        raise ReaderError(f"malformed sample {one_line(repr(sample), 80)} from {path}") from None
+    if not t.is_integer():
+        raise ReaderError(f"{path} returned a sample at non-integer time {t}")
+    t = int(t)
+    if not (chunk_start <= t <= chunk_end and (t - chunk_start) % step == 0):
+        raise ReaderError(f"{path} returned a sample at {t}, outside its evaluation grid")
+    return t, value
 
 
 # ----- failure reasons for the warehouse's error handler ------------------------------------
@@ -660,12 +754,31 @@ def take_last_error(settings: dict, since: float, exit_code: int) -> RowBuffer:
 
 # ----- command line ----------------------------------------------------------------------------
 
+def check_control_plane_copy(settings: dict) -> None:
+    """The events refresh's bulk copy can run: psql is executable, the passfile readable and private."""
+    psql, passfile = settings["psql"], settings["control_plane_passfile"]
+    if not (psql and os.access(psql, os.X_OK)):
+        raise usage_error(f"psql {psql} (reader.psql) is not executable on the database host")
+    if not passfile:
+        raise usage_error("no control_plane_passfile in the settings: rerun `dwh reader install`")
+    try:
+        mode = os.stat(passfile).st_mode
+        with open(passfile, "rb"):
+            pass
+    except OSError as e:
+        raise usage_error(f"cannot read the control plane passfile {passfile}: {e.strerror}; rerun `dwh reader install`") from None
+    if mode & 0o077:
+        raise usage_error(f"the control plane passfile {passfile} must be readable by its owner only (0600)")
+
+
 def self_check(args: argparse.Namespace) -> int:
     """For `dwh migrate`: one CSV line through COPY FROM PROGRAM, 'ok' or the problem (exit 0 either way)."""
     try:
         settings = load_settings(args.config)
         if args.clerk_key:
             load_clerk_key(settings)
+        if args.control_plane_copy:
+            check_control_plane_copy(settings)
         errors_dir = settings.get("errors_dir")
         if errors_dir and not os.access(errors_dir, os.W_OK | os.X_OK):
             raise usage_error(f"errors_dir {errors_dir} is not writable by this user")
@@ -694,11 +807,15 @@ def parse_args(argv: list) -> argparse.Namespace:
     prom.add_argument("--last", type=int, help="seconds before now (instead of --start/--end)")
     prom.add_argument("--step", type=int, required=True, help="seconds between evaluation times")
     prom.add_argument("--metric", action="append", required=True, help="metric name (repeatable)")
+    prom.add_argument("--series-rows", action="store_true",
+                      help="compact rows for the metrics refresh: each label set once (kind s), then samples (kind v)")
     last = sources.add_parser("last-error", help="the reason of this backend's last failed read, as one CSV field")
     last.add_argument("--since", type=float, required=True, help="epoch seconds: ignore older failures")
     last.add_argument("--exit-code", type=int, required=True, help="the exit code PostgreSQL reported")
     check = sources.add_parser("check", help="print 'ok' if the settings (and the Clerk key) can be read, else the problem")
     check.add_argument("--clerk-key", action="store_true", help="also read the Clerk key from secrets_file")
+    check.add_argument("--control-plane-copy", action="store_true",
+                       help="also check psql and the control plane passfile (control_plane.transfer = copy)")
     args = p.parse_args(argv)
     if args.source == "prometheus":
         if args.last is not None:
@@ -730,7 +847,7 @@ def main(argv: list | None = None) -> int:
         elif args.source == "prometheus":
             where = "dwh reader: prometheus"
             metrics = [validate_metric_name(m) for m in args.metric]
-            rows = read_prometheus(settings, args.start, args.end, args.step, metrics)
+            rows = read_prometheus(settings, args.start, args.end, args.step, metrics, args.series_rows)
         else:
             rows = take_last_error(settings, args.since, args.exit_code)
     except ReaderError as e:

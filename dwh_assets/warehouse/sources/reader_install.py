@@ -10,6 +10,9 @@ run by the system Python (``reader.python``, default ``/usr/bin/python3``). Next
   secrets are), from the deployment configuration's ``[reader]``, ``[clerk]`` and
   ``[prometheus]``. Foreign table options are world-readable, so no secret goes there.
 - ``secrets.json``: ``{"clerk_secret_key": ...}``, mode 0600.
+- ``control_plane.pgpass`` (``control_plane.transfer`` = copy): a libpq passfile with the
+  control plane's password, mode 0600, for the psql that ``dwh.refresh_events`` runs; the
+  command line names the file, never the password.
 - ``errors/``: the last failure reason per PostgreSQL backend, which the refresh routines'
   error handler reads back (``dwh.raise_source_failure``).
 
@@ -36,6 +39,7 @@ READER_SOURCE = Path(reader.__file__)
 READER_NAME = "dwh_source_reader.py"
 SETTINGS_NAME = "reader.json"
 SECRETS_NAME = "secrets.json"
+CONTROL_PLANE_PASSFILE_NAME = "control_plane.pgpass"
 ERRORS_NAME = "errors"
 
 
@@ -47,6 +51,22 @@ def settings_path(cfg: DeploymentConfig) -> Path:
     return cfg.reader.directory / SETTINGS_NAME
 
 
+def control_plane_passfile(cfg: DeploymentConfig) -> Path:
+    return cfg.reader.directory / CONTROL_PLANE_PASSFILE_NAME
+
+
+def _pgpass_field(value: str) -> str:
+    # libpq passfile syntax: backslash escapes a colon or a backslash.
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def control_plane_pgpass(cfg: DeploymentConfig) -> bytes:
+    """One passfile line for the control plane login (host:port:database:user:password)."""
+    cp = cfg.control_plane
+    fields = [cp.host, str(cp.port), cp.database, cp.user, cp.secret()]
+    return (":".join(_pgpass_field(f) for f in fields) + "\n").encode()
+
+
 def reader_settings(cfg: DeploymentConfig, overrides: dict | None = None) -> dict:
     """reader.json: the configuration's URLs and tuning, then ``overrides`` (e.g. shorter timeouts in tests)."""
     settings = {
@@ -56,6 +76,8 @@ def reader_settings(cfg: DeploymentConfig, overrides: dict | None = None) -> dic
         "prometheus_url": cfg.prometheus.url,
         "secrets_file": str(cfg.reader.directory / SECRETS_NAME),
         "errors_dir": str(cfg.reader.directory / ERRORS_NAME),
+        "psql": cfg.reader.psql,
+        "control_plane_passfile": str(control_plane_passfile(cfg)) if cfg.control_plane_transfer() == "copy" else None,
     }
     unknown = set(overrides or {}) - set(settings)
     if unknown:
@@ -127,6 +149,11 @@ def install_reader(cfg: DeploymentConfig, settings: dict | None = None) -> Path:
     values = reader_settings(cfg, settings)
     secrets = {"clerk_secret_key": cfg.clerk.secret()} if cfg.clerk.backend == "reader" else {}
     _write_owned(cfg, Path(values["secrets_file"]), json.dumps(secrets).encode(), 0o600)
+    passfile = control_plane_passfile(cfg)
+    if values["control_plane_passfile"]:
+        _write_owned(cfg, passfile, control_plane_pgpass(cfg), 0o600)
+    else:
+        passfile.unlink(missing_ok=True)
     install_settings(cfg, settings)
     _write_owned(cfg, reader_path(cfg), READER_SOURCE.read_bytes(), 0o700)
     return reader_path(cfg)
@@ -164,6 +191,7 @@ def reader_program(cfg: DeploymentConfig, *args: str, config: Path | None = None
 def check_command(cfg: DeploymentConfig) -> sql.Composed:
     """``COPY pg_temp.dwh_reader_check FROM PROGRAM``: the reader's self-check, as the server runs it."""
     args = ["check"] + (["--clerk-key"] if cfg.clerk.backend == "reader" else [])
+    args += ["--control-plane-copy"] if cfg.control_plane_transfer() == "copy" else []
     return sql.SQL("COPY pg_temp.dwh_reader_check FROM PROGRAM {} WITH (FORMAT csv)").format(sql.Literal(reader_program(cfg, *args)))
 
 

@@ -70,3 +70,5 @@ CREATE TABLE IF NOT EXISTS dwh_seed.loaded_world (
     row_counts        jsonb NOT NULL,
     loaded_at         timestamptz NOT NULL DEFAULT now()
 );
+-- Days of history the world was generated with (control planes loaded before it was recorded: 60).
+ALTER TABLE dwh_seed.loaded_world ADD COLUMN IF NOT EXISTS history_days int NOT NULL DEFAULT 60;

@@ -1,0 +1,334 @@
+"""B6 steady-state hour: one hour of a running warehouse at 60 and at 365 days of history.
+
+Two warehouses of the same fleet (the demo world at ``stack_scale(--scale)``: 1,000
+instances at ``--scale 1``) differ only in their history: 60 days and 365 days, each
+materialised completely (dimensions, the facts over the whole history, the marts). The
+control plane of each gets events at the same rate per day (``EVENTS_PER_SCALE`` per 60
+days), so a day's window holds as many events in both; Prometheus is back-filled over each
+history, as ``dwh up`` does.
+
+The **hour** is what pg_cron runs in one hour (``HOUR`` UTC, an ordinary hour: the daily
+purge at 03:30 is not in it), derived from the deployment's schedules
+(``warehouse.cron_jobs.desired_jobs``, the catalog's defaults): every refresh due in that
+hour, in the order of its minute, each running exactly ``job.command`` (the SQL pg_cron
+runs, with its lookback window) on a fresh connection as the job's role; pg_partman's
+hourly maintenance; the marts' jobs (``dwh.refresh_pending_mart(<name>)`` every 5
+minutes: the days the copies queued, refreshed incrementally); then the data checks of
+every refresh the hour logged (``defs.checks.checks_by_log_table``, as the pg_cron
+sensor evaluates them in the tick that reports the refresh). Nothing else runs on either stack meanwhile: their pg_cron
+jobs are paused.
+
+The hours run in fresh processes (``benchmarks.child``), alternating between the two
+warehouses (60, 365, 60, 365, ... ``--repeat`` times each, after one untimed warm-up
+hour each), and the fastest of each is compared: the goal is the 365-day hour within
+1.3x of the 60-day hour. Each step's time is kept (``details``); the table lists the
+hour and its step kinds.
+
+**Checked**: every job, mart refresh and check ran without an error, and every refresh
+left exactly one ``dwh.refresh_log`` row (``copy = source``: the hour's work is ``jobs /
+refresh_log rows / errors``, compared with what the schedule demands). Checks that ran and
+did not pass are named in the table (``not passed``).
+
+``--b6-homes DIR60,DIR365`` measures two stacks made by ``dwh up`` instead (e.g. at
+``DWH_SCALE=10``): running, materialised, the same scale, 60 and 365 days of history.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from benchmarks.harness import BenchContext, BenchError, BenchResult, Goal, Row, bench_stack, make_row, stack_scale
+from dwh_assets.local.config import LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB, StackConfig
+from dwh_assets.local.control_plane import ensure_control_plane
+from dwh_assets.local.generator import EVENTS_PER_SCALE
+from dwh_assets.local.local_stack import LocalStack
+from dwh_assets.warehouse import catalog
+from dwh_assets.warehouse.cron_jobs import desired_jobs
+
+NAME = "B6"
+TITLE = "steady-state hour: the pg_cron refreshes due in one hour, the marts and the checks, at 60 vs 365 days of history"
+NEEDS_DAGSTER = False
+
+HISTORIES = (60, 365)
+HOUR = 12
+GOAL_RATIO = 1.3
+# The generator's event rate is EVENTS_PER_SCALE per this many days (its default history).
+EVENT_RATE_DAYS = 60
+UTC = dt.timezone.utc
+STEP_TARGET = "benchmarks.b6_steady_hour:run_hour"
+
+
+# ----- the hour's schedule ----------------------------------------------------------------------
+
+
+def cron_field(field: str, value: int, lo: int, hi: int) -> bool:
+    """Does one field of a five-field cron schedule match ``value`` (``*``, ``*/n``, ``a-b/n``, lists)?"""
+    for part in field.split(","):
+        spec, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if spec == "*":
+            first, last = lo, hi
+        elif "-" in spec:
+            first, last = (int(x) for x in spec.split("-", 1))
+        else:
+            first = int(spec)
+            last = hi if step_text else first
+        if first <= value <= last and (value - first) % step == 0:
+            return True
+    return False
+
+
+def runs_in_hour(schedule: str, day: dt.date, hour: int) -> list[int]:
+    """Minutes of ``hour`` (UTC, pg_cron runs in GMT) on ``day`` at which ``schedule`` fires."""
+    fields = schedule.split()
+    if len(fields) != 5:
+        raise BenchError(f"{schedule!r} is not a five-field cron schedule")
+    minute, hours, dom, month, dow = fields
+    weekday = day.isoweekday() % 7  # cron: 0 (or 7) = Sunday
+    if not (cron_field(hours, hour, 0, 23) and cron_field(month, day.month, 1, 12)):
+        return []
+    dom_ok = cron_field(dom, day.day, 1, 31)
+    dow_ok = cron_field(dow, weekday, 0, 7) or (weekday == 0 and cron_field(dow, 7, 0, 7))
+    # cron's rule: when both day fields are restricted, either may match.
+    if not ((dom_ok or dow_ok) if dom != "*" and dow != "*" else (dom_ok and dow_ok)):
+        return []
+    return [m for m in range(60) if cron_field(minute, m, 0, 59)]
+
+
+@dataclass(frozen=True)
+class Step:
+    minute: int
+    job: str
+    runner: str
+    command: str
+    # "refresh" (a catalog table), "mart", "maintenance"
+    kind: str
+    mart: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.job.removeprefix(catalog.CRON_JOB_PREFIX)
+
+
+def hour_plan(cfg: StackConfig, day: dt.date, hour: int = HOUR) -> list[Step]:
+    """The pg_cron jobs due in ``hour`` of ``day``, in the order they start."""
+    marts = {mart.cron_job_name: mart.name for mart in catalog.MARTS}
+    refreshes = {spec.cron_job_name for spec in catalog.CATALOG}
+    steps = []
+    for order, job in enumerate(desired_jobs(cfg.deployment())):
+        for minute in runs_in_hour(job.schedule, day, hour):
+            kind = "mart" if job.name in marts else "refresh" if job.name in refreshes else "maintenance"
+            steps.append((minute, order, Step(minute, job.name, job.runner, job.command, kind, marts.get(job.name, ""))))
+    return [step for _, _, step in sorted(steps, key=lambda s: (s[0], s[1]))]
+
+
+
+
+# ----- one hour, in a child process ---------------------------------------------------------------
+
+
+def run_hour(probe, *, dsns: dict[str, str], steps: list[dict], history_start: str, breakdown: str) -> int:
+    """Run the hour's steps and the checks; write each step's time to ``breakdown``; rows written."""
+    from psycopg.rows import dict_row
+
+    from dwh_assets.warehouse.defs.checks import checks_by_log_table
+
+    started = dt.datetime.now(UTC)
+    out: list[dict] = []
+    for raw in steps:
+        step = Step(**raw)
+        t0 = time.perf_counter()
+        error = None
+        with psycopg.connect(dsns[step.runner], autocommit=True) as conn:
+            probe.watch_backend(conn)
+            try:
+                conn.execute(step.command)
+            except psycopg.Error as e:
+                error = f"{type(e).__name__}: {e}".strip()
+        out.append({"minute": step.minute, "step": step.label, "kind": step.kind,
+                    "seconds": time.perf_counter() - t0, "error": error})
+    checks = checks_by_log_table()
+    with psycopg.connect(dsns["loader"], autocommit=True, row_factory=dict_row) as conn:
+        probe.watch_backend(conn)
+        logs = conn.execute("SELECT * FROM dwh.refresh_log WHERE started_at >= %s ORDER BY id", (started,)).fetchall()
+        for log in logs:
+            if log["window_start"] is None and log["table_name"].startswith("mart."):
+                continue  # a mart job that found no queued day: nothing to check
+            for check in checks.get(log["table_name"], []):
+                t0 = time.perf_counter()
+                try:
+                    passed, error = bool(check.run(conn, log)[0]), None
+                except psycopg.Error as e:  # a check that raises is a failed check, reported
+                    passed, error = False, f"{type(e).__name__}: {e}"
+                out.append({"step": f"check {check.asset.to_user_string()} {check.name}", "kind": "check",
+                            "seconds": time.perf_counter() - t0, "passed": passed, "error": error})
+    with psycopg.connect(dsns["loader"]) as conn:
+        logged = conn.execute(
+            "SELECT table_name, count(*), sum(rows_inserted) FROM dwh.refresh_log WHERE started_at >= %s GROUP BY 1",
+            (started,)).fetchall()
+    Path(breakdown).write_text(json.dumps({"steps": out, "logged": [[t, int(n), int(r)] for t, n, r in logged]}))
+    return sum(int(r) for _, _, r in logged)
+
+
+# ----- the two warehouses -------------------------------------------------------------------------
+
+
+def fill(stack: LocalStack, progress) -> dict:
+    """Events at the common daily rate, then the first materialisation, through the routines."""
+    cfg = stack.cfg
+    n_events = max(1, round(EVENTS_PER_SCALE * cfg.scale * cfg.history_days / EVENT_RATE_DAYS))
+    load = ensure_control_plane(cfg, n_events=n_events)
+    progress(f"B6: {cfg.history_days} days: control plane {load}")
+    today = dt.datetime.now(UTC).date()
+    start = dt.datetime.combine(cfg.history_start, dt.time(), UTC)
+    end = dt.datetime.combine(today, dt.time(), UTC) + dt.timedelta(days=1)
+    timings = {}
+    with psycopg.connect(cfg.dsn(WAREHOUSE_DB, LOADER_ROLE), autocommit=True) as conn:
+        for spec in catalog.CATALOG:
+            t0 = time.perf_counter()
+            if spec.kind is catalog.Kind.DIMENSION:
+                conn.execute(f"SELECT {spec.routine}(%s)", (today,))
+            else:
+                conn.execute(f"SELECT {spec.routine}(%s, %s)", (start, end))
+            timings[spec.name] = round(time.perf_counter() - t0, 1)
+            progress(f"B6: {cfg.history_days} days: {spec.local_table} filled in {timings[spec.name]} s")
+        for mart in catalog.MARTS:
+            t0 = time.perf_counter()
+            conn.execute(f"SELECT {mart.routine}(%s, %s)", (start, end))
+            timings[mart.name] = round(time.perf_counter() - t0, 1)
+    with stack.postgres.connect(WAREHOUSE_DB) as conn:
+        conn.execute("VACUUM ANALYZE")  # as autovacuum would have, long before a steady hour
+    return {"events": n_events, "fill_seconds": timings}
+
+
+def sizes(stack: LocalStack) -> dict:
+    """Rows, daily partitions and the database's size: what the history made of the warehouse."""
+    facts = [spec.local_table for spec in catalog.CATALOG if spec.kind is catalog.Kind.FACT]
+    with psycopg.connect(stack.cfg.dsn(WAREHOUSE_DB, OWNER_ROLE)) as conn:
+        partitions = {t: conn.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = %s::regclass",
+                                      (t,)).fetchone()[0] for t in facts}
+        counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in [*facts, *(m.table for m in catalog.MARTS)]}
+        db = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    return {"partitions": partitions, "rows": counts, "database_bytes": db}
+
+
+def run(ctx: BenchContext) -> BenchResult:
+    result = BenchResult(details={"hour_utc": HOUR, "goal_ratio": GOAL_RATIO, "stacks": {}})
+    with ExitStack() as stacks:
+        warehouses: dict[int, LocalStack] = {}
+        for days in HISTORIES:
+            home = ctx.b6_homes.get(days)
+            if home is not None:
+                stack = stacks.enter_context(bench_stack(ctx.scale, dagster=False, home=home, progress=ctx.progress))
+                if stack.cfg.history_days != days:
+                    raise BenchError(f"{home} holds {stack.cfg.history_days} days of history, B6 wants {days} there")
+                details = {"reused": str(home)}
+            else:
+                ctx.progress(f"B6: a stack with {days} days of history at scale {stack_scale(ctx.scale)} ...")
+                stack = stacks.enter_context(bench_stack(ctx.scale, dagster=False, history_days=days,
+                                                         progress=lambda _line: None))
+                details = fill(stack, ctx.progress)
+            warehouses[days] = stack
+            result.details["stacks"][days] = details | {"scale": stack.cfg.scale, **sizes(stack)}
+        if len({s.cfg.scale for s in warehouses.values()}) != 1:
+            raise BenchError(f"B6 compares one fleet size; the stacks have scales {[s.cfg.scale for s in warehouses.values()]}")
+        measure_hours(ctx, warehouses, result)
+    return result
+
+
+def measure_hours(ctx: BenchContext, warehouses: dict[int, LocalStack], result: BenchResult) -> None:
+    today = dt.datetime.now(UTC).date()
+    runs: dict[int, list[dict]] = {days: [] for days in warehouses}
+    plan = {days: hour_plan(stack.cfg, today) for days, stack in warehouses.items()}
+    result.details["plan"] = [f"{s.minute:02d} {s.label}" for s in plan[HISTORIES[0]]]
+    for rnd in range(ctx.repeat + 1):  # round 0: warm-up, not timed
+        for days, stack in warehouses.items():
+            ctx.progress(f"B6: {'warm-up' if rnd == 0 else f'run {rnd}'}: the hour at {days} days ...")
+            cfg = stack.cfg
+            with tempfile.NamedTemporaryFile(prefix="b6-", suffix=".json") as breakdown:
+                m = ctx.measure(STEP_TARGET, preload=("dagster", "dwh_assets.warehouse.defs.checks"),
+                                dsns={"loader": cfg.dsn(WAREHOUSE_DB, LOADER_ROLE),
+                                      "owner": cfg.dsn(WAREHOUSE_DB, OWNER_ROLE)},
+                                steps=[s.__dict__ for s in plan[days]],
+                                history_start=cfg.history_start.isoformat(), breakdown=breakdown.name)
+                report = json.loads(Path(breakdown.name).read_text())
+            if rnd:
+                runs[days].append({"measurement": m.__dict__, **report})
+            ctx.progress(f"B6: the hour at {days} days: {m.seconds:.1f} s")
+    result.rows, result.goals = summarise(plan, runs)
+    result.details["runs"] = runs
+
+
+def _work(plan: list[Step], report: dict) -> str:
+    """What the hour did: its jobs, the refresh_log rows they committed, the steps that raised.
+
+    A check that ran and did not pass is a result, not an error of the hour (a tiny world
+    can have days without an instance alive, which the metrics completeness check flags):
+    those are listed per run in ``details`` and counted in the table.
+    """
+    failed = sum(1 for s in report["steps"] if s.get("error"))
+    logs = sum(n for _, n, _ in report["logged"])
+    return f"{len(plan)} jobs, {logs} refresh_log rows, {failed} errors"
+
+
+def _expected(plan: list[Step]) -> str:
+    logs = sum(1 for s in plan if s.kind in ("refresh", "mart"))
+    return f"{len(plan)} jobs, {logs} refresh_log rows, 0 errors"
+
+
+def _kind_of(step: dict) -> str:
+    """Steps grouped for the table: each refresh job, the marts, maintenance, the checks."""
+    if step["kind"] == "check":
+        return "asset checks (all)"
+    if step["kind"] == "mart":
+        return "marts (dwh.refresh_pending_mart)"
+    return step["step"]
+
+
+def summarise(plan: dict[int, list[Step]], runs: dict[int, list[dict]]) -> tuple[list[Row], list[Goal]]:
+    rows, best = [], {}
+    for days, measured in runs.items():
+        fastest = min(measured, key=lambda r: r["measurement"]["seconds"])
+        best[days] = fastest
+        m = fastest["measurement"]
+        row = Row(benchmark=NAME, case=f"{days} days of history", method="the whole hour", rows=m["rows"],
+                  seconds=m["seconds"], client_peak_mb=round(m["client_peak_rss"] / 2**20, 1),
+                  client_base_mb=round(m["client_base_rss"] / 2**20, 1),
+                  server_peak_mb=None if m["server_peak_uss"] is None else round(m["server_peak_uss"] / 2**20, 1),
+                  server_programs_peak_mb=None if m["server_programs_peak_rss"] is None
+                  else round(m["server_programs_peak_rss"] / 2**20, 1),
+                  checksum=_work(plan[days], fastest), source_checksum=_expected(plan[days]),
+                  runs=[round(r["measurement"]["seconds"], 3) for r in measured])
+        rows.append(row)
+        kinds: dict[str, list[dict]] = {}
+        for step in fastest["steps"]:
+            kinds.setdefault(_kind_of(step), []).append(step)
+        for kind, steps in kinds.items():
+            not_passed = [s["step"].removeprefix("check ") for s in steps if s.get("passed") is False]
+            rows.append(Row(benchmark=NAME, case=f"{days} days of history", method=f"{kind} ({len(steps)}x)",
+                            rows=0, seconds=sum(s["seconds"] for s in steps), client_peak_mb=row.client_peak_mb,
+                            client_base_mb=row.client_base_mb, server_peak_mb=None, server_programs_peak_mb=None,
+                            checksum=row.checksum, source_checksum=row.source_checksum,
+                            note=f"not passed: {', '.join(not_passed)}" if not_passed else ""))
+    short, long_ = HISTORIES
+    if short in best and long_ in best:
+        by_method = {(r.case, r.method): r for r in rows}
+        for r in rows:
+            if r.case.startswith(f"{long_} "):
+                base = by_method.get((f"{short} days of history", r.method))
+                if base is not None and base.seconds > 0:
+                    r.ratio, r.ratio_to = r.seconds / base.seconds, f"{short}-day time"
+        ratio = best[long_]["measurement"]["seconds"] / best[short]["measurement"]["seconds"]
+        goal = Goal(NAME, f"the hour at {long_} days within {GOAL_RATIO}x of the hour at {short} days",
+                    f"{ratio:.2f}x ({best[long_]['measurement']['seconds']:.1f} s vs "
+                    f"{best[short]['measurement']['seconds']:.1f} s)", ratio <= GOAL_RATIO)
+        return rows, [goal]
+    return rows, []
