@@ -12,6 +12,7 @@ import dagster as dg
 from dwh_assets.warehouse import catalog
 from dwh_assets.warehouse.defs.assets import copy_assets, key_of, mart_assets, source_specs
 from dwh_assets.warehouse.defs.checks import all_checks, job_assets
+from dwh_assets.warehouse.defs.dashboards import bookkeeping_specs, dashboard_specs, view_specs
 from dwh_assets.warehouse.defs.cron_sensor import JobTarget, build_cron_sensor, sensor_interval_seconds
 from dwh_assets.warehouse.defs.partitions import daily_partitions
 from dwh_assets.warehouse.defs.resources import WarehouseResource
@@ -37,7 +38,8 @@ def build_definitions(history_start: dt.date) -> dg.Definitions:
     partitions = daily_partitions(history_start)
     job = nightly_job()
     return dg.Definitions(
-        assets=[*source_specs(), *copy_assets(partitions), *mart_assets()],
+        assets=[*source_specs(), *copy_assets(partitions), *mart_assets(),
+                *bookkeeping_specs(), *view_specs(), *dashboard_specs()],
         asset_checks=all_checks(history_start),
         jobs=[job],
         schedules=[nightly_schedule(job, history_start)],
