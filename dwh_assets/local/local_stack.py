@@ -110,8 +110,8 @@ class LocalStack:
     def _event_progress(self, done: int, total: int) -> None:
         self.progress(f"      control plane events: {done:,} / {total:,}")
 
-    def up(self, *, dagster: bool = True, superset: bool = True) -> list[str]:
-        """Start what is not running; returns the problems of optional steps (Superset)."""
+    def up(self, *, dagster: bool = True, superset: bool = False) -> list[str]:
+        """Start what is not running; returns the problems of optional steps (Superset: `dwh up` asks for it)."""
         from dwh_assets.local.control_plane import ensure_control_plane
         from dwh_assets.warehouse.migrate import migrate
         from dwh_assets.warehouse.sources.reader_install import install_reader
