@@ -68,6 +68,19 @@ def _chart_data(resp: Response) -> ChartData:
     return ChartData(resp.url, resp.status, rows, str(error) if error else None)
 
 
+def _wait_drawn(page: Page, holders, expected: int, deadline: float) -> None:
+    """Until every chart holder is drawn (or shows an error) and no spinner is left."""
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        count = holders.count()
+        if count < expected:
+            continue
+        loading = page.locator(".dashboard-component-chart-holder .loading").count()
+        drawn = sum(1 for i in range(count) if holders.nth(i).locator(DRAWN).count() > 0)
+        if loading == 0 and (drawn == count or page.locator(ERROR).count()):
+            return
+
+
 def open_dashboard(page: Page, base_url: str, slug: str, expected_charts: int, screenshot: Path,
                    timeout_s: float = 180) -> DashboardReport:
     """Open the dashboard, wait until every chart's data came back and it is drawn; screenshot it."""
@@ -82,20 +95,21 @@ def open_dashboard(page: Page, base_url: str, slug: str, expected_charts: int, s
         page.goto(f"{base_url}/superset/dashboard/{slug}/", wait_until="domcontentloaded")
         holders = page.locator(".dashboard-component-chart-holder")
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and len(data) < expected_charts:
             page.wait_for_timeout(500)
-            count = holders.count()
-            if count < expected_charts or len(data) < expected_charts:
-                continue
-            loading = page.locator(".dashboard-component-chart-holder .loading").count()
-            drawn = sum(1 for i in range(count) if holders.nth(i).locator(DRAWN).count() > 0)
-            failed = page.locator(ERROR).count()
-            if loading == 0 and (drawn == count or failed):
-                break
-        page.wait_for_timeout(1500)  # let ECharts finish its entry animation before the screenshot
+        _wait_drawn(page, holders, expected_charts, deadline)
+        # The whole dashboard in one viewport (a full-page screenshot resizes the page, and the
+        # grid re-lays out, sometimes blank, while it is taken); then wait for the charts again.
+        height = page.evaluate("document.documentElement.scrollHeight")
+        page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], int(height) + 40)})
+        _wait_drawn(page, holders, expected_charts, deadline=time.monotonic() + 60)
+        page.wait_for_timeout(2000)  # ECharts' entry animation
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshot))
         count = holders.count()
         report = DashboardReport(slug=slug, charts_on_page=count, data=list(data),
-                                 drawn=sum(1 for i in range(count) if holders.nth(i).locator(DRAWN).count() > 0))
+                                 drawn=sum(1 for i in range(count) if holders.nth(i).locator(DRAWN).count() > 0),
+                                 screenshot=screenshot)
         for i in range(count):
             holder = holders.nth(i)
             text = holder.inner_text(timeout=5000)
@@ -106,12 +120,31 @@ def open_dashboard(page: Page, base_url: str, slug: str, expected_charts: int, s
                 report.empty.append(title)
         report.errors += [f"chart data {d.url}: HTTP {d.status} {d.error}" for d in data if d.status != 200 or d.error]
         report.empty += [f"chart data {d.url}: no rows" for d in data if d.status == 200 and not d.error and d.rows == 0]
-        screenshot.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(screenshot), full_page=True)
-        report.screenshot = screenshot
+        page.set_viewport_size(VIEWPORT)
         return report
     finally:
         page.remove_listener("response", on_response)
+
+
+def drawn_share(png: Path, tile: int = 40) -> float:
+    """Share of the dashboard grid's tiles (right of the filter bar, under the header) with something drawn.
+
+    A tile counts when its pixels differ (text, lines, bars); a blank grid, or one whose charts
+    vanished while the screenshot was taken, is nearly all uniform tiles.
+    """
+    from PIL import Image
+
+    with Image.open(png) as image:
+        gray = image.convert("L")
+    box = (280, 140, gray.width - 20, gray.height - 20)
+    region = gray.crop(box)
+    tiles = drawn = 0
+    for x in range(0, region.width - tile + 1, tile):
+        for y in range(0, region.height - tile + 1, tile):
+            lo, hi = region.crop((x, y, x + tile, y + tile)).getextrema()
+            tiles += 1
+            drawn += (hi - lo) > 40
+    return drawn / max(tiles, 1)
 
 
 def render_all(base_url: str, user: str, password: str, dashboards: dict[str, int], out_dir: Path,
