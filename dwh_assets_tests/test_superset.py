@@ -252,3 +252,18 @@ def test_superset_listens_on_loopback_only(superset: StackConfig):
         with socket.socket() as s:
             s.settimeout(2)
             assert s.connect_ex((address, superset.ports["superset"])) != 0, f"superset answers on {address}"
+
+
+# ----- in Dagster's lineage ------------------------------------------------------------------------
+
+
+def test_dagsters_webserver_serves_the_dashboards_downstream_of_the_marts(superset: StackConfig):
+    from dwh_assets_tests.test_dagster_ui import ASSET_NODES_QUERY, graphql
+
+    nodes = {tuple(n["assetKey"]["path"]): n for n in graphql(superset.dagster_url, ASSET_NODES_QUERY)["assetNodes"]}
+    bundle = load_bundle()
+    for dash in bundle.dashboards.values():
+        node = nodes[("superset", dash.slug.replace("-", "_"))]
+        assert node["groupName"] == "dashboards" and node["kinds"] == ["superset"] and not node["isMaterializable"]
+        assert {".".join(d["path"]) for d in node["dependencyKeys"]} == set(bundle.dashboard_relations(dash))
+    assert ("mart", "org_daily_usage") in {tuple(d["path"]) for d in nodes[("superset", "usage_by_organization")]["dependencyKeys"]}
