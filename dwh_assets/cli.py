@@ -114,12 +114,15 @@ def _status_text(stack) -> str:
     return _table(rows, ["component", "port", "pid", "state", "log"])
 
 
-def _ui_text(cfg) -> str:
+def _ui_text(stack) -> str:
     """Where the UIs are and how to log in: the password's file, never the password."""
     from dwh_assets.local.config import SUPERSET_ADMIN
 
+    cfg = stack.cfg
+    superset = (f"{cfg.superset_url}   user {SUPERSET_ADMIN}, password in {cfg.superset_admin_password_file}"
+                if stack.superset.is_running() else "not running (`dwh up` starts it; see `dwh status`)")
     return (f"Dagster UI:   {cfg.dagster_url}\n"
-            f"Superset UI:  {cfg.superset_url}   user {SUPERSET_ADMIN}, password in {cfg.superset_admin_password_file}\n"
+            f"Superset UI:  {superset}\n"
             f"shell:        eval \"$(.venv/bin/dwh env)\"")
 
 
@@ -137,7 +140,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         _print("materialising the warehouse ...")
         materialize_all(cfg)
     _print(_status_text(stack))
-    _print("\n" + _ui_text(cfg))
+    _print("\n" + _ui_text(stack))
     for problem in problems:
         print(f"dwh up: {problem}", file=sys.stderr)
     # 3, as `dwh status` when not everything runs: the rest of the stack is up and usable.
@@ -159,7 +162,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     stack = LocalStack(load_config())
     _print(f"stack directory: {stack.cfg.home}")
     _print(_status_text(stack))
-    _print("\n" + _ui_text(stack.cfg))
+    _print("\n" + _ui_text(stack))
     return 0 if all(s.state == "running" for s in stack.status()) else 3
 
 
