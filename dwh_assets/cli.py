@@ -8,9 +8,12 @@ The warehouse (any PostgreSQL 15+, configured by a TOML file):
 
 The local demo stack (``DWH_HOME``, default ``.dwh/``):
 
-    dwh up [--no-dagster] [--no-materialize]   start what is not running, migrate, materialise
+    dwh up [--no-dagster] [--no-superset] [--no-materialize]
+                                               start what is not running, migrate, materialise
     dwh down                                   stop everything
-    dwh status                                 component, port, pid, state, log file
+    dwh status                                 component, port, pid, state, log file; where the UIs are
+    dwh dashboards import                      import dashboards/ into the stack's Superset (as `dwh up` does)
+    dwh dashboards export                      write the stack's Superset dashboards back to dashboards/
 
 Without --config, the warehouse commands use ``DWH_CONFIG``, else the local stack's own
 configuration (``<DWH_HOME>/dwh.toml``).
@@ -111,6 +114,18 @@ def _status_text(stack) -> str:
     return _table(rows, ["component", "port", "pid", "state", "log"])
 
 
+def _ui_text(stack) -> str:
+    """Where the UIs are and how to log in: the password's file, never the password."""
+    from dwh_assets.local.config import SUPERSET_ADMIN
+
+    cfg = stack.cfg
+    superset = (f"{cfg.superset_url}   user {SUPERSET_ADMIN}, password in {cfg.superset_admin_password_file}"
+                if stack.superset.is_running() else "not running (`dwh up` starts it; see `dwh status`)")
+    return (f"Dagster UI:   {cfg.dagster_url}\n"
+            f"Superset UI:  {superset}\n"
+            f"shell:        eval \"$(.venv/bin/dwh env)\"")
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from dwh_assets.local.config import load_config
     from dwh_assets.local.local_stack import LocalStack
@@ -118,16 +133,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     cfg = load_config(create=True)
     _print(f"dwh: stack directory {cfg.home}")
     stack = LocalStack(cfg)
-    stack.up(dagster=not args.no_dagster)
+    problems = stack.up(dagster=not args.no_dagster, superset=not args.no_superset)
     if not args.no_materialize:
         from dwh_assets.local.materialize import materialize_all
 
         _print("materialising the warehouse ...")
         materialize_all(cfg)
     _print(_status_text(stack))
-    if not args.no_dagster:
-        _print(f"\nDagster UI: {cfg.dagster_url}   (shell: eval \"$(.venv/bin/dwh env)\")")
-    return 0
+    _print("\n" + _ui_text(stack))
+    for problem in problems:
+        print(f"dwh up: {problem}", file=sys.stderr)
+    # 3, as `dwh status` when not everything runs: the rest of the stack is up and usable.
+    return 3 if problems else 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -145,7 +162,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     stack = LocalStack(load_config())
     _print(f"stack directory: {stack.cfg.home}")
     _print(_status_text(stack))
+    _print("\n" + _ui_text(stack))
     return 0 if all(s.state == "running" for s in stack.status()) else 3
+
+
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from dwh_assets.local.config import load_config
+    from dwh_assets.local import superset
+
+    cfg = load_config()
+    if not superset.Superset(cfg).is_running():
+        print(f"dwh dashboards: superset is not running at {cfg.superset_url}; start it with `dwh up`", file=sys.stderr)
+        return 3
+    if args.dashboards_command == "import":
+        _print(str(superset.import_dashboards(cfg, args.directory)))
+        return 0
+    changes = superset.export_dashboards(cfg, args.directory)
+    for line in changes or ["no change: dashboards/ already equals Superset"]:
+        _print(line)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,10 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the local stack (idempotent) and materialise the warehouse")
     up.add_argument("--no-dagster", action="store_true", help="leave Dagster's webserver and daemon out")
+    up.add_argument("--no-superset", action="store_true", help="leave Superset (and the dashboards import) out")
     up.add_argument("--no-materialize", action="store_true", help="start everything but materialise nothing")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop every component of the local stack").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show each component of the local stack").set_defaults(func=cmd_status)
+    dashboards = sub.add_parser("dashboards", help="the Superset dashboards kept as code in dashboards/")
+    dashboards_sub = dashboards.add_subparsers(dest="dashboards_command", required=True)
+    for name, text in (("import", "import dashboards/ into the stack's Superset (upsert by uuid)"),
+                       ("export", "write every dashboard of the stack's Superset back to dashboards/")):
+        p = dashboards_sub.add_parser(name, help=text)
+        p.add_argument("--directory", type=Path, default=None, help="default: dashboards/ of the repository")
+        p.set_defaults(func=cmd_dashboards)
     return parser
 
 

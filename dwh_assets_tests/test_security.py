@@ -1,6 +1,6 @@
 """Secrets stay secret and the stack stays on loopback.
 
-- The Clerk key and every role password appear in no file of the stack home outside the
+- The Clerk key, every role password and Superset's SECRET_KEY and admin password appear in no file of the stack home outside the
   places meant for them, in no catalog option the loader or the reader can read, and in
   no process command line (checked while the source reader runs).
 - Every socket the stack's processes listen on is bound to the loopback interface.
@@ -28,6 +28,8 @@ pytestmark = pytest.mark.integration
 def all_secrets(cfg: StackConfig) -> dict[str, str]:
     found = {f"password of {role}": pw for role, pw in secrets.passwords(cfg).items()}
     found["Clerk secret key"] = secrets.clerk_secret_key(cfg)
+    found["Superset SECRET_KEY"] = secrets.superset_secret_key(cfg)
+    found["Superset admin password"] = secrets.superset_admin_password(cfg)
     assert all(len(value) >= 16 for value in found.values()), "secrets too short to search for"
     return found
 
@@ -94,7 +96,8 @@ def test_no_secret_in_any_log_or_file_of_the_stack_home(cfg, loader, clerk):
 
     files = stack_files(cfg.home)
     scanned = {str(p.relative_to(cfg.home)) for p in files}
-    assert {"logs/postgres.log", "logs/clerk-emulator.log", "logs/prometheus.log", "reader/reader.json"} <= scanned
+    assert {"logs/postgres.log", "logs/clerk-emulator.log", "logs/prometheus.log", "reader/reader.json",
+            "logs/superset.log"} <= scanned
     found = {str(p.relative_to(cfg.home)): names for p in files if (names := leaks(p.read_bytes(), cfg))}
     assert found == {}
 

@@ -104,6 +104,13 @@ def _dwh(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def _rows(status_stdout: str) -> list[list[str]]:
+    """The component table of `dwh status` (after its two header lines, until the blank line)."""
+    lines = status_stdout.splitlines()[3:]
+    return [line.split() for line in lines[:lines.index("")] if line.strip()] if "" in lines else \
+        [line.split() for line in lines if line.strip()]
+
+
 def test_up_is_idempotent_and_down_stops_everything():
     """The README's first command, minus materialisation, on a stack of its own."""
     home = make_home("dwh-lifecycle-")
@@ -114,19 +121,20 @@ def test_up_is_idempotent_and_down_stops_everything():
         assert "[1/" in first.stdout  # progress per step
         status = _dwh(env, "status")
         assert status.returncode == 0, status.stdout
-        pids_before = [line.split()[2] for line in status.stdout.splitlines()[3:]]
+        pids_before = [row[2] for row in _rows(status.stdout)]
+        assert any(row[0] == "superset" for row in _rows(status.stdout))
 
         again = _dwh(env, "up", "--no-materialize")
         assert again.returncode == 0, again.stderr
         assert "started" not in again.stdout.replace("already running", "")
         status_again = _dwh(env, "status")
-        assert [line.split()[2] for line in status_again.stdout.splitlines()[3:]] == pids_before
+        assert [row[2] for row in _rows(status_again.stdout)] == pids_before
 
         down = _dwh(env, "down")
         assert down.returncode == 0, down.stderr
         after = _dwh(env, "status")
         assert after.returncode == 3
-        states = [line.split()[3] for line in after.stdout.splitlines()[3:]]
+        states = [row[3] for row in _rows(after.stdout)]
         assert states and set(states) == {"stopped"}
         assert "logs/postgres.log" in after.stdout  # status says where the logs are
     finally:

@@ -5,7 +5,7 @@ throwaway stack next to the demo one:
 
 - ``DWH_HOME``: the stack directory (default ``<repo>/.dwh``): data, logs, secrets.
 - ``DWH_PG_PORT``, ``DWH_CLERK_PORT``, ``DWH_PROMETHEUS_PORT``, ``DWH_EXPORTER_PORT``,
-  ``DWH_DAGSTER_PORT``: ports. Unset ports are chosen once (the default, or a free
+  ``DWH_DAGSTER_PORT``, ``DWH_SUPERSET_PORT``: ports. Unset ports are chosen once (the default, or a free
   one when the default is taken) and remembered in ``<home>/stack.json``.
 - ``DWH_SCALE`` / ``DWH_SEED`` / ``DWH_HISTORY_DAYS``: size, seed and history length (days,
   default 60) of the generated source data. Like the anchor day, they are fixed when the
@@ -42,22 +42,27 @@ DEFAULT_PORTS = {
     "prometheus": 59090,
     "exporter": 59100,
     "dagster": 3000,
+    "superset": 8088,
 }
 
 WAREHOUSE_DB = "warehouse"
 CONTROL_PLANE_DB = "control_plane"
 DAGSTER_DB = "dagster"
+SUPERSET_DB = "superset"
 
 # Roles: the demo's warehouse logins are the project's privilege roles themselves (owner
 # migrates, loader refreshes, reader reads marts and local copies; `dwh migrate` creates
 # them); cp_reader is the control plane's read-only login that postgres_fdw uses;
-# dagster owns Dagster's storage database.
+# dagster owns Dagster's storage database; superset owns Superset's metadata database.
 OWNER_ROLE = catalog.OWNER_GROUP
 LOADER_ROLE = catalog.LOADER_GROUP
 READER_ROLE = catalog.READER_GROUP
 CONTROL_PLANE_READER_ROLE = "cp_reader"
 DAGSTER_ROLE = "dagster"
-PASSWORD_ROLES = (OWNER_ROLE, LOADER_ROLE, READER_ROLE, CONTROL_PLANE_READER_ROLE, DAGSTER_ROLE)
+SUPERSET_ROLE = "superset"
+PASSWORD_ROLES = (OWNER_ROLE, LOADER_ROLE, READER_ROLE, CONTROL_PLANE_READER_ROLE, DAGSTER_ROLE, SUPERSET_ROLE)
+# Superset's UI login (its password: <home>/secrets/superset_admin.password).
+SUPERSET_ADMIN = "admin"
 
 # Demo history length (days) unless DWH_HISTORY_DAYS says otherwise; the data generator,
 # the Prometheus back-fill and the Dagster partitions (history.start) all start there.
@@ -155,6 +160,24 @@ class StackConfig:
         return self.home / "dagster_home"
 
     @property
+    def superset_dir(self) -> Path:
+        """Superset's home (SUPERSET_HOME): its init stamp; its metadata lives in Postgres."""
+        return self.home / "superset"
+
+    @property
+    def superset_pgpass_file(self) -> Path:
+        """A passfile with only Superset's two logins: its metadata role and the warehouse reader."""
+        return self.secrets_dir / "superset.pgpass"
+
+    @property
+    def superset_secret_key_file(self) -> Path:
+        return self.secrets_dir / "superset_secret_key"
+
+    @property
+    def superset_admin_password_file(self) -> Path:
+        return self.secrets_dir / "superset_admin.password"
+
+    @property
     def pgpass_file(self) -> Path:
         return self.secrets_dir / "pgpass"
 
@@ -198,6 +221,10 @@ class StackConfig:
     @property
     def dagster_url(self) -> str:
         return f"http://{self.host}:{self.ports['dagster']}"
+
+    @property
+    def superset_url(self) -> str:
+        return f"http://{self.host}:{self.ports['superset']}"
 
     @property
     def history_start(self) -> dt.date:
@@ -277,6 +304,8 @@ class StackConfig:
             **dagster_env(deployment),
             **analyst_env(deployment),
             "DWH_DAGSTER_PG_URL": f"postgresql+psycopg2://{DAGSTER_ROLE}@{self.host}:{self.pg_port}/{DAGSTER_DB}",
+            # The dashboards' URLs in Dagster's asset metadata (warehouse/defs/dashboards.py).
+            "DWH_SUPERSET_URL": self.superset_url,
         }
 
     def shell_env(self) -> dict[str, str]:

@@ -16,6 +16,8 @@ from dwh_assets.local.clerk import ClerkEmulator
 from dwh_assets.local.dagster import DagsterDaemon, DagsterWebserver, prepare_dagster_home
 from dwh_assets.local.postgres import Postgres
 from dwh_assets.local.prometheus import PrometheusServer, UsageExporter
+from dwh_assets.local.superset import Superset, import_dashboards
+from dwh_assets.warehouse.deployment import DwhError
 
 
 class Component(Protocol):
@@ -57,10 +59,40 @@ class LocalStack:
         self.prometheus = PrometheusServer(cfg, progress=lambda line: self.progress(f"      {line}"))
         self.webserver = DagsterWebserver(cfg)
         self.daemon = DagsterDaemon(cfg)
+        self.superset = Superset(cfg)
+        # Steps that failed without stopping `dwh up` (Superset): what `dwh up` reports at the end.
+        self.problems: list[str] = []
 
     @property
     def components(self) -> list[Component]:
-        return [self.postgres, self.clerk, self.exporter, self.prometheus, self.webserver, self.daemon]
+        return [self.postgres, self.clerk, self.exporter, self.prometheus, self.webserver, self.daemon, self.superset]
+
+    @property
+    def superset_failure_file(self):
+        """Why Superset last failed to start (``dwh status`` shows it); removed once it runs."""
+        return self.cfg.socket_dir / "superset.failed"
+
+    def _start_superset(self) -> object:
+        """Superset is optional for the warehouse: a failure is reported, the rest stays up."""
+        try:
+            started = self.superset.start()
+        except DwhError as e:
+            self.superset.stop()
+            self.superset_failure_file.parent.mkdir(parents=True, exist_ok=True)
+            self.superset_failure_file.write_text(str(e).splitlines()[0] + "\n")
+            self.problems.append(f"superset did not start: {e}")
+            return f"FAILED, the rest of the stack is unaffected: {str(e).splitlines()[0]} (log: {self.superset.log_file})"
+        self.superset_failure_file.unlink(missing_ok=True)
+        return started
+
+    def _import_dashboards(self) -> object:
+        if not self.superset.is_running():
+            return "skipped: superset is not running"
+        try:
+            return import_dashboards(self.cfg)
+        except DwhError as e:
+            self.problems.append(f"dashboards were not imported: {e}")
+            return f"FAILED, nothing was imported: {e}"
 
     def _step(self, i: int, n: int, label: str, fn: Callable[[], object]) -> object:
         t0 = time.monotonic()
@@ -78,7 +110,8 @@ class LocalStack:
     def _event_progress(self, done: int, total: int) -> None:
         self.progress(f"      control plane events: {done:,} / {total:,}")
 
-    def up(self, *, dagster: bool = True) -> None:
+    def up(self, *, dagster: bool = True, superset: bool = False) -> list[str]:
+        """Start what is not running; returns the problems of optional steps (Superset: `dwh up` asks for it)."""
         from dwh_assets.local.control_plane import ensure_control_plane
         from dwh_assets.warehouse.migrate import migrate
         from dwh_assets.warehouse.sources.reader_install import install_reader
@@ -103,8 +136,15 @@ class LocalStack:
                 (f"dagster webserver on {self.cfg.dagster_url}", self.webserver.start),
                 ("dagster daemon", self.daemon.start),
             ]
+        if superset:
+            steps += [
+                (f"superset on {self.cfg.superset_url}", self._start_superset),
+                ("superset dashboards (dashboards/)", self._import_dashboards),
+            ]
+        self.problems = []
         for i, (label, fn) in enumerate(steps, 1):
             self._step(i, len(steps), label, fn)
+        return list(self.problems)
 
     def down(self) -> None:
         for component in reversed(self.components):
@@ -117,6 +157,8 @@ class LocalStack:
             pid = c.pid()
             if pid is None:
                 state = "stopped"
+                if c is self.superset and self.superset_failure_file.exists():
+                    state = f"failed to start: {self.superset_failure_file.read_text().strip()}"
             elif c.is_running():
                 state = "running"
             else:

@@ -1,8 +1,9 @@
 """The project-local PostgreSQL 15 cluster: initdb, configure, start/stop, provision.
 
-One cluster holds three databases: the warehouse, the control plane (a source, reached
-from the warehouse over TCP through postgres_fdw) and Dagster's storage. Provisioning
-creates the databases and the demo's own roles (the control plane's reader, Dagster);
+One cluster holds four databases: the warehouse, the control plane (a source, reached
+from the warehouse over TCP through postgres_fdw), Dagster's storage and Superset's
+metadata. Provisioning creates the databases and the demo's own roles (the control
+plane's reader, Dagster, Superset);
 the warehouse's roles are created by `dwh migrate`'s bootstrap, as in a real deployment. It listens on
 127.0.0.1 only; its Unix socket sits in a 0700 directory of the server's OS user. When
 ``dwh`` runs as root, the server runs as ``DWH_SERVER_USER`` (default ``postgres``),
@@ -26,6 +27,8 @@ from dwh_assets.local.config import (
     CONTROL_PLANE_READER_ROLE,
     DAGSTER_DB,
     DAGSTER_ROLE,
+    SUPERSET_DB,
+    SUPERSET_ROLE,
     WAREHOUSE_DB,
     StackConfig,
 )
@@ -229,7 +232,7 @@ class Postgres:
         pw = secrets.passwords(self.cfg)
         secrets.write_pgpass(self.cfg)
         with self.connect() as conn:
-            for role in (CONTROL_PLANE_READER_ROLE, DAGSTER_ROLE):
+            for role in (CONTROL_PLANE_READER_ROLE, DAGSTER_ROLE, SUPERSET_ROLE):
                 exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
                 verb = "ALTER" if exists else "CREATE"
                 verifier = conn.pgconn.encrypt_password(pw[role].encode(), role.encode(), b"scram-sha-256").decode()
@@ -238,12 +241,13 @@ class Postgres:
                 )
                 if not exists:
                     created.append(f"role {role}")
-            for db, owner in ((WAREHOUSE_DB, self.cfg.server_user), (CONTROL_PLANE_DB, self.cfg.server_user), (DAGSTER_DB, DAGSTER_ROLE)):
+            for db, owner in ((WAREHOUSE_DB, self.cfg.server_user), (CONTROL_PLANE_DB, self.cfg.server_user),
+                              (DAGSTER_DB, DAGSTER_ROLE), (SUPERSET_DB, SUPERSET_ROLE)):
                 if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
                     conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(owner)))
                     created.append(f"database {db}")
             # Nobody but the owners connects unless granted (`dwh migrate` grants the warehouse's roles).
-            for db in (WAREHOUSE_DB, CONTROL_PLANE_DB, DAGSTER_DB):
+            for db in (WAREHOUSE_DB, CONTROL_PLANE_DB, DAGSTER_DB, SUPERSET_DB):
                 conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
             conn.execute(
                 sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(

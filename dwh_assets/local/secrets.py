@@ -3,6 +3,11 @@
 - ``secrets/<role>.password``: one password per database role (``config.PASSWORD_ROLES``);
   the stack's deployment configuration names these files (``password_file``).
 - ``secrets/pgpass``: the same, in libpq's passfile format, so DSNs carry no password.
+- ``secrets/superset.pgpass``: the same format, with only Superset's logins (its metadata
+  role and the warehouse reader), the one passfile Superset's processes see.
+- ``secrets/superset_secret_key``, ``secrets/superset_admin.password``: Superset's
+  ``SECRET_KEY`` (read by ``superset/superset_config.py`` from the file) and the password
+  of its ``admin`` UI login.
 - ``secrets/clerk_secret_key``: the Clerk Backend API key (the emulator checks it; the
   reader sends it). Set ``CLERK_SECRET_KEY`` to use a real key instead.
 
@@ -16,7 +21,7 @@ import os
 import secrets
 from pathlib import Path
 
-from dwh_assets.local.config import PASSWORD_ROLES, StackConfig
+from dwh_assets.local.config import PASSWORD_ROLES, READER_ROLE, SUPERSET_ROLE, StackConfig
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -45,7 +50,24 @@ def write_pgpass(cfg: StackConfig) -> Path:
         for role, password in passwords(cfg).items()
     ]
     _write_private(cfg.pgpass_file, "\n".join(lines) + "\n")
+    superset_lines = [line for line in lines if line.split(":")[3] in (SUPERSET_ROLE, READER_ROLE)]
+    _write_private(cfg.superset_pgpass_file, "\n".join(superset_lines) + "\n")
     return cfg.pgpass_file
+
+
+def _generated(path: Path, nbytes: int) -> str:
+    if not path.exists():
+        _write_private(path, secrets.token_urlsafe(nbytes) + "\n")
+    return path.read_text().strip()
+
+
+def superset_secret_key(cfg: StackConfig) -> str:
+    """Superset's SECRET_KEY (signs sessions, encrypts stored connection secrets); made once."""
+    return _generated(cfg.superset_secret_key_file, 48)
+
+
+def superset_admin_password(cfg: StackConfig) -> str:
+    return _generated(cfg.superset_admin_password_file, 18)
 
 
 def clerk_secret_key(cfg: StackConfig) -> str:

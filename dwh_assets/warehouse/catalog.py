@@ -332,6 +332,23 @@ MARTS += (
 )
 MART_BY_NAME = {mart.name: mart for mart in MARTS}
 
+# Plain views the dashboards read (sql/migrations/0020.dashboard_views.sql): computed when
+# read, so nothing refreshes them, no pg_cron job and no Dagster run; Dagster shows them as
+# external assets downstream of what they read (view -> relations it reads). A snapshot
+# table (dwh.<name>_snapshot) is part of its dimension's asset, so the dimension is named.
+VIEWS: dict[str, tuple[str, ...]] = {
+    "mart.growth_daily": ("dwh.organizations", "dwh.instances"),
+    "mart.instance_current_state": ("dwh.instances", "dwh.instance_state"),
+    "mart.cron_job_runs": ("cron.job_run_details",),
+    "mart.refresh_health_hourly": ("dwh.refresh_log", "mart.cron_job_runs"),
+    "mart.refresh_latest": ("dwh.refresh_log", "mart.cron_job_runs"),
+}
+# Relations the views read that no refresh produces (dwh.refresh_log is an asset of its own,
+# written by every refresh): pg_cron's history, an external asset so the lineage is complete.
+BOOKKEEPING: dict[str, str] = {
+    "cron.job_run_details": "pg_cron's run history of the warehouse's jobs (read through dwh.cron_job_runs()).",
+}
+
 BY_NAME = {spec.name: spec for spec in CATALOG}
 
 # Maintenance jobs: name -> default schedule. Their commands live in warehouse.cron_jobs.

@@ -9,7 +9,8 @@ Against any PostgreSQL 15+ the deployment configuration points at, over TCP:
    database) and the repeatable routines (``sql/routines``, re-applied every time);
 3. **settings and sources**, as the owner: ``dwh.settings``, foreign servers, user mappings
    and foreign tables for the configured backends, rebuilt only when their definition changed;
-4. **grants and retention**, as the owner, derived from the catalog;
+4. **grants and retention**, as the owner, derived from the catalog; as the admin, the
+   loader login gets the functions that read its own pg_cron history (``LOADER_DEFINER_FUNCTIONS``);
 5. **pg_cron jobs** (``warehouse.cron_jobs``), each scheduled by the role that runs it.
 
 A second run changes nothing: the bootstrap is idempotent, yoyo skips applied migrations,
@@ -158,6 +159,30 @@ def grant_routines(conn: psycopg.Connection) -> None:
                 sql.Identifier(*routine.split(".")), sql.SQL(arguments), loader))
 
 
+# SECURITY DEFINER functions that must run as the loader login: pg_cron's history is
+# row-level-secured by username, and the refresh jobs are the loader's (0020.dashboard_views).
+LOADER_DEFINER_FUNCTIONS = ("dwh.cron_job_runs()",)
+
+
+def hand_functions_to_loader(cfg: DeploymentConfig) -> list[str]:
+    """As the admin: make the loader login own LOADER_DEFINER_FUNCTIONS; returns what it could not."""
+    loader = cfg.logins()["loader"].user
+    refused = []
+    with connect(cfg, "admin") as admin:
+        for function in LOADER_DEFINER_FUNCTIONS:
+            owner = admin.execute("SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = to_regprocedure(%s)",
+                                  (function,)).fetchone()
+            if owner is None or owner[0] == loader:
+                continue
+            try:
+                with admin.transaction():
+                    admin.execute(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(sql.SQL(function), sql.Identifier(loader)))
+            except psycopg.Error as e:
+                refused.append(f"{function} stays owned by {owner[0]}, so the health dashboard shows no pg_cron runs "
+                               f"(the admin role cannot hand it to {loader}: {e.diag.message_primary})")
+    return refused
+
+
 def sync_mart_inputs(conn: psycopg.Connection) -> None:
     """dwh.mart_inputs: which copies' refreshes queue days of which marts, from the catalog."""
     wanted = {(mart.name, copy) for mart in catalog.MARTS for copy in mart.stale_when}
@@ -223,6 +248,8 @@ def migrate(cfg: DeploymentConfig, progress: Progress = print) -> MigrateReport:
         grant_routines(conn)
         sync_mart_inputs(conn)
         sync_retention(conn, cfg)
+    for warning in hand_functions_to_loader(cfg):
+        progress(f"warning: {warning}")
     report.cron = cron_jobs.sync(cfg, plan.cron_db)
     for line in report.cron.lines():
         progress(f"pg_cron: {line}")

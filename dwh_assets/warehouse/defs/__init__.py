@@ -27,6 +27,7 @@ from dwh_assets.warehouse.defs.assets import (  # noqa: E402
 )
 from dwh_assets.warehouse.defs.checks import health_checks, job_assets  # noqa: E402
 from dwh_assets.warehouse.defs.cron_sensor import JobTarget, build_cron_sensor, sensor_interval_seconds  # noqa: E402
+from dwh_assets.warehouse.defs.dashboards import bookkeeping_specs, dashboard_specs, view_specs  # noqa: E402
 from dwh_assets.warehouse.defs.metadata import key_of  # noqa: E402
 from dwh_assets.warehouse.defs.partitions import daily_partitions  # noqa: E402
 from dwh_assets.warehouse.defs.resources import WarehouseResource  # noqa: E402
@@ -51,7 +52,8 @@ def build_definitions(history_start: dt.date) -> dg.Definitions:
     partitions = daily_partitions(history_start)
     job = nightly_job()
     return dg.Definitions(
-        assets=[*source_specs(), *side_specs(), *copy_assets(partitions), *mart_assets(partitions)],
+        assets=[*source_specs(), *side_specs(), *copy_assets(partitions), *mart_assets(partitions),
+                *bookkeeping_specs(), *view_specs(), *dashboard_specs()],
         asset_checks=health_checks(),
         jobs=[job],
         schedules=[nightly_schedule(job, history_start)],

@@ -1,0 +1,77 @@
+"""Superset dashboards and the views they read, as external assets in the lineage.
+
+Like dagster-tableau and dagster-sigma model BI workbooks, each dashboard of the
+repository's ``dashboards/`` (Superset's export format, parsed by
+``dwh_assets.warehouse.dashboards``) is an ``AssetSpec`` Dagster never materialises: key
+``[superset, <slug>]``, group ``dashboards``, kind ``superset``, its URL in the metadata,
+downstream of the relations its charts' datasets read. Those are marts or the catalog's
+plain views (``catalog.VIEWS``), themselves external assets downstream of the copies they
+read, so the lineage runs source -> copy -> mart/view -> dashboard.
+
+The dashboards directory is found relative to the repository (``DWH_DASHBOARDS_DIR``
+overrides it); the Superset address in the URLs is ``DWH_SUPERSET_URL`` (``dwh env``
+exports the stack's), default http://127.0.0.1:8088. Nothing here talks to Superset.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from dwh_assets.warehouse import catalog
+from dwh_assets.warehouse.dashboards import Bundle, load_bundle, superset_url
+from dwh_assets.warehouse.defs.metadata import key_of
+
+DASHBOARDS_GROUP = "dashboards"
+
+
+def dashboard_key(slug: str) -> dg.AssetKey:
+    return dg.AssetKey(["superset", slug.replace("-", "_")])
+
+
+def view_specs() -> list[dg.AssetSpec]:
+    """The catalog's plain views: computed when read, so observed, never materialised."""
+    return [
+        dg.AssetSpec(
+            key=key_of(view),
+            deps=[key_of(r) for r in reads],
+            description=f"View {view} (no refresh: computed when read), over {', '.join(reads)}.",
+            group_name=catalog.Group.MARTS.value,
+            kinds={"postgres", "view"},
+            metadata={"relation": view, "relation_kind": "view"},
+        )
+        for view, reads in catalog.VIEWS.items()
+    ]
+
+
+def bookkeeping_specs() -> list[dg.AssetSpec]:
+    return [
+        dg.AssetSpec(key=key_of(relation), description=text, group_name=catalog.Group.WAREHOUSE.value, kinds={"postgres"},
+                     metadata={"relation": relation})
+        for relation, text in catalog.BOOKKEEPING.items()
+    ]
+
+
+def dashboard_specs(bundle: Bundle | None = None, base_url: str | None = None) -> list[dg.AssetSpec]:
+    bundle = bundle or load_bundle()
+    base = (base_url or superset_url()).rstrip("/")
+    specs = []
+    for dash in sorted(bundle.dashboards.values(), key=lambda d: d.slug or d.uuid):
+        relations = bundle.dashboard_relations(dash)
+        charts = bundle.dashboard_charts(dash)
+        specs.append(dg.AssetSpec(
+            key=dashboard_key(dash.slug or dash.uuid),
+            deps=[key_of(r) for r in relations],
+            description=dash.description or dash.title,
+            group_name=DASHBOARDS_GROUP,
+            kinds={"superset"},
+            metadata={
+                "url": dg.MetadataValue.url(f"{base}{dash.url_path}"),
+                "dashboard_title": dash.title,
+                "dashboard_uuid": dash.uuid,
+                "file": str(dash.path.relative_to(bundle.root.parent)),
+                "charts": dg.MetadataValue.md("\n".join(
+                    f"- {c.name} ({c.viz_type}): {bundle.datasets[c.dataset_uuid].relation}" for c in charts)),
+                "reads": ", ".join(relations),
+            },
+        ))
+    return specs

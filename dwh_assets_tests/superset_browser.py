@@ -1,0 +1,174 @@
+"""A real browser on Superset: log in through the form, open a dashboard, wait for every chart.
+
+Playwright (the Python package only) drives Debian's Chromium (``/usr/bin/chromium``): its
+own browser download cannot reach the internet here, and Playwright, unlike Selenium,
+needs no chromedriver matching the browser's version and can wait on the page's own
+network traffic (each chart's ``/api/v1/chart/data`` answer) instead of fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from playwright.sync_api import Browser, Page, Response, sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+VIEWPORT = {"width": 1600, "height": 1200}
+# What a chart looks like once drawn: ECharts draws on a canvas (or svg), tables are tables,
+# big numbers are their header line.
+DRAWN = "canvas, svg, table, .header-line, .big-number"
+ERROR = ".ant-alert-error, [data-test='alert'], .chart-error, .error-message"
+EMPTY_TEXT = ("No results were returned", "No data")
+
+
+@dataclass
+class ChartData:
+    url: str
+    status: int
+    rows: int
+    error: str | None
+
+
+@dataclass
+class DashboardReport:
+    slug: str
+    charts_on_page: int
+    drawn: int
+    data: list[ChartData] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+    screenshot: Path | None = None
+
+
+def launch(playwright) -> Browser:
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+def login(page: Page, base_url: str, user: str, password: str) -> None:
+    """Superset's own login form, as a person fills it in."""
+    page.goto(f"{base_url}/login/", wait_until="domcontentloaded")
+    page.locator("input[name='username'], #username").first.fill(user)
+    page.locator("input[name='password'], #password").first.fill(password)
+    page.locator("button[type='submit'], input[type='submit']").first.click()
+    page.wait_for_url(lambda url: "/login" not in url, timeout=60_000)
+
+
+def _chart_data(resp: Response) -> ChartData:
+    try:
+        body = resp.json()
+    except Exception:  # noqa: BLE001 (an HTML error page)
+        return ChartData(resp.url, resp.status, 0, f"HTTP {resp.status}: not JSON")
+    results = body.get("result") or []
+    error = body.get("message") or next((r.get("error") for r in results if r.get("error")), None)
+    rows = sum(int(r.get("rowcount") or len(r.get("data") or [])) for r in results)
+    return ChartData(resp.url, resp.status, rows, str(error) if error else None)
+
+
+def _wait_drawn(page: Page, holders, expected: int, deadline: float) -> None:
+    """Until every chart holder is drawn (or shows an error) and no spinner is left."""
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        count = holders.count()
+        if count < expected:
+            continue
+        loading = page.locator(".dashboard-component-chart-holder .loading").count()
+        drawn = sum(1 for i in range(count) if holders.nth(i).locator(DRAWN).count() > 0)
+        if loading == 0 and (drawn == count or page.locator(ERROR).count()):
+            return
+
+
+def open_dashboard(page: Page, base_url: str, slug: str, expected_charts: int, screenshot: Path,
+                   timeout_s: float = 180) -> DashboardReport:
+    """Open the dashboard, wait until every chart's data came back and it is drawn; screenshot it."""
+    data: list[ChartData] = []
+
+    def on_response(resp: Response) -> None:
+        if "/api/v1/chart/data" in resp.url and resp.request.method == "POST":
+            data.append(_chart_data(resp))
+
+    page.on("response", on_response)
+    try:
+        page.goto(f"{base_url}/superset/dashboard/{slug}/", wait_until="domcontentloaded")
+        holders = page.locator(".dashboard-component-chart-holder")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and len(data) < expected_charts:
+            page.wait_for_timeout(500)
+        _wait_drawn(page, holders, expected_charts, deadline)
+        # The whole dashboard in one viewport (a full-page screenshot resizes the page, and the
+        # grid re-lays out, sometimes blank, while it is taken); then wait for the charts again.
+        height = page.evaluate("document.documentElement.scrollHeight")
+        page.set_viewport_size({"width": VIEWPORT["width"], "height": max(VIEWPORT["height"], int(height) + 40)})
+        _wait_drawn(page, holders, expected_charts, deadline=time.monotonic() + 60)
+        page.wait_for_timeout(2000)  # ECharts' entry animation
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshot))
+        count = holders.count()
+        report = DashboardReport(slug=slug, charts_on_page=count, data=list(data),
+                                 drawn=sum(1 for i in range(count) if holders.nth(i).locator(DRAWN).count() > 0),
+                                 screenshot=screenshot)
+        for i in range(count):
+            holder = holders.nth(i)
+            text = holder.inner_text(timeout=5000)
+            title = text.splitlines()[0] if text else f"chart {i + 1}"
+            if holder.locator(ERROR).count():
+                report.errors.append(f"{title}: {holder.locator(ERROR).first.inner_text()[:300]}")
+            if any(marker in text for marker in EMPTY_TEXT) or holder.locator(DRAWN).count() == 0:
+                report.empty.append(title)
+        report.errors += [f"chart data {d.url}: HTTP {d.status} {d.error}" for d in data if d.status != 200 or d.error]
+        report.empty += [f"chart data {d.url}: no rows" for d in data if d.status == 200 and not d.error and d.rows == 0]
+        page.set_viewport_size(VIEWPORT)
+        return report
+    finally:
+        page.remove_listener("response", on_response)
+
+
+def drawn_share(png: Path, tile: int = 40) -> float:
+    """Share of the dashboard grid's tiles (right of the filter bar, under the header) with something drawn.
+
+    A tile counts when its pixels differ (text, lines, bars); a blank grid, or one whose charts
+    vanished while the screenshot was taken, is nearly all uniform tiles.
+    """
+    from PIL import Image
+
+    with Image.open(png) as image:
+        gray = image.convert("L")
+    box = (280, 140, gray.width - 20, gray.height - 20)
+    region = gray.crop(box)
+    tiles = drawn = 0
+    for x in range(0, region.width - tile + 1, tile):
+        for y in range(0, region.height - tile + 1, tile):
+            lo, hi = region.crop((x, y, x + tile, y + tile)).getextrema()
+            tiles += 1
+            drawn += (hi - lo) > 40
+    return drawn / max(tiles, 1)
+
+
+def render_all(base_url: str, user: str, password: str, dashboards: dict[str, int], out_dir: Path,
+               timeout_s: float = 180) -> dict[str, DashboardReport]:
+    """Log in once, then open each dashboard (slug -> number of charts) and screenshot it."""
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            login(page, base_url, user, password)
+            return {slug: open_dashboard(page, base_url, slug, n, out_dir / f"superset-{slug}.png", timeout_s)
+                    for slug, n in dashboards.items()}
+        finally:
+            browser.close()
+
+
+if __name__ == "__main__":  # a look by hand: python -m dwh_assets_tests.superset_browser URL USER PASSWORD_FILE
+    import sys
+
+    from dwh_assets.warehouse.dashboards import load_bundle
+
+    bundle = load_bundle()
+    wanted = {d.slug: len(d.chart_uuids) for d in bundle.dashboards.values()}
+    reports = render_all(sys.argv[1], sys.argv[2], Path(sys.argv[3]).read_text().strip(), wanted, Path("test-artifacts"))
+    for r in reports.values():
+        print(json.dumps({"slug": r.slug, "charts": r.charts_on_page, "drawn": r.drawn, "data": len(r.data),
+                          "errors": r.errors, "empty": r.empty}, indent=1))
