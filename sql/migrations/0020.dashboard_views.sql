@@ -1,4 +1,4 @@
--- depends: 0008.instance_state_daily
+-- depends: 0009.metrics_without_series_fk
 -- Relations the dashboards read (dashboards/, Superset). Plain views: computed when they
 -- are read, so nothing refreshes them and they are never stale. The catalog lists them in
 -- VIEWS (not MARTS, which are incremental tables refreshed per day), and Dagster shows

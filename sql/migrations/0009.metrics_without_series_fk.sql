@@ -1,4 +1,4 @@
--- depends: 0007.mart_keys
+-- depends: 0008.instance_state_daily
 -- dwh.metrics loses its foreign key to dwh.metric_series. Its only writer is
 -- dwh.refresh_metrics, which takes every series_id from a join on dwh.metric_series, and
 -- series are never deleted, so the key could not fail; but it fired a trigger per sample,
