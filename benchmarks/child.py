@@ -13,6 +13,7 @@ database connections to ``probe.watch_backend`` so the server backend's private 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
@@ -54,7 +55,9 @@ class Probe:
             try:
                 uss = process.memory_full_info().uss
             except (psutil.AccessDenied, psutil.NoSuchProcess):
-                self._servers.remove(process)
+                # Gone (its connection closed): the sampling thread may have dropped it already.
+                with contextlib.suppress(ValueError):
+                    self._servers.remove(process)
                 continue
             self.server_peak = max(self.server_peak or 0, uss)
             programs = 0
