@@ -50,9 +50,19 @@ def launch(playwright) -> Browser:
 
 def login(page: Page, base_url: str, user: str, password: str) -> None:
     """Superset's own login form, as a person fills it in."""
-    page.goto(f"{base_url}/login/", wait_until="domcontentloaded")
-    page.locator("input[name='username'], #username").first.fill(user)
-    page.locator("input[name='password'], #password").first.fill(password)
+    page.goto(f"{base_url}/login/", wait_until="networkidle", timeout=120_000)
+    fields = {"input[name='username'], #username": user, "input[name='password'], #password": password}
+    # The form is a React component: what is typed before it has hydrated is lost (on a busy
+    # machine that is seconds after "load"), so type until the fields hold the values.
+    deadline = time.monotonic() + 60
+    while True:
+        for selector, value in fields.items():
+            page.locator(selector).first.fill(value)
+        page.wait_for_timeout(300)
+        if all(page.locator(selector).first.input_value() == value for selector, value in fields.items()):
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError("Superset's login form never kept what was typed into it")
     page.locator("button[type='submit'], input[type='submit']").first.click()
     page.wait_for_url(lambda url: "/login" not in url, timeout=60_000)
 

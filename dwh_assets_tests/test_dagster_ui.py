@@ -149,11 +149,11 @@ def lineage_url(base_url: str, groups: list[str]) -> str:
     return f"{base_url}{LINEAGE_PATH}?{query}"
 
 
-def run_chromium(url: str, profile: Path, *mode: str) -> subprocess.CompletedProcess:
+def run_chromium(url: str, profile: Path, *mode: str, window: tuple[int, int] = WINDOW) -> subprocess.CompletedProcess:
     """One headless Chromium call; the whole process group dies if it outlives the timeout."""
     argv = [
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--no-first-run", f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        "--no-first-run", f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}",
         f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}", *mode, url,
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -221,7 +221,8 @@ def lineage(cfg, defs, tmp_path_factory) -> tuple[Path, str]:
     profile = tmp_path_factory.mktemp("chromium-profile")
     try:
         run_chromium(url, profile, f"--screenshot={SCREENSHOT}")
-        dom = run_chromium(url, profile, "--dump-dom").stdout
+        # A tall window for the DOM: the asset tree renders only the rows that fit on screen.
+        dom = run_chromium(url, profile, "--dump-dom", window=(WINDOW[0], 4000)).stdout
     finally:
         shutil.rmtree(profile, ignore_errors=True)
     return SCREENSHOT, dom
