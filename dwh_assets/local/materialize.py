@@ -46,11 +46,15 @@ def planned_runs(cfg: StackConfig, today: dt.date) -> list[tuple[str, list[str]]
 
 
 def _logged_rows(cfg: StackConfig, since: dt.datetime) -> list[tuple]:
+    """The run's refreshes: dwh.refresh_log rows since ``since``, without those of the pg_cron
+    jobs that ran meanwhile (their backends are the runs' job_pid; the stack's pg_cron lives
+    in the warehouse database and the loader sees its own jobs' runs)."""
     with psycopg.connect(cfg.dsn(WAREHOUSE_DB, LOADER_ROLE)) as conn:
         return conn.execute(
-            "SELECT table_name, rows_inserted, rows_updated, rows_deleted, duration_ms FROM dwh.refresh_log "
-            "WHERE finished_at >= %s ORDER BY id",
-            (since,),
+            "SELECT table_name, rows_inserted, rows_updated, rows_deleted, duration_ms FROM dwh.refresh_log l "
+            "WHERE finished_at >= %(since)s AND NOT EXISTS (SELECT FROM cron.job_run_details d "
+            "WHERE d.job_pid = l.backend_pid AND d.start_time >= %(since)s) ORDER BY id",
+            {"since": since},
         ).fetchall()
 
 
