@@ -208,7 +208,7 @@ def test_its_login_is_refused_writes_and_sources_by_the_server(filled: StackConf
         assert conn.execute("SELECT count(*) FROM mart.refresh_latest").fetchone()[0] > 0
         assert conn.execute("SELECT count(*) FROM mart.cron_job_runs").fetchone()[0] > 0  # the jobs, via the definer function
         for statement, error in (
-            ("INSERT INTO mart.daily_signups VALUES (current_date, 1, 1, 1)", psycopg.errors.InsufficientPrivilege),
+            ("INSERT INTO mart.daily_signups_days VALUES (current_date, 1, 1)", psycopg.errors.InsufficientPrivilege),
             ("INSERT INTO dwh.users (user_id, created_at, updated_at) VALUES ('x', now(), now())",
              psycopg.errors.InsufficientPrivilege),
             ("SELECT * FROM src_clerk.users LIMIT 1", psycopg.errors.InsufficientPrivilege),

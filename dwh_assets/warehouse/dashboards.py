@@ -27,6 +27,10 @@ import yaml
 
 from dwh_assets.warehouse.deployment import DwhError
 
+# libyaml's safe loader where PyYAML was built with it (about 10x faster: the code location
+# parses every dashboard file each time it loads), the pure-Python one otherwise.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 DASHBOARDS_DIR_ENV = "DWH_DASHBOARDS_DIR"
 SUPERSET_URL_ENV = "DWH_SUPERSET_URL"
 DEFAULT_SUPERSET_URL = "http://127.0.0.1:8088"
@@ -122,7 +126,7 @@ def superset_url() -> str:
 def _read(root: Path, path: Path) -> dict:
     rel = path.relative_to(root)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_SAFE_LOADER)
     except yaml.YAMLError as e:
         raise BundleError(f"{rel}: not valid YAML: {' '.join(str(e).split())}") from None
     except (OSError, UnicodeDecodeError) as e:
