@@ -236,9 +236,11 @@ def test_lineage_page_screenshot_is_a_rendered_graph(lineage):
     assert image.size == WINDOW
     assert len(image.getcolors(maxcolors=WINDOW[0] * WINDOW[1])) > 256, "the screenshot is (nearly) blank"
     # The graph canvas (right of the navigation and the asset tree, under the toolbar): asset
-    # nodes fill it with text; a loading spinner inks a few tiles in the middle, a blank page none.
+    # nodes fill it with text; a loading spinner inks a few tiles in the middle (<1% of the
+    # ~550), a blank page none. The whole graph (seven groups) leaves much of the view to the
+    # edges between them: about 10% of the tiles are inked when it is drawn.
     share = inked_tile_share(image, (560, 120, WINDOW[0] - 40, WINDOW[1]))
-    assert share >= 0.10, f"the graph canvas is mostly empty ({share:.0%} of it drawn): a spinner or an error?"
+    assert share >= 0.05, f"the graph canvas is mostly empty ({share:.0%} of it drawn): a spinner or an error?"
 
 
 def test_lineage_page_dom_names_every_asset_and_group(lineage, defs):
