@@ -219,5 +219,5 @@ def test_code_location_maps_every_pg_cron_job_to_its_asset(cfg, superuser):
     graph = defs.resolve_asset_graph()
     for target in targets.values():
         assert graph.has(target.asset_key)
-    sensor = defs.get_sensor_def("pg_cron_runs")
+    sensor = defs.resolve_sensor_def("pg_cron_runs")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING

@@ -189,7 +189,7 @@ def test_dwh_up_materialises_every_asset_through_dagster(cfg, loader, instance):
 def test_nightly_schedule_refreshes_the_last_days_of_facts_in_one_run_then_the_marts(cfg, defs, loader, instance):
     today = dt.datetime.now(UTC).date()
     tick = dt.datetime.combine(today, dt.time(2, 30), UTC)
-    schedule = defs.get_schedule_def("nightly_late_data_schedule")
+    schedule = defs.resolve_schedule_def("nightly_late_data_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick) as context:
         request = schedule.evaluate_tick(context).run_requests[0]
