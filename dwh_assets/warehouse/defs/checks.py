@@ -100,12 +100,17 @@ def _samples_complete(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
     step = int(conn.execute("SELECT dwh.setting('metrics.step_seconds', '3600') AS step").fetchone()["step"])
     expected = 86400 // step
     start, end = _window(log)
+    # One scan of the window with its bounds as values, so the planner keeps only the window's
+    # partitions (a per-day subquery correlated to generate_series opened every partition of
+    # the history on each day: 0.03 s at 60 days, 0.8 s at 365).
     rows = conn.execute(
-        "SELECT d::date AS day, (SELECT count(DISTINCT m.ts) FROM dwh.metrics m "
-        "                        WHERE m.ts >= d AND m.ts < d + interval '1 day') AS stamps "
+        "SELECT d::date AS day, coalesce(s.stamps, 0) AS stamps "
         "FROM generate_series(date_trunc('day', %(start)s::timestamptz, 'UTC'), %(end)s::timestamptz - interval '1 day', "
         "                     interval '1 day') d "
-        "WHERE d >= %(start)s AND d + interval '1 day' <= least(%(end)s, date_trunc('day', now(), 'UTC'))",
+        "LEFT JOIN (SELECT date_trunc('day', m.ts, 'UTC') AS day, count(DISTINCT m.ts) AS stamps FROM dwh.metrics m "
+        "           WHERE m.ts >= %(start)s AND m.ts < %(end)s GROUP BY 1) s ON s.day = d "
+        "WHERE d >= %(start)s AND d + interval '1 day' <= least(%(end)s, date_trunc('day', now(), 'UTC')) "
+        "ORDER BY d",
         {"start": start, "end": end}).fetchall()
     incomplete = [f"{r['day']}: {r['stamps']}/{expected}" for r in rows if r["stamps"] < expected]
     return not incomplete, {"days_checked": len(rows), "incomplete_days": len(incomplete),
