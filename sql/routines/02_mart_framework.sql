@@ -23,19 +23,6 @@ BEGIN
 END
 $$;
 
--- Queue every UTC day from ``p_from``'s (no earlier than the history start) through today.
-CREATE OR REPLACE FUNCTION dwh.mark_marts_stale_since(p_copy text, p_from timestamptz)
-RETURNS bigint
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-SET TimeZone = 'UTC'
-AS $$
-    SELECT CASE WHEN p_from IS NULL THEN 0 ELSE dwh.mark_marts_stale(p_copy, ARRAY(
-        SELECT d::date FROM generate_series(
-            greatest(date_trunc('day', p_from), dwh.setting('history.start', '1970-01-01')::date::timestamptz),
-            date_trunc('day', now()), interval '1 day') AS d)) END
-$$;
-
 -- Queue the UTC days a fact refresh's window [p_start, p_end) touched.
 CREATE OR REPLACE FUNCTION dwh.mark_marts_stale_window(p_copy text, p_start timestamptz, p_end timestamptz)
 RETURNS bigint
@@ -45,6 +32,18 @@ SET TimeZone = 'UTC'
 AS $$
     SELECT dwh.mark_marts_stale(p_copy, ARRAY(
         SELECT d::date FROM generate_series(date_trunc('day', p_start), p_end - interval '1 microsecond', interval '1 day') AS d))
+$$;
+
+-- Queue every UTC day from ``p_from``'s (no earlier than the history start) through today.
+CREATE OR REPLACE FUNCTION dwh.mark_marts_stale_since(p_copy text, p_from timestamptz)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+    SELECT CASE WHEN p_from IS NULL THEN 0 ELSE dwh.mark_marts_stale_window(p_copy,
+        greatest(date_trunc('day', p_from), dwh.setting('history.start', '1970-01-01')::date::timestamptz),
+        date_trunc('day', now()) + interval '1 day') END
 $$;
 
 -- The start of a mart refresh: whole UTC days, not in the future; the mart's advisory locks

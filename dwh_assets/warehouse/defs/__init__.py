@@ -25,7 +25,7 @@ from dwh_assets.warehouse.defs.assets import (  # noqa: E402
     side_specs,
     source_specs,
 )
-from dwh_assets.warehouse.defs.checks import health_checks, job_assets  # noqa: E402
+from dwh_assets.warehouse.defs.checks import health_checks  # noqa: E402
 from dwh_assets.warehouse.defs.cron_sensor import JobTarget, build_cron_sensor, sensor_interval_seconds  # noqa: E402
 from dwh_assets.warehouse.defs.dashboards import bookkeeping_specs, dashboard_specs, view_specs  # noqa: E402
 from dwh_assets.warehouse.defs.metadata import key_of  # noqa: E402
@@ -44,20 +44,20 @@ def cron_targets() -> dict[str, JobTarget]:
                                                 "window" if spec.kind is catalog.Kind.FACT else None, spec)
     for mart in catalog.MARTS:
         targets[mart.cron_job_name] = JobTarget(key_of(mart.relation), mart.relation, "window", mart)
-    assert set(targets) == set(job_assets()), "every pg_cron job of an asset has a target"
     return targets
 
 
 def build_definitions(history_start: dt.date) -> dg.Definitions:
     partitions = daily_partitions(history_start)
     job = nightly_job()
+    targets = cron_targets()
     return dg.Definitions(
         assets=[*source_specs(), *side_specs(), *copy_assets(partitions), *mart_assets(partitions),
                 *bookkeeping_specs(), *view_specs(), *dashboard_specs()],
-        asset_checks=health_checks(),
+        asset_checks=health_checks({name: target.asset_key for name, target in targets.items()}),
         jobs=[job],
         schedules=[nightly_schedule(job, history_start)],
-        sensors=[build_cron_sensor(cron_targets(), partitions, minimum_interval_seconds=sensor_interval_seconds())],
+        sensors=[build_cron_sensor(targets, partitions, minimum_interval_seconds=sensor_interval_seconds())],
         resources={"warehouse": WarehouseResource(dsn=dg.EnvVar(WAREHOUSE_DSN_ENV))},
         # Every step is one SQL call that works inside Postgres: a process per step would
         # only add start-up time, and refreshes of one table serialise on advisory locks anyway.

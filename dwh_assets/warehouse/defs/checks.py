@@ -259,12 +259,6 @@ def cron_health_check(asset_key: dg.AssetKey, job_name: str) -> dg.AssetChecksDe
     return pg_cron_job_health
 
 
-def job_assets() -> dict[str, dg.AssetKey]:
-    """pg_cron job name -> the asset its runs materialise (the sensor's mapping too)."""
-    jobs = {spec.cron_job_name: key_of(spec.local_table) for spec in catalog.CATALOG}
-    jobs.update({mart.cron_job_name: key_of(mart.relation) for mart in catalog.MARTS})
-    return jobs
-
-
-def health_checks() -> list[dg.AssetChecksDefinition]:
-    return [cron_health_check(key, job) for job, key in job_assets().items()]
+def health_checks(job_assets: dict[str, dg.AssetKey]) -> list[dg.AssetChecksDefinition]:
+    """One health check per pg_cron job, on the asset its runs materialise (the sensor's targets)."""
+    return [cron_health_check(key, job) for job, key in job_assets.items()]
