@@ -1,4 +1,4 @@
-"""Dagster restarts and a compressed soak, on a throwaway stack of their own (issue 6).
+"""Dagster restarts and a compressed soak, on a throwaway stack of their own.
 
 Restarting Dagster and breaking sources would disturb the suite's shared stack, so this
 module starts its own. There the catalog jobs ``dwh:refresh_instances`` and

@@ -1,4 +1,4 @@
-"""The local stack (issue #2): every component answers, `up` is idempotent, `down` stops
+"""The local stack: every component answers, `up` is idempotent, `down` stops
 all, servers listen on loopback only. Real processes throughout."""
 
 from __future__ import annotations
