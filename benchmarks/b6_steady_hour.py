@@ -3,8 +3,11 @@
 Two warehouses of the same fleet (the demo world at ``stack_scale(--scale)``: 1,000
 instances at ``--scale 1``) differ only in their history: 60 days and 365 days, each
 materialised completely (dimensions, the facts over the whole history, the marts). The
-control plane of each gets events at the same rate per day (``EVENTS_PER_SCALE`` per 60
-days), so a day's window holds as many events in both; Prometheus is back-filled over each
+control plane of each gets events at the same rate per alive instance-day (the demo's:
+``EVENTS_PER_SCALE`` over the 60-day world), and the generator spreads them in proportion
+to the instances alive on each day, so a day's window at the end of either history holds
+about as many events (the two worlds' fleets are equal at the end, not over the history);
+Prometheus is back-filled over each
 history, as ``dwh up`` does.
 
 The **hour** is what pg_cron runs in one hour (``HOUR`` UTC, an ordinary hour: the daily
@@ -48,7 +51,7 @@ import psycopg
 from benchmarks.harness import BenchContext, BenchError, BenchResult, Goal, Row, bench_stack, make_row, stack_scale
 from dwh_assets.local.config import LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB, StackConfig
 from dwh_assets.local.control_plane import ensure_control_plane
-from dwh_assets.local.generator import EVENTS_PER_SCALE
+from dwh_assets.local.generator import EVENTS_PER_SCALE, World, build_world
 from dwh_assets.local.local_stack import LocalStack
 from dwh_assets.warehouse import catalog
 from dwh_assets.warehouse.cron_jobs import desired_jobs
@@ -60,7 +63,7 @@ NEEDS_DAGSTER = False
 HISTORIES = (60, 365)
 HOUR = 12
 GOAL_RATIO = 1.3
-# The generator's event rate is EVENTS_PER_SCALE per this many days (its default history).
+# The demo's event rate: EVENTS_PER_SCALE over the instance-time of this many days' world.
 EVENT_RATE_DAYS = 60
 UTC = dt.timezone.utc
 STEP_TARGET = "benchmarks.b6_steady_hour:run_hour"
@@ -181,10 +184,24 @@ def run_hour(probe, *, dsns: dict[str, str], steps: list[dict], history_start: s
 # ----- the two warehouses -------------------------------------------------------------------------
 
 
+def instance_days(world: World) -> float:
+    """The fleet's instance-time over the world's history, in days."""
+    end = world.history_end
+    return sum((min(i.deleted_at or end, end) - i.created_at for i in world.instances if i.created_at < end),
+               dt.timedelta()) / dt.timedelta(days=1)
+
+
+def events_for(cfg: StackConfig) -> tuple[int, float]:
+    """Events for ``cfg``'s world at the demo's rate per alive instance-day; its instance-days."""
+    demo = build_world(cfg.seed, cfg.scale, cfg.anchor_day, EVENT_RATE_DAYS)
+    days = instance_days(build_world(cfg.seed, cfg.scale, cfg.anchor_day, cfg.history_days))
+    return max(1, round(EVENTS_PER_SCALE * cfg.scale * days / instance_days(demo))), days
+
+
 def fill(stack: LocalStack, progress) -> dict:
-    """Events at the common daily rate, then the first materialisation, through the routines."""
+    """Events at the common rate per instance-day, then the first materialisation, through the routines."""
     cfg = stack.cfg
-    n_events = max(1, round(EVENTS_PER_SCALE * cfg.scale * cfg.history_days / EVENT_RATE_DAYS))
+    n_events, alive_days = events_for(cfg)
     load = ensure_control_plane(cfg, n_events=n_events)
     progress(f"B6: {cfg.history_days} days: control plane {load}")
     today = dt.datetime.now(UTC).date()
@@ -206,7 +223,7 @@ def fill(stack: LocalStack, progress) -> dict:
             timings[mart.name] = round(time.perf_counter() - t0, 1)
     with stack.postgres.connect(WAREHOUSE_DB) as conn:
         conn.execute("VACUUM ANALYZE")  # as autovacuum would have, long before a steady hour
-    return {"events": n_events, "fill_seconds": timings}
+    return {"events": n_events, "instance_days": round(alive_days, 1), "fill_seconds": timings}
 
 
 def sizes(stack: LocalStack) -> dict:

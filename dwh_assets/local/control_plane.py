@@ -7,7 +7,9 @@ pgmq queue ``instance_events``. The warehouse reads it over TCP through postgres
 
 - Organizations, instances and state history come from ``build_world`` via COPY.
 - Events are generated inside Postgres by ``dwh_seed.generate_instance_events`` (a
-  seeded hash per msg_id), so millions of rows load without leaving the server.
+  seeded hash per msg_id), so millions of rows load without leaving the server. Each
+  lands at a uniformly drawn moment of the fleet's instance-time: a day's events follow
+  the instances alive on it.
 - ``ensure_control_plane`` (used by ``dwh up``) loads once per (seed, scale,
   anchor_day, history days, event count); the marker row is ``dwh_seed.loaded_world``. Rows added
   later (e.g. late events from ``add_events``) are left alone until one of those changes.
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 # The control plane's schema and event generator, applied by this module.
 SCHEMA_DIR = Path(__file__).resolve().parent / "sql" / "control_plane"
 # Bump when the rows generated for a given world change, so existing stacks reload.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 # Events per statement: bounds the time between progress reports.
 EVENT_CHUNK = 500_000
 # Serialises concurrent loaders (two `dwh up` at once) on the control plane database.

@@ -1,9 +1,13 @@
 -- Deterministic pgmq archive rows, generated inside Postgres (millions load in seconds).
 --
--- Event n (msg_id = n) picks one of the instances alive somewhere in
--- [window_start, window_end), numbered in instance_id order, by a seeded hash of n;
--- its enqueued_at lies in that instance's lifetime clipped to the window. Same seed,
--- same instances, same window => the same rows. Late-arriving data for tests:
+-- Event n (msg_id = n) lands at a point of the fleet's instance-time in
+-- [window_start, window_end), drawn uniformly by a seeded hash of n: the instances alive in
+-- the window, numbered in instance_id order, each own a stretch of that instance-time as
+-- long as its lifetime clipped to the window, and the draw picks an instance and a moment of
+-- its life at once. So a day's events follow the instances alive on it (a fleet twice as
+-- big has twice the events per day, whatever the length of the history), not the number of
+-- instances created over the whole window. Same seed, same instances, same window => the
+-- same rows. Late-arriving data for tests:
 --   SELECT dwh_seed.generate_instance_events(42, <max msg_id + 1>, 100,
 --                                            '2024-05-01', '2024-05-02');
 CREATE OR REPLACE FUNCTION dwh_seed.generate_instance_events(
@@ -20,14 +24,23 @@ SET enable_mergejoin = off
 AS $$
 DECLARE
     alive_count bigint;
+    -- where each alive instance's stretch of instance-time starts (microseconds, ascending)
+    life_starts bigint[];
+    total_us    bigint;
     inserted    bigint;
 BEGIN
     IF event_count <= 0 THEN
         RETURN 0;
     END IF;
-    SELECT count(*) INTO alive_count
-    FROM public.instances i
-    WHERE greatest(i.created_at, window_start) < least(coalesce(i.deleted_at, 'infinity'), window_end);
+    SELECT count(*), array_agg(s.first_us ORDER BY s.k), max(s.first_us + s.life_us)
+      INTO alive_count, life_starts, total_us
+    FROM (SELECT k, life_us, sum(life_us) OVER (ORDER BY k) - life_us AS first_us
+          FROM (SELECT row_number() OVER (ORDER BY i.instance_id) - 1 AS k,
+                       (extract(epoch FROM least(coalesce(i.deleted_at, 'infinity'), window_end)
+                                           - greatest(i.created_at, window_start)) * 1000000)::bigint AS life_us
+                FROM public.instances i
+                WHERE greatest(i.created_at, window_start) < least(coalesce(i.deleted_at, 'infinity'), window_end)) l
+         ) s;
     IF alive_count = 0 THEN
         RAISE EXCEPTION 'no instance is alive in [%, %): load the instances first or pick another window',
             window_start, window_end;
@@ -37,27 +50,29 @@ BEGIN
         SELECT row_number() OVER (ORDER BY i.instance_id) - 1 AS k,
                i.instance_id,
                i.organization_id,
-               greatest(i.created_at, window_start) AS life_start,
-               (extract(epoch FROM least(coalesce(i.deleted_at, 'infinity'), window_end)
-                                   - greatest(i.created_at, window_start)) * 1000000)::bigint AS life_us
+               greatest(i.created_at, window_start) AS life_start
         FROM public.instances i
         WHERE greatest(i.created_at, window_start) < least(coalesce(i.deleted_at, 'infinity'), window_end)
     ),
     drawn AS (
-        -- three independent 63-bit draws per event; the mask keeps them non-negative
+        -- two independent 63-bit draws per event; the mask keeps them non-negative
         SELECT g.n,
-               hashtextextended('instance:' || g.n, seed) & 9223372036854775807 AS h_instance,
-               hashtextextended('time:' || g.n, seed) & 9223372036854775807 AS h_time,
+               (hashtextextended('time:' || g.n, seed) & 9223372036854775807) % total_us AS at_us,
                hashtextextended('detail:' || g.n, seed) & 9223372036854775807 AS h_detail
         FROM generate_series(first_msg_id, first_msg_id + event_count - 1) AS g(n)
     ),
-    timed AS (
-        SELECT d.n, a.instance_id, a.organization_id, d.h_detail,
-               a.life_start + (d.h_time % a.life_us) * interval '1 microsecond' AS enqueued_at,
-               -- the consumer archived it 20 ms .. 30 s after it was enqueued
-               (20 + (d.h_detail >> 16) % 30000) * interval '1 millisecond' AS processing
+    placed AS (
+        -- width_bucket: a binary search of the stretches' starts for the one holding at_us
+        SELECT d.n, d.at_us, d.h_detail, width_bucket(d.at_us, life_starts) - 1 AS k
         FROM drawn d
-        JOIN alive a ON a.k = d.h_instance % alive_count
+    ),
+    timed AS (
+        SELECT p.n, a.instance_id, a.organization_id, p.h_detail,
+               a.life_start + (p.at_us - life_starts[p.k + 1]) * interval '1 microsecond' AS enqueued_at,
+               -- the consumer archived it 20 ms .. 30 s after it was enqueued
+               (20 + (p.h_detail >> 16) % 30000) * interval '1 millisecond' AS processing
+        FROM placed p
+        JOIN alive a ON a.k = p.k
     )
     INSERT INTO pgmq.a_instance_events (msg_id, read_ct, enqueued_at, archived_at, vt, message)
     SELECT t.n,
