@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass
 
 from psycopg import sql
 
-from benchmarks.harness import BenchContext, BenchError, BenchResult, Goal, Row, checksum, clone_table, make_row, utc_midnight
+from benchmarks.harness import (BenchContext, BenchError, BenchResult, Goal, Measurement, Row, best_of, checksum, clone_table,
+                                make_row, utc_midnight)
 from dwh_assets.local.config import CONTROL_PLANE_DB, CONTROL_PLANE_READER_ROLE, LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB
 from dwh_assets.local.control_plane import load_control_plane
 from dwh_assets.local.generator import INSTANCES_PER_SCALE, World, build_world
@@ -223,10 +224,21 @@ def empty(ctx: BenchContext, tables: tuple[str, ...]) -> None:
 
 
 def run_case(ctx: BenchContext, case: Case) -> list[Row]:
+    """The four methods in rounds (a, b, c, d, a, b, c, d, ...), so a drift of this shared
+    machine's speed over the minutes of a run falls on every method alike; the best of each."""
     where, params = case_filter(case)
     with ctx.superuser(CONTROL_PLANE_DB) as conn:
         source_sum = checksum(conn, case.table.source, case.table.row_text, where, params)
-    return [measure_method(ctx, case, method, METHODS[method], source_sum) for method in METHODS]
+    measured: dict[str, list[Measurement]] = {method: [] for method in METHODS}
+    for rnd in range(ctx.repeat):
+        for method, label in METHODS.items():
+            call, _, to_empty = method_call(ctx, case, method)
+            empty(ctx, to_empty)
+            ctx.checkpoint()
+            ctx.progress(f"B1: {case.label}: {label} (run {rnd + 1} of {ctx.repeat}) ...")
+            measured[method].append(ctx.measure(call.pop("target"), **call))
+    return [finish_row(ctx, case, method, METHODS[method], *best_of(runs), source_sum)
+            for method, runs in measured.items()]
 
 
 def case_filter(case: Case) -> tuple[str, tuple]:
@@ -236,8 +248,8 @@ def case_filter(case: Case) -> tuple[str, tuple]:
     return where.as_string(), tuple(case.routine_params)
 
 
-def measure_method(ctx: BenchContext, case: Case, method: str, label: str, source_sum: str) -> Row:
-    """Empty the method's target, run the method (``ctx.repeat`` times), check its copy."""
+def method_call(ctx: BenchContext, case: Case, method: str) -> tuple[dict, str, tuple[str, ...]]:
+    """What runs ``method`` for ``case`` (``target`` plus its arguments), its table, what to empty first."""
     table = case.table
     cp_dsn = ctx.dsn(CONTROL_PLANE_DB, CONTROL_PLANE_READER_ROLE)
     calls = {
@@ -252,15 +264,25 @@ def measure_method(ctx: BenchContext, case: Case, method: str, label: str, sourc
                   source=f"bench.{table.name}_source", window=case.window),
     }
     destination = target(table, method)
-    to_empty = (destination, *table.also_empty) if method == "a" else (destination,)
+    return dict(calls[method]), destination, (destination, *table.also_empty) if method == "a" else (destination,)
+
+
+def measure_method(ctx: BenchContext, case: Case, method: str, label: str, source_sum: str) -> Row:
+    """Empty the method's target, run the method (``ctx.repeat`` times in a row), check its copy."""
+    call, _, to_empty = method_call(ctx, case, method)
     ctx.progress(f"B1: {case.label}: {label} ...")
-    call = dict(calls[method])
     measurement, runs = ctx.measure_best(call.pop("target"), before=lambda: empty(ctx, to_empty), **call)
+    return finish_row(ctx, case, method, label, measurement, runs, source_sum)
+
+
+def finish_row(ctx: BenchContext, case: Case, method: str, label: str, measurement: Measurement,
+               runs: list[float], source_sum: str) -> Row:
+    """The row of a measured method, its copy's checksum taken from the table it wrote."""
     where, params = case_filter(case)
     with ctx.superuser(WAREHOUSE_DB) as conn:
-        copy_sum = checksum(conn, destination, table.row_text, where, params)
+        copy_sum = checksum(conn, target(case.table, method), case.table.row_text, where, params)
     row = make_row(NAME, case.label, label, measurement, copy_sum, source_sum, runs)
-    if method == "a" and table is INSTANCES:
+    if method == "a" and case.table is INSTANCES:
         row.note = "also stages the rows and writes today's snapshot partition"
     ctx.progress(f"B1: {case.label}: {label}: {row.rows:,} rows in {row.seconds:.2f}s"
                  f" ({row.rows_per_s:,.0f} rows/s), peak RSS {row.client_peak_mb} MB")

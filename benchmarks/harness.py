@@ -161,12 +161,17 @@ class BenchContext:
             before()
             self.checkpoint()
             runs.append(self.measure(target, **kwargs))
-        best = min(runs, key=lambda m: m.seconds)
-        best.client_peak_rss = max(m.client_peak_rss for m in runs)
-        for attr in ("server_peak_uss", "server_programs_peak_rss"):
-            peaks = [getattr(m, attr) for m in runs if getattr(m, attr) is not None]
-            setattr(best, attr, max(peaks) if peaks else None)
-        return best, [round(m.seconds, 3) for m in runs]
+        return best_of(runs)
+
+
+def best_of(runs: list[Measurement]) -> tuple[Measurement, list[float]]:
+    """The fastest run (with the highest memory peaks of all), and every run's time."""
+    best = min(runs, key=lambda m: m.seconds)
+    best.client_peak_rss = max(m.client_peak_rss for m in runs)
+    for attr in ("server_peak_uss", "server_programs_peak_rss"):
+        peaks = [getattr(m, attr) for m in runs if getattr(m, attr) is not None]
+        setattr(best, attr, max(peaks) if peaks else None)
+    return best, [round(m.seconds, 3) for m in runs]
 
 
 def _to_mb(value: int | None) -> float | None:
