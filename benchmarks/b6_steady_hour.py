@@ -7,8 +7,7 @@ control plane of each gets events at the same rate per alive instance-day (the d
 ``EVENTS_PER_SCALE`` over the 60-day world), and the generator spreads them in proportion
 to the instances alive on each day, so a day's window at the end of either history holds
 about as many events (the two worlds' fleets are equal at the end, not over the history);
-Prometheus is back-filled over each
-history, as ``dwh up`` does.
+Prometheus is back-filled over each history, as ``dwh up`` does.
 
 The **hour** is what pg_cron runs in one hour (``HOUR`` UTC, an ordinary hour: the daily
 purge at 03:30 is not in it), derived from the deployment's schedules
