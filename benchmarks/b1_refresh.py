@@ -232,7 +232,7 @@ def run_case(ctx: BenchContext, case: Case) -> list[Row]:
     measured: dict[str, list[Measurement]] = {method: [] for method in METHODS}
     for rnd in range(ctx.repeat):
         for method, label in METHODS.items():
-            call, _, to_empty = method_call(ctx, case, method)
+            call, to_empty = method_call(ctx, case, method)
             empty(ctx, to_empty)
             ctx.checkpoint()
             ctx.progress(f"B1: {case.label}: {label} (run {rnd + 1} of {ctx.repeat}) ...")
@@ -248,8 +248,8 @@ def case_filter(case: Case) -> tuple[str, tuple]:
     return where.as_string(), tuple(case.routine_params)
 
 
-def method_call(ctx: BenchContext, case: Case, method: str) -> tuple[dict, str, tuple[str, ...]]:
-    """What runs ``method`` for ``case`` (``target`` plus its arguments), its table, what to empty first."""
+def method_call(ctx: BenchContext, case: Case, method: str) -> tuple[dict, tuple[str, ...]]:
+    """What runs ``method`` for ``case`` (``target`` plus its arguments), and what to empty first."""
     table = case.table
     cp_dsn = ctx.dsn(CONTROL_PLANE_DB, CONTROL_PLANE_READER_ROLE)
     calls = {
@@ -264,12 +264,12 @@ def method_call(ctx: BenchContext, case: Case, method: str) -> tuple[dict, str, 
                   source=f"bench.{table.name}_source", window=case.window),
     }
     destination = target(table, method)
-    return dict(calls[method]), destination, (destination, *table.also_empty) if method == "a" else (destination,)
+    return dict(calls[method]), (destination, *table.also_empty) if method == "a" else (destination,)
 
 
 def measure_method(ctx: BenchContext, case: Case, method: str, label: str, source_sum: str) -> Row:
     """Empty the method's target, run the method (``ctx.repeat`` times in a row), check its copy."""
-    call, _, to_empty = method_call(ctx, case, method)
+    call, to_empty = method_call(ctx, case, method)
     ctx.progress(f"B1: {case.label}: {label} ...")
     measurement, runs = ctx.measure_best(call.pop("target"), before=lambda: empty(ctx, to_empty), **call)
     return finish_row(ctx, case, method, label, measurement, runs, source_sum)
