@@ -10,6 +10,23 @@
 -- same rows. Late-arriving data for tests:
 --   SELECT dwh_seed.generate_instance_events(42, <max msg_id + 1>, 100,
 --                                            '2024-05-01', '2024-05-02');
+-- The instances alive somewhere in [window_start, window_end), numbered from 0 in
+-- instance_id order, with the stretch of their life inside the window (an inlined SQL
+-- function: both statements of the generator number the same rows the same way).
+CREATE OR REPLACE FUNCTION dwh_seed.alive_instances(window_start timestamptz, window_end timestamptz)
+RETURNS TABLE (k bigint, instance_id uuid, organization_id text, life_start timestamptz, life_us bigint)
+LANGUAGE sql STABLE
+AS $$
+    SELECT row_number() OVER (ORDER BY i.instance_id) - 1,
+           i.instance_id,
+           i.organization_id,
+           greatest(i.created_at, window_start),
+           (extract(epoch FROM least(coalesce(i.deleted_at, 'infinity'), window_end)
+                               - greatest(i.created_at, window_start)) * 1000000)::bigint
+    FROM public.instances i
+    WHERE greatest(i.created_at, window_start) < least(coalesce(i.deleted_at, 'infinity'), window_end)
+$$;
+
 CREATE OR REPLACE FUNCTION dwh_seed.generate_instance_events(
     seed         bigint,
     first_msg_id bigint,
@@ -34,27 +51,14 @@ BEGIN
     END IF;
     SELECT count(*), array_agg(s.first_us ORDER BY s.k), max(s.first_us + s.life_us)
       INTO alive_count, life_starts, total_us
-    FROM (SELECT k, life_us, sum(life_us) OVER (ORDER BY k) - life_us AS first_us
-          FROM (SELECT row_number() OVER (ORDER BY i.instance_id) - 1 AS k,
-                       (extract(epoch FROM least(coalesce(i.deleted_at, 'infinity'), window_end)
-                                           - greatest(i.created_at, window_start)) * 1000000)::bigint AS life_us
-                FROM public.instances i
-                WHERE greatest(i.created_at, window_start) < least(coalesce(i.deleted_at, 'infinity'), window_end)) l
-         ) s;
+    FROM (SELECT a.k, a.life_us, sum(a.life_us) OVER (ORDER BY a.k) - a.life_us AS first_us
+          FROM dwh_seed.alive_instances(window_start, window_end) a) s;
     IF alive_count = 0 THEN
         RAISE EXCEPTION 'no instance is alive in [%, %): load the instances first or pick another window',
             window_start, window_end;
     END IF;
 
-    WITH alive AS (
-        SELECT row_number() OVER (ORDER BY i.instance_id) - 1 AS k,
-               i.instance_id,
-               i.organization_id,
-               greatest(i.created_at, window_start) AS life_start
-        FROM public.instances i
-        WHERE greatest(i.created_at, window_start) < least(coalesce(i.deleted_at, 'infinity'), window_end)
-    ),
-    drawn AS (
+    WITH drawn AS (
         -- two independent 63-bit draws per event; the mask keeps them non-negative
         SELECT g.n,
                (hashtextextended('time:' || g.n, seed) & 9223372036854775807) % total_us AS at_us,
@@ -72,7 +76,7 @@ BEGIN
                -- the consumer archived it 20 ms .. 30 s after it was enqueued
                (20 + (p.h_detail >> 16) % 30000) * interval '1 millisecond' AS processing
         FROM placed p
-        JOIN alive a ON a.k = p.k
+        JOIN dwh_seed.alive_instances(window_start, window_end) a ON a.k = p.k
     )
     INSERT INTO pgmq.a_instance_events (msg_id, read_ct, enqueued_at, archived_at, vt, message)
     SELECT t.n,
@@ -95,3 +99,4 @@ END;
 $$;
 -- Only the loader (the database owner) generates data.
 REVOKE ALL ON FUNCTION dwh_seed.generate_instance_events(bigint, bigint, bigint, timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION dwh_seed.alive_instances(timestamptz, timestamptz) FROM PUBLIC;
