@@ -50,7 +50,7 @@ import psycopg
 from benchmarks.harness import BenchContext, BenchError, BenchResult, Goal, Row, bench_stack, make_row, stack_scale
 from dwh_assets.local.config import LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB, StackConfig
 from dwh_assets.local.control_plane import ensure_control_plane
-from dwh_assets.local.generator import EVENTS_PER_SCALE, World, build_world
+from dwh_assets.local.generator import EVENTS_PER_SCALE, build_world
 from dwh_assets.local.local_stack import LocalStack
 from dwh_assets.warehouse import catalog
 from dwh_assets.warehouse.cron_jobs import desired_jobs
@@ -183,18 +183,12 @@ def run_hour(probe, *, dsns: dict[str, str], steps: list[dict], history_start: s
 # ----- the two warehouses -------------------------------------------------------------------------
 
 
-def instance_days(world: World) -> float:
-    """The fleet's instance-time over the world's history, in days."""
-    end = world.history_end
-    return sum((min(i.deleted_at or end, end) - i.created_at for i in world.instances if i.created_at < end),
-               dt.timedelta()) / dt.timedelta(days=1)
-
-
 def events_for(cfg: StackConfig) -> tuple[int, float]:
     """Events for ``cfg``'s world at the demo's rate per alive instance-day; its instance-days."""
-    demo = build_world(cfg.seed, cfg.scale, cfg.anchor_day, EVENT_RATE_DAYS)
-    days = instance_days(build_world(cfg.seed, cfg.scale, cfg.anchor_day, cfg.history_days))
-    return max(1, round(EVENTS_PER_SCALE * cfg.scale * days / instance_days(demo))), days
+    day = dt.timedelta(days=1)
+    demo = build_world(cfg.seed, cfg.scale, cfg.anchor_day, EVENT_RATE_DAYS).instance_time() / day
+    days = build_world(cfg.seed, cfg.scale, cfg.anchor_day, cfg.history_days).instance_time() / day
+    return max(1, round(EVENTS_PER_SCALE * cfg.scale * days / demo)), days
 
 
 def fill(stack: LocalStack, progress) -> dict:

@@ -238,13 +238,7 @@ def test_events_follow_the_fleet_alive_over_time(cp, world):
     instance-time, so the last days (the biggest fleet) are as dense at any history length."""
     start, end = world.history_start, world.history_end
     cuts = [start + (end - start) * q / 4 for q in (1, 2, 3)]
-
-    def instance_seconds(until: dt.datetime) -> float:
-        return sum(max(0.0, (min(i.deleted_at or end, end, until) - max(i.created_at, start)).total_seconds())
-                   for i in world.instances)
-
-    total = instance_seconds(end)
-    expected = [instance_seconds(cut) / total for cut in cuts]
+    expected = [world.instance_time(cut) / world.instance_time() for cut in cuts]
     seen = [scalar(cp, "SELECT count(*) FROM pgmq.a_instance_events WHERE enqueued_at < %s", (cut,)) / N_EVENTS
             for cut in cuts]
     assert seen == pytest.approx(expected, abs=0.02)

@@ -156,6 +156,12 @@ class World:
     def history_end(self) -> dt.datetime:
         return dt.datetime.combine(self.anchor_day, dt.time(), UTC)
 
+    def instance_time(self, until: dt.datetime | None = None) -> dt.timedelta:
+        """The fleet's summed lifetimes inside the history, up to ``until`` (default: its end)."""
+        end = self.history_end if until is None else min(until, self.history_end)
+        return sum((min(i.deleted_at or end, end) - max(i.created_at, self.history_start)
+                    for i in self.instances if i.created_at < end), dt.timedelta())
+
     @property
     def n_events(self) -> int:
         return max(1, round(EVENTS_PER_SCALE * self.scale))
