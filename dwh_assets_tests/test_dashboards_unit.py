@@ -51,7 +51,7 @@ def test_the_repository_holds_the_four_dashboards(bundle):
 
 
 def test_every_chart_reads_a_declared_mart_or_view(bundle):
-    declared = {mart.relation for mart in catalog.MARTS} | set(catalog.VIEWS)
+    declared = {view.relation for view in catalog.PRODUCT.all_views()}
     read = {bundle.datasets[c.dataset_uuid].relation for c in bundle.charts.values()}
     assert read <= declared, f"datasets over relations the catalog does not declare: {read - declared}"
 
@@ -85,10 +85,10 @@ def test_the_lineage_runs_from_the_sources_to_each_dashboard(graph):
 
 
 def test_views_are_observed_not_materialised(graph):
-    for view, reads in catalog.VIEWS.items():
-        node = graph.get(key_of(view))
+    for view in catalog.PRODUCT.views:
+        node = graph.get(key_of(view.relation))
         assert not node.is_materializable and "view" in node.kinds
-        assert node.parent_keys == {key_of(r) for r in reads}
+        assert node.parent_keys == {key_of(r) for r in view.reads}
 
 
 def test_dashboard_url_comes_from_the_superset_address(bundle, monkeypatch):
@@ -183,6 +183,22 @@ def test_the_import_zip_points_at_the_stack_and_carries_no_password(bundle):
     assert db["sqlalchemy_uri"] == "postgresql+psycopg2://dwh_reader@127.0.0.1:61234/warehouse"
     assert meta["type"] == "SqlaTable"
     assert len(names) == len(bundle.files) and all(n.startswith("export/") for n in names)
+
+
+def test_dataset_descriptions_come_from_the_catalog_at_import_and_leave_at_export(bundle):
+    for rel, text in bundle.files.items():
+        if rel.startswith("datasets/"):
+            data = yaml.safe_load(text)
+            assert data["description"] is None, f"{rel}: descriptions live in the catalog only"
+            assert all(c["description"] is None for c in data["columns"]), rel
+    with zipfile.ZipFile(io.BytesIO(superset.bundle_zip(bundle, _cfg(61234), "SqlaTable"))) as zf:
+        sent = yaml.safe_load(zf.read("export/datasets/warehouse/mart_daily_signups.yaml"))
+    mart = catalog.MART_BY_NAME["daily_signups"]
+    assert sent["description"] == mart.description
+    assert {c["column_name"]: c["description"] for c in sent["columns"]} == {c.name: c.comment for c in mart.columns}
+    exported = dict(sent, columns=[dict(c) for c in sent["columns"]])
+    assert superset._normalise(Path("datasets/warehouse/mart_daily_signups.yaml"), exported)
+    assert exported["description"] is None and {c["description"] for c in exported["columns"]} == {None}
 
 
 def test_the_export_keeps_the_canonical_uri_and_no_instance_ids():

@@ -7,7 +7,6 @@ code versions that follow the SQL files, links to them, owners, and no beta warn
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import subprocess
 import sys
 
@@ -84,29 +83,27 @@ def test_each_asset_names_its_table_its_sql_its_owner_and_its_pg_cron_job(graph)
         meta = node.metadata
         assert meta["dagster/table_name"] == relation
         reference = meta["dagster/code_references"].code_references[0]
-        assert reference.file_path == str(sql_files.routine_path(spec.routine_file))
-        assert (REPO_ROOT / "sql" / "routines" / spec.routine_file).exists()
+        assert reference.file_path == str(REPO_ROOT / "sql" / "routines" / spec.routine_file)
         assert node.owners == list(catalog.OWNERS)
         assert spec.cron_job_name in node.description and meta["pg_cron_job"] == spec.cron_job_name
-        assert node.code_version == sql_files.code_version(spec.routine_file)
+        assert node.code_version == sql_files.code_version(REPO_ROOT / "sql" / "routines" / spec.routine_file)
+        # The columns are the catalog's, shown before anything ran.
+        columns = spec.columns
+        assert [(c.name, c.type, c.description) for c in meta["dagster/column_schema"].columns] == [
+            (c.name, c.type, c.comment) for c in columns]
 
 
-def code_versions() -> dict[dg.AssetKey, str | None]:
-    graph = build_definitions(START).resolve_asset_graph()
+def code_versions(entries: catalog.Catalog = catalog.PRODUCT) -> dict[dg.AssetKey, str | None]:
+    graph = build_definitions(START, entries).resolve_asset_graph()
     return {key: graph.get(key).code_version for key in graph.get_all_asset_keys()}
 
 
-def test_changing_a_routines_sql_changes_that_assets_code_version_only(tmp_path, monkeypatch):
+def test_changing_a_routines_sql_changes_that_assets_code_version_only(tmp_path):
     before = code_versions()
-    routines = tmp_path / "routines"
-    shutil.copytree(sql_files.ROUTINES_DIR, routines)
-    (routines / "refresh_events.sql").write_text((routines / "refresh_events.sql").read_text() + "\n-- changed\n")
-    monkeypatch.setattr(sql_files, "ROUTINES_DIR", routines)
-    sql_files.code_version.cache_clear()
-    try:
-        after = code_versions()
-    finally:
-        sql_files.code_version.cache_clear()
+    (tmp_path / "refresh_events.sql").write_text(
+        (sql_files.ROUTINES_DIR / "refresh_events.sql").read_text() + "\n-- changed\n")
+    # A directory searched first shadows the product's file, as a deployment's own SQL would.
+    after = code_versions(catalog.PRODUCT.extended(sql_dirs=(tmp_path,)))
     changed = {k.to_user_string() for k in before if before[k] != after[k]}
     assert changed == {"dwh/events"}
 

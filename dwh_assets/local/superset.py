@@ -47,7 +47,7 @@ from dwh_assets.local.config import (
     StackConfig,
 )
 from dwh_assets.local.process import ManagedProcess, StackError, tail
-from dwh_assets.warehouse.dashboards import Bundle, BundleError, dashboards_dir, load_bundle
+from dwh_assets.warehouse.dashboards import Bundle, BundleError, dashboards_dir, describe_dataset, load_bundle
 
 SUPERSET_VERSION = "6.1.0"
 SUPERSET_FILES = REPO_ROOT / "superset"
@@ -218,10 +218,12 @@ def bundle_zip(bundle: Bundle, cfg: StackConfig, model_type: str = "Dashboard") 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for rel, text in sorted(bundle.files.items()):
-            if rel.startswith("databases/") or rel == "metadata.yaml":
+            if rel.startswith(("databases/", "datasets/")) or rel == "metadata.yaml":
                 data = yaml.safe_load(text)
                 if rel == "metadata.yaml":
                     data["type"] = model_type
+                elif rel.startswith("datasets/"):
+                    data = describe_dataset(data)
                 else:
                     data["sqlalchemy_uri"] = reader_uri(cfg)
                 text = yaml.safe_dump(data, sort_keys=False)
@@ -332,6 +334,12 @@ def _normalise(rel: Path, data: object) -> bool:
     elif rel.parts[0] == "charts" and isinstance(data.get("params"), dict):
         for key in ("datasource", "dashboards", "slice_id"):
             data["params"].pop(key, None)
+    elif rel.parts[0] == "datasets":
+        # Descriptions come from the catalog at every import: the repository keeps none.
+        data["description"] = None
+        for column in data.get("columns") or []:
+            if isinstance(column, dict):
+                column["description"] = None
     elif rel.parts[0] == "dashboards" and isinstance(data.get("position"), dict):
         for item in data["position"].values():
             if isinstance(item, dict) and item.get("type") == "CHART":

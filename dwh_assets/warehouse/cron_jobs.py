@@ -23,7 +23,7 @@ from typing import Literal
 import psycopg
 
 from dwh_assets.warehouse import catalog
-from dwh_assets.warehouse.catalog import CRON_JOB_PREFIX
+from dwh_assets.warehouse.catalog import CRON_JOB_PREFIX, Catalog
 from dwh_assets.warehouse.connect import connect
 from dwh_assets.warehouse.deployment import DeploymentConfig
 
@@ -61,9 +61,10 @@ def purge_command(days: int) -> str:
     return f"DELETE FROM cron.job_run_details WHERE coalesce(end_time, start_time) < now() - interval '{int(days)} days'"
 
 
-def desired_jobs(cfg: DeploymentConfig) -> list[CronJob]:
-    jobs = [CronJob(spec.cron_job_name, cfg.schedule(spec.name), spec.cron_command(), "loader") for spec in catalog.CATALOG]
-    jobs += [CronJob(mart.cron_job_name, cfg.schedule(mart.name), mart.cron_command(), "loader") for mart in catalog.MARTS]
+def desired_jobs(cfg: DeploymentConfig, entries: Catalog = catalog.PRODUCT) -> list[CronJob]:
+    """A refresh job per catalog table and mart (the loader's), pg_partman maintenance, the purges."""
+    jobs = [CronJob(entry.cron_job_name, cfg.schedules.get(entry.name) or entry.schedule, entry.cron_command(), "loader")
+            for entry in entries.refreshed()]
     maintenance = catalog.PARTMAN_MAINTENANCE_JOB
     jobs.append(CronJob(maintenance, cfg.schedule(maintenance.removeprefix(CRON_JOB_PREFIX)),
                         "CALL partman.run_maintenance_proc()", "owner"))
@@ -135,11 +136,12 @@ def sync(cfg: DeploymentConfig, cron_database: str, jobs: list[CronJob] | None =
     return result
 
 
-def plan(cfg: DeploymentConfig, cron_database: str, existing_roles: Iterable[str] = ()) -> SyncResult:
+def plan(cfg: DeploymentConfig, cron_database: str, existing_roles: Iterable[str] = (),
+         jobs: list[CronJob] | None = None) -> SyncResult:
     """What ``sync`` would do, read as each role (a role that does not exist yet has no jobs)."""
     result = SyncResult()
     existing = set(existing_roles)
-    for runner, wanted in _by_runner(desired_jobs(cfg)).items():
+    for runner, wanted in _by_runner(desired_jobs(cfg) if jobs is None else jobs).items():
         current: dict[str, tuple] = {}
         if cfg.logins()[runner].user in existing:
             with connect(cfg, runner, cron_database) as conn:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from dwh_assets.warehouse.catalog import PRODUCT, Catalog
 from dwh_assets.warehouse.deployment import DwhError
 
 # libyaml's safe loader where PyYAML was built with it (about 10x faster: the code location
@@ -117,6 +118,19 @@ class Bundle:
 def dashboards_dir() -> Path:
     """``DWH_DASHBOARDS_DIR``, else ``dashboards/`` of the repository this package is in."""
     return Path(os.environ.get(DASHBOARDS_DIR_ENV) or REPO_ROOT / "dashboards")
+
+
+def describe_dataset(data: dict, catalog: Catalog = PRODUCT) -> dict:
+    """A dataset file with its relation's and columns' descriptions from the catalog.
+
+    The repository's files leave them out (``description: null``): the import adds them, the
+    export drops them again, so a description lives in the catalog only.
+    """
+    relation = catalog.relation(f"{data.get('schema')}.{data.get('table_name')}")
+    comments = {c.name: c.comment for c in relation.columns}
+    described = dict(data, description=getattr(relation, "description", None) or relation.comment)
+    described["columns"] = [dict(col, description=comments.get(col.get("column_name"))) for col in data.get("columns") or []]
+    return described
 
 
 def superset_url() -> str:

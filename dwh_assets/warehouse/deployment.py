@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from dwh_assets.warehouse import catalog
+from dwh_assets.warehouse import catalog, catalog_model
 
 CONFIG_ENV = "DWH_CONFIG"
 ENV_PREFIX = "DWH_"
@@ -228,6 +228,9 @@ class DeploymentConfig(BaseSettings):
     schedules: dict[str, str] = {}
     # Days of daily partitions pg_partman keeps, by catalog table.
     retention_days: dict[str, int] = {}
+    # A closed set of values the catalog checks (e.g. instance_states), where this deployment's
+    # sources know others: the whole set, replacing the catalog's.
+    accepted_values: dict[str, tuple[str, ...]] = {}
 
     @classmethod
     def settings_customise_sources(
@@ -262,6 +265,19 @@ class DeploymentConfig(BaseSettings):
             raise ValueError(f"retention must be at least one day: {bad}")
         return value
 
+    @field_validator("accepted_values")
+    @classmethod
+    def _known_value_sets(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        known = {accepted.name for accepted in catalog.PRODUCT.accepted_values()}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"no set of accepted values named {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        for name, values in value.items():
+            bad = [v for v in values if not v or "," in v]
+            if not values or bad:
+                raise ValueError(f"{name}: list at least one value, none empty or with a comma (found {list(values)})")
+        return value
+
     @model_validator(mode="after")
     def _copy_needs_the_reader(self) -> DeploymentConfig:
         if self.control_plane.transfer == "copy" and not self.uses_reader():
@@ -285,6 +301,10 @@ class DeploymentConfig(BaseSettings):
         """Days of daily partitions kept for a catalog table or mart (None: all of them)."""
         spec = catalog.BY_NAME.get(table) or catalog.MART_BY_NAME[table]
         return self.retention_days.get(table) or spec.retention_days
+
+    def accepted(self, accepted: catalog_model.AcceptedValues) -> tuple[str, ...]:
+        """The values this deployment accepts: its own set, or the catalog's."""
+        return tuple(self.accepted_values.get(accepted.name) or accepted.values)
 
     def backends(self) -> dict[str, str]:
         return {"clerk": self.clerk.backend, "prometheus": self.prometheus.backend}

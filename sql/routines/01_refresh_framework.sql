@@ -1,6 +1,29 @@
 -- What every refresh routine does before and after its own SQL: validate the window,
 -- serialise on advisory locks, make sure partitions exist, and log in the same transaction.
 
+-- Register a table for daily partitions with pg_partman (`dwh migrate` calls it for each catalog
+-- table it creates). The one place that knows pg_partman's major version: 4.x spells it
+-- ('native', 'daily'), 5.x ('range', '1 day').
+CREATE OR REPLACE FUNCTION dwh.partman_create_daily(p_parent text, p_control text, p_start date)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_major int := split_part((SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'), '.', 1)::int;
+BEGIN
+    IF v_major >= 5 THEN
+        EXECUTE 'SELECT partman.create_parent(p_parent_table := $1, p_control := $2, p_interval := $3, p_type := $4, p_premake := $5, p_start_partition := $6)'
+        USING p_parent, p_control, '1 day', 'range', 7, p_start::text;
+    ELSE
+        PERFORM partman.create_parent(
+            p_parent_table := p_parent, p_control := p_control, p_type := 'native',
+            p_interval := 'daily', p_premake := 7, p_start_partition := p_start::text);
+    END IF;
+    -- Keep creating future partitions even when no new data arrives.
+    UPDATE partman.part_config SET infinite_time_partitions = true WHERE parent_table = p_parent;
+END
+$$;
+
 -- Facts: [p_start, p_end) must be non-empty, not in the future, not older than retention.
 CREATE OR REPLACE FUNCTION dwh.check_window(p_table text, p_start timestamptz, p_end timestamptz)
 RETURNS void
@@ -209,6 +232,53 @@ BEGIN
     v_wait := dwh.lock_refresh(p_table, p_start, p_end);
     PERFORM dwh.ensure_partitions('dwh.' || p_table, p_start, p_end);
     RETURN v_wait;
+END
+$$;
+
+-- The skeleton every dimension refresh shares: today's snapshot only, the table's lock, the
+-- source read once into pg_temp.stage_<table> by the routine's own query (each scan of a
+-- reader table is a full API read), the drop guard, the routine's statement that queues the
+-- marts' days the change affects (it compares the stage with dwh.<table>), the merge on the
+-- primary key, the snapshot and the log row, all in the caller's transaction. A failed
+-- source reader is re-raised naming the table and the source.
+CREATE OR REPLACE FUNCTION dwh.refresh_dimension(
+    p_table text, p_source text, p_snapshot_day date, p_stage text, p_mark_stale text DEFAULT NULL)
+RETURNS dwh.refresh_log
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+DECLARE
+    v_t0 timestamptz := clock_timestamp();
+    v_stage text := 'stage_' || p_table;
+    v_key text[] := (SELECT array_agg(a.attname::text ORDER BY k.i)
+                     FROM pg_index x CROSS JOIN unnest(x.indkey) WITH ORDINALITY AS k(attnum, i)
+                     JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+                     WHERE x.indrelid = ('dwh.' || p_table)::regclass AND x.indisprimary);
+    v_wait double precision;
+    v_src bigint;
+    v_current bigint;
+    v_counts bigint[];
+    v_message text;
+    v_detail text;
+BEGIN
+    PERFORM dwh.check_snapshot_day(p_table, p_snapshot_day);
+    v_wait := dwh.lock_refresh(p_table);
+    EXECUTE format('CREATE TEMP TABLE %I ON COMMIT DROP AS %s', v_stage, p_stage);
+    GET DIAGNOSTICS v_src = ROW_COUNT;
+    EXECUTE format('SELECT count(*) FROM dwh.%I', p_table) INTO v_current;
+    PERFORM dwh.check_source_drop(p_table, v_src, v_current);
+    IF p_mark_stale IS NOT NULL THEN
+        EXECUTE p_mark_stale;
+    END IF;
+    v_counts := dwh.merge_dimension(p_table, ('pg_temp.' || quote_ident(v_stage))::regclass, v_key);
+    PERFORM dwh.write_snapshot(p_table, p_snapshot_day);
+    RETURN dwh.log_refresh(p_table, NULL, NULL, p_snapshot_day, v_counts[1], v_counts[2], v_counts[3], v_src, v_t0, v_wait);
+EXCEPTION WHEN external_routine_exception THEN
+    -- The source reader failed: say which source and why (the data stays as it was).
+    GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+    PERFORM dwh.raise_source_failure(p_table, p_source, v_message, v_detail);
+    RETURN NULL;
 END
 $$;
 

@@ -36,24 +36,23 @@ from dwh_assets.warehouse.defs.schedules import nightly_job, nightly_schedule  #
 WAREHOUSE_DSN_ENV = "DWH_WAREHOUSE_DSN"
 
 
-def cron_targets() -> dict[str, JobTarget]:
+def cron_targets(entries: catalog.Catalog = catalog.PRODUCT) -> dict[str, JobTarget]:
     """pg_cron job name -> what its runs materialise and the refresh_log rows they write."""
-    targets = {}
-    for spec in catalog.CATALOG:
-        targets[spec.cron_job_name] = JobTarget(key_of(spec.local_table), spec.name,
-                                                "window" if spec.kind is catalog.Kind.FACT else None, spec)
-    for mart in catalog.MARTS:
-        targets[mart.cron_job_name] = JobTarget(key_of(mart.relation), mart.relation, "window", mart)
-    return targets
+    return {entry.cron_job_name: JobTarget(key_of(entry.local_table if isinstance(entry, catalog.TableSpec)
+                                                  else entry.relation), entry.log_table,
+                                           None if getattr(entry, "kind", None) is catalog.Kind.DIMENSION else "window",
+                                           entry)
+            for entry in entries.refreshed()}
 
 
-def build_definitions(history_start: dt.date) -> dg.Definitions:
+def build_definitions(history_start: dt.date, entries: catalog.Catalog = catalog.PRODUCT) -> dg.Definitions:
+    """Everything the code location shows, from ``entries`` (the product's catalog unless extended)."""
     partitions = daily_partitions(history_start)
-    job = nightly_job()
-    targets = cron_targets()
+    job = nightly_job(entries)
+    targets = cron_targets(entries)
     return dg.Definitions(
-        assets=[*source_specs(), *side_specs(), *copy_assets(partitions), *mart_assets(partitions),
-                *bookkeeping_specs(), *view_specs(), *dashboard_specs()],
+        assets=[*source_specs(entries), *side_specs(entries), *copy_assets(entries, partitions),
+                *mart_assets(entries, partitions), *bookkeeping_specs(entries), *view_specs(entries), *dashboard_specs()],
         asset_checks=health_checks({name: target.asset_key for name, target in targets.items()}),
         jobs=[job],
         schedules=[nightly_schedule(job, history_start)],

@@ -40,7 +40,7 @@ import psycopg
 
 from dwh_assets.warehouse import catalog
 from dwh_assets.warehouse.defs import assets
-from dwh_assets.warehouse.defs.checks import PG_CRON_HEALTH, checks_by_log_table
+from dwh_assets.warehouse.defs.checks import PG_CRON_HEALTH, checks_of
 from dwh_assets.warehouse.defs.metadata import refresh_metadata
 from dwh_assets.warehouse.defs.partitions import days_of_window
 from dwh_assets.warehouse.defs.resources import WarehouseResource
@@ -277,7 +277,7 @@ def _with_table_reports(conn: psycopg.Connection, judge: CronRunJudge, report: T
     """The judged events, each committed refresh's materializations completed with what a Dagster
     run records (column schema and lineage, row count, the snapshot or series it also wrote), and
     its data checks evaluated now, in the same tick."""
-    checks = checks_by_log_table()
+    checks = {t.log_table: checks_of(t.spec) for t in judge.targets.values() if t.spec is not None}
     by_run = {int(run["runid"]): (job, log) for job, run, log in report.committed}
     events: list = []
     for event in report.events:

@@ -5,7 +5,7 @@ repository's ``dashboards/`` (Superset's export format, parsed by
 ``dwh_assets.warehouse.dashboards``) is an ``AssetSpec`` Dagster never materialises: key
 ``[superset, <slug>]``, group ``dashboards``, kind ``superset``, its URL in the metadata,
 downstream of the relations its charts' datasets read. Those are marts or the catalog's
-plain views (``catalog.VIEWS``), themselves external assets downstream of the copies they
+plain views (the catalog's ``views``), themselves external assets downstream of the copies they
 read, so the lineage runs source -> copy -> mart/view -> dashboard.
 
 The dashboards directory is found relative to the repository (``DWH_DASHBOARDS_DIR``
@@ -19,6 +19,7 @@ import dagster as dg
 
 from dwh_assets.warehouse import catalog
 from dwh_assets.warehouse.dashboards import Bundle, load_bundle, superset_url
+from dwh_assets.warehouse.defs import metadata as md
 from dwh_assets.warehouse.defs.metadata import key_of
 
 DASHBOARDS_GROUP = "dashboards"
@@ -28,26 +29,27 @@ def dashboard_key(slug: str) -> dg.AssetKey:
     return dg.AssetKey(["superset", slug.replace("-", "_")])
 
 
-def view_specs() -> list[dg.AssetSpec]:
+def view_specs(entries: catalog.Catalog = catalog.PRODUCT) -> list[dg.AssetSpec]:
     """The catalog's plain views: computed when read, so observed, never materialised."""
     return [
         dg.AssetSpec(
-            key=key_of(view),
-            deps=[key_of(r) for r in reads],
-            description=f"View {view} (no refresh: computed when read), over {', '.join(reads)}.",
-            group_name=catalog.Group.MARTS.value,
+            key=key_of(view.relation),
+            deps=[key_of(r) for r in view.reads],
+            description=f"{view.description} A view (no refresh: computed when read) over {', '.join(view.reads)}.",
+            group_name=view.group.value,
             kinds={"postgres", "view"},
-            metadata={"relation": view, "relation_kind": "view"},
+            metadata={"relation": view.relation, "relation_kind": "view", md.COLUMN_SCHEMA: md.catalog_schema(view),
+                      md.CODE_REFERENCES: md.code_reference(entries.sql_path(view.sql_file), f"{view.relation} (SQL)")},
         )
-        for view, reads in catalog.VIEWS.items()
+        for view in entries.views
     ]
 
 
-def bookkeeping_specs() -> list[dg.AssetSpec]:
+def bookkeeping_specs(entries: catalog.Catalog = catalog.PRODUCT) -> list[dg.AssetSpec]:
     return [
         dg.AssetSpec(key=key_of(relation), description=text, group_name=catalog.Group.WAREHOUSE.value, kinds={"postgres"},
                      metadata={"relation": relation})
-        for relation, text in catalog.BOOKKEEPING.items()
+        for relation, text in entries.external
     ]
 
 

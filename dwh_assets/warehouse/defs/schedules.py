@@ -7,6 +7,7 @@ import os
 
 import dagster as dg
 
+from dwh_assets.warehouse.catalog import PRODUCT, Catalog
 from dwh_assets.warehouse.defs.assets import fact_keys, mart_keys
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -14,11 +15,11 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 NIGHTLY_DAYS = int(os.environ.get("DWH_NIGHTLY_DAYS", "3"))
 
 
-def nightly_job():
+def nightly_job(entries: Catalog = PRODUCT):
     # The partitions are the selected facts' (one definition shared by every copy).
     return dg.define_asset_job(
         "nightly_late_data",
-        selection=dg.AssetSelection.assets(*fact_keys(), *mart_keys()),
+        selection=dg.AssetSelection.assets(*fact_keys(entries), *mart_keys(entries)),
         description=f"Re-materialise the last {NIGHTLY_DAYS} days of fact partitions (one range run), then the marts.",
     )
 
