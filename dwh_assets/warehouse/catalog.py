@@ -287,8 +287,9 @@ DAY = Column("day", "date", "The UTC day (the partition key of the stored table)
 ORG_DAILY_USAGE = MartSpec(
     name="org_daily_usage",
     reads=("dwh.organizations", "dwh.instances", "dwh.metrics", "dwh.metric_series", "dwh.organization_memberships"),
-    # Organization names are joined at read time: a rename queues nothing.
+    # Organization names are joined at read time (the view): a rename queues nothing.
     stale_when=("instances", "metrics", "organization_memberships"),
+    view_reads=("dwh.organizations",),
     key=("organization_id", "day"),
     description="Per organization and UTC day: instances alive, vCPU-hours, storage GB-days and members.",
     columns=(

@@ -86,9 +86,6 @@ class Column:
     # Marts only: False for a column the view computes at read time (not in mart.<name>_days).
     stored: bool = True
 
-    def plain(self) -> Column:
-        """The column as ``CREATE TABLE ... (LIKE ...)`` copies it: type and NOT NULL, nothing computed."""
-        return Column(self.name, self.type, self.comment, not_null=self.not_null)
 
 
 @dataclass(frozen=True)
@@ -202,7 +199,9 @@ class TableSpec:
         day = Column("snapshot_day", "date", "The day the snapshot was taken (the partition key).", not_null=True)
         return Table(self.snapshot_table,
                      f"Daily snapshots of {self.local_table}: its rows as of each snapshot_day (partitioned by day).",
-                     (day, *(c.plain() for c in self.columns)), partition_by="snapshot_day", premake_back_days=7,
+                     # The columns as CREATE TABLE ... (LIKE ...) copies them: type and NOT NULL, nothing computed.
+                     (day, *(Column(c.name, c.type, c.comment, not_null=self.table.not_null(c)) for c in self.columns)),
+                     partition_by="snapshot_day", premake_back_days=7,
                      indexes=(Index(("snapshot_day",)),))
 
     @property
@@ -278,6 +277,8 @@ class MartSpec:
     retention_days: int | None = 400
     freshness: dt.timedelta = dt.timedelta(hours=2)
     checks: tuple[WindowCheck, ...] = ()
+    # What the view joins at read time besides its table (and its routine reads too, or not).
+    view_reads: tuple[str, ...] = ()
     group: Group = Group.MARTS
 
     @property
@@ -299,11 +300,6 @@ class MartSpec:
     @property
     def view(self) -> ViewSpec:
         return ViewSpec(self.relation, self.description, self.columns, (self.table, *self.view_reads), self.routine_file)
-
-    @property
-    def view_reads(self) -> tuple[str, ...]:
-        """What the view joins besides its table: the relations its read-time columns come from."""
-        return tuple(dict.fromkeys(ref.rsplit(".", 1)[0] for c in self.columns if not c.stored for ref in c.lineage))
 
     @property
     def tables(self) -> tuple[Table, ...]:
