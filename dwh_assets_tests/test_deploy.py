@@ -59,7 +59,7 @@ CP_DB = "cp_prod"
 LOGINS = {"admin": "dba", "owner": "acme_dwh_owner", "loader": "acme_dwh_loader", "reader": "acme_dwh_reader"}
 CP_LOGIN = "acme_cp_ro"
 HISTORY_DAYS = 2
-NO_OP = "done: 0 new migration(s); sources unchanged; pg_cron: jobs unchanged"
+NO_OP = "done: 0 new migration(s); tables unchanged; sources unchanged; pg_cron: jobs unchanged"
 VENV_BIN = Path(sys.executable).parent
 
 
