@@ -28,8 +28,8 @@ from dwh_assets.warehouse.catalog_model import Catalog, Column, Table, ViewSpec
 from dwh_assets.warehouse.deployment import DwhError
 
 
-class CatalogDriftError(DwhError):
-    """A table of the database disagrees with the catalog; the message says which and what to do."""
+class CatalogError(DwhError):
+    """The database or a SQL file disagrees with the catalog; the message says which and what to do."""
 
 
 def ident(relation: str) -> sql.Identifier:
@@ -134,7 +134,7 @@ def sync_tables(conn: psycopg.Connection, catalog: Catalog) -> TableSync:
         elif (problem := drift(conn, table)) is not None:
             problems.append(problem)
     if problems:
-        raise CatalogDriftError(
+        raise CatalogError(
             "nothing was created; these tables do not match the catalog:\n  - " + "\n  - ".join(problems)
             + "\nChange a table deliberately: a migration (sql/migrations/NNNN.<name>.sql) that alters it, and the "
               "catalog entry to match; then run dwh migrate again.")
@@ -176,7 +176,7 @@ def apply_sql_files(conn: psycopg.Connection, files: list) -> int:
             try:
                 conn.execute(path.read_text())  # no parameters: sent as one simple query, statements and all
             except psycopg.Error as e:
-                raise CatalogDriftError(f"{path}: {e.diag.message_primary or e}"
+                raise CatalogError(f"{path}: {e.diag.message_primary or e}"
                                         + (f" ({e.diag.message_hint})" if e.diag.message_hint else "")) from None
     return len(files)
 

@@ -177,6 +177,16 @@ class TableSpec:
         return f"dwh.{self.name}"
 
     @property
+    def relation(self) -> str:
+        """What its asset stands for: the local table."""
+        return self.local_table
+
+    @property
+    def daily(self) -> bool:
+        """Refreshed per window of days (a Dagster partition a day), or as a whole."""
+        return self.kind is Kind.FACT
+
+    @property
     def primary_key(self) -> tuple[str, ...]:
         if self.kind is Kind.FACT and self.time_column not in self.key:
             return (*self.key, self.time_column)
@@ -290,6 +300,8 @@ class MartSpec:
     def table(self) -> str:
         """The partitioned table the refresh writes."""
         return f"mart.{self.name}_days"
+
+    daily = True
 
     @property
     def stored_table(self) -> Table:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from dwh_assets.warehouse.catalog import PRODUCT, Catalog
+from dwh_assets.warehouse.catalog import PRODUCT, Catalog, ViewSpec
 from dwh_assets.warehouse.deployment import DwhError
 
 # libyaml's safe loader where PyYAML was built with it (about 10x faster: the code location
@@ -128,7 +128,7 @@ def describe_dataset(data: dict, catalog: Catalog = PRODUCT) -> dict:
     """
     relation = catalog.relation(f"{data.get('schema')}.{data.get('table_name')}")
     comments = {c.name: c.comment for c in relation.columns}
-    described = dict(data, description=getattr(relation, "description", None) or relation.comment)
+    described = dict(data, description=relation.description if isinstance(relation, ViewSpec) else relation.comment)
     described["columns"] = [dict(col, description=comments.get(col.get("column_name"))) for col in data.get("columns") or []]
     return described
 

@@ -17,8 +17,9 @@ Against any PostgreSQL 15+ the deployment configuration points at, over TCP:
 5. **pg_cron jobs** (``warehouse.cron_jobs``), each scheduled by the role that runs it.
 
 A second run changes nothing: the bootstrap is idempotent, yoyo skips applied migrations,
-existing tables and comments are left as they are, routines and views are ``CREATE OR REPLACE``, the source layer carries a fingerprint and the pg_cron
-sync compares before it schedules. ``plan`` (``dwh migrate --dry-run``) reports what a run
+existing tables and matching comments are left alone, routines and views are ``CREATE OR
+REPLACE``, the source layer carries a fingerprint and the pg_cron sync compares before it
+schedules. ``plan`` (``dwh migrate --dry-run``) reports what a run
 would do without doing it.
 """
 
@@ -34,9 +35,10 @@ from yoyo import read_migrations
 from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
 from yoyo.connections import parse_uri
 
-from dwh_assets.warehouse import bootstrap, catalog, catalog_ddl, cron_jobs
+from dwh_assets.warehouse import bootstrap, catalog_ddl, cron_jobs
 from dwh_assets.warehouse.catalog import (
     LOADER_GROUP,
+    OWNER_GROUP,
     PENDING_MART_ROUTINE,
     PENDING_MART_ROUTINE_ARGUMENTS,
     PRODUCT,
@@ -54,8 +56,8 @@ Progress = Callable[[str], None]
 def _owner_connect(cfg: DeploymentConfig, autocommit: bool = True) -> psycopg.Connection:
     """The owner's login acting as the owner's privilege role, so every object belongs to it."""
     conn = connect(cfg, "owner", autocommit=autocommit)
-    if cfg.warehouse.owner.user != catalog.OWNER_GROUP:
-        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(catalog.OWNER_GROUP)))
+    if cfg.warehouse.owner.user != OWNER_GROUP:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(OWNER_GROUP)))
         if not autocommit:
             conn.commit()
     return conn
@@ -176,7 +178,7 @@ def grant_catalog(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> None:
 
 
 # SECURITY DEFINER functions that must run as the loader login: pg_cron's history is
-# row-level-secured by username, and the refresh jobs are the loader's (0020.dashboard_views).
+# row-level-secured by username, and the refresh jobs are the loader's (migration 0002).
 LOADER_DEFINER_FUNCTIONS = ("dwh.cron_job_runs()",)
 
 

@@ -38,9 +38,7 @@ WAREHOUSE_DSN_ENV = "DWH_WAREHOUSE_DSN"
 
 def cron_targets(entries: catalog.Catalog = catalog.PRODUCT) -> dict[str, JobTarget]:
     """pg_cron job name -> what its runs materialise and the refresh_log rows they write."""
-    return {entry.cron_job_name: JobTarget(key_of(entry.local_table if isinstance(entry, catalog.TableSpec)
-                                                  else entry.relation), entry.log_table,
-                                           None if getattr(entry, "kind", None) is catalog.Kind.DIMENSION else "window",
+    return {entry.cron_job_name: JobTarget(key_of(entry.relation), entry.log_table, "window" if entry.daily else None,
                                            entry)
             for entry in entries.refreshed()}
 
