@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+
 import pytest
 
 from dwh_assets.warehouse import catalog, catalog_ddl, catalog_docs
@@ -14,7 +17,7 @@ from dwh_assets.warehouse.deployment import DeploymentError
 from dwh_assets.warehouse.catalog import PRODUCT
 from dwh_assets.warehouse.migrate import settings
 from dwh_assets.warehouse.sql_files import SQL_DIR
-from dwh_assets_tests.deployments import offline_deployment
+from dwh_assets.warehouse.deployment import DeploymentConfig
 
 DOCS = SQL_DIR.parent / "docs" / "catalog.md"
 RELATIONS = {item.relation: item for item in (*PRODUCT.all_tables(), *PRODUCT.all_views())}
@@ -94,6 +97,21 @@ def test_docs_catalog_md_is_generated_from_the_catalog():
         "docs/catalog.md is stale: python -m dwh_assets.warehouse.catalog_docs > docs/catalog.md"
 
 
+def deployment(home: Path, **overrides) -> DeploymentConfig:
+    """A deployment of made-up addresses: nothing is reached, and no socket is opened to choose them."""
+    secret = home / "secret"
+    secret.write_text("not-a-real-secret\n")
+    values = {
+        "warehouse": {"host": "127.0.0.1", "port": 1, "owner": {"password_file": str(secret)}},
+        "control_plane": {"host": "127.0.0.1", "port": 1, "password_file": str(secret)},
+        "clerk": {"api_url": "http://127.0.0.1:1", "secret_key_file": str(secret)},
+        "prometheus": {"url": "http://127.0.0.1:1"},
+        "reader": {"directory": str(home / "reader")},
+        "history": {"start": dt.date(2026, 1, 1)},
+    }
+    return DeploymentConfig.from_values(values | overrides)
+
+
 def test_the_generator_uses_the_catalogs_instance_states():
     from dwh_assets.local import generator  # the demo wing may import the warehouse, never the reverse
 
@@ -101,10 +119,10 @@ def test_the_generator_uses_the_catalogs_instance_states():
 
 
 def test_a_deployments_accepted_values_reach_dwh_settings(tmp_path):
-    default = settings(offline_deployment(tmp_path), "warehouse")
+    default = settings(deployment(tmp_path), "warehouse")
     assert default["accepted_values.instance_states"] == ",".join(catalog.INSTANCE_STATES.values)
     more = (*catalog.INSTANCE_STATES.values, "hibernating")
-    cfg = offline_deployment(tmp_path, accepted_values={"instance_states": list(more)})
+    cfg = deployment(tmp_path, accepted_values={"instance_states": list(more)})
     assert settings(cfg, "warehouse")["accepted_values.instance_states"] == ",".join(more)
 
 
@@ -115,4 +133,4 @@ def test_a_deployments_accepted_values_reach_dwh_settings(tmp_path):
 ])
 def test_an_unknown_or_malformed_set_of_accepted_values_is_refused(tmp_path, values, problem):
     with pytest.raises(DeploymentError, match=problem):
-        offline_deployment(tmp_path, accepted_values=values)
+        deployment(tmp_path, accepted_values=values)
