@@ -335,11 +335,13 @@ def _normalise(rel: Path, data: object) -> bool:
         for key in ("datasource", "dashboards", "slice_id"):
             data["params"].pop(key, None)
     elif rel.parts[0] == "datasets":
-        # Descriptions come from the catalog at every import: the repository keeps none.
+        # Descriptions come from the catalog at every import: the repository keeps none. Columns
+        # in name order: Superset exports them in an order of its own, which an import changes.
         data["description"] = None
-        for column in data.get("columns") or []:
-            if isinstance(column, dict):
-                column["description"] = None
+        columns = [c for c in data.get("columns") or [] if isinstance(c, dict)]
+        for column in columns:
+            column["description"] = None
+        data["columns"] = sorted(columns, key=lambda c: str(c.get("column_name")))
     elif rel.parts[0] == "dashboards" and isinstance(data.get("position"), dict):
         for item in data["position"].values():
             if isinstance(item, dict) and item.get("type") == "CHART":
