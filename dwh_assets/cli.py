@@ -27,7 +27,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from dwh_assets.warehouse.deployment import CONFIG_ENV, DeploymentConfig, DeploymentError, DwhError
+from dwh_assets.warehouse.deployment import CONFIG_ENV, DeploymentConfig, DeploymentError
+from dwh_assets.warehouse.errors import DwhError
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:

@@ -17,7 +17,7 @@ from dwh_assets.local.dagster import DagsterDaemon, DagsterWebserver, prepare_da
 from dwh_assets.local.postgres import Postgres
 from dwh_assets.local.prometheus import PrometheusServer, UsageExporter
 from dwh_assets.local.superset import Superset, import_dashboards
-from dwh_assets.warehouse.deployment import DwhError
+from dwh_assets.warehouse.errors import DwhError
 
 
 class Component(Protocol):

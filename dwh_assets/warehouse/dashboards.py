@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from dwh_assets.warehouse.deployment import DwhError
+from dwh_assets.warehouse.errors import DwhError
 
 # libyaml's safe loader where PyYAML was built with it (about 10x faster: the code location
 # parses every dashboard file each time it loads), the pure-Python one otherwise.
