@@ -24,10 +24,10 @@ import yaml
 from dwh_assets.local import superset
 from dwh_assets.local.config import StackConfig
 from dwh_assets.warehouse import catalog
-from dwh_assets.warehouse.dashboards import BundleError, dashboards_dir, load_bundle
+from dwh_assets.warehouse.superset_export import BundleError, dashboards_dir, load_bundle
 from dwh_assets.warehouse.defs import build_definitions
 from dwh_assets.warehouse.defs.metadata import key_of
-from dwh_assets.warehouse.defs.dashboards import DASHBOARDS_GROUP, dashboard_key, dashboard_specs
+from dwh_assets.warehouse.defs.dashboard_assets import DASHBOARDS_GROUP, dashboard_key, dashboard_specs
 from dwh_assets_tests.test_layering import load_code_location
 
 SLUGS = {"usage-by-organization", "growth", "fleet", "warehouse-health"}

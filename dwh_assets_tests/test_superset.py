@@ -30,7 +30,7 @@ from dwh_assets.local import secrets
 from dwh_assets.local.config import LOADER_ROLE, READER_ROLE, REPO_ROOT, SUPERSET_ADMIN, WAREHOUSE_DB, StackConfig
 from dwh_assets.local.superset import SupersetApi, export_dashboards, import_dashboards
 from dwh_assets.warehouse import catalog
-from dwh_assets.warehouse.dashboards import BundleError, dashboards_dir, load_bundle
+from dwh_assets.warehouse.superset_export import BundleError, dashboards_dir, load_bundle
 from dwh_assets_tests.superset_browser import drawn_share, render_all
 from dwh_assets_tests.warehouse_helpers import utc_midnight
 

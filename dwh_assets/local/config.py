@@ -304,7 +304,7 @@ class StackConfig:
             **dagster_env(deployment),
             **analyst_env(deployment),
             "DWH_DAGSTER_PG_URL": f"postgresql+psycopg2://{DAGSTER_ROLE}@{self.host}:{self.pg_port}/{DAGSTER_DB}",
-            # The dashboards' URLs in Dagster's asset metadata (warehouse/defs/dashboards.py).
+            # The dashboards' URLs in Dagster's asset metadata (warehouse/defs/dashboard_assets.py).
             "DWH_SUPERSET_URL": self.superset_url,
         }
 

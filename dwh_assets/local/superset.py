@@ -47,7 +47,7 @@ from dwh_assets.local.config import (
     StackConfig,
 )
 from dwh_assets.local.process import ManagedProcess, StackError, tail
-from dwh_assets.warehouse.dashboards import Bundle, BundleError, dashboards_dir, load_bundle
+from dwh_assets.warehouse.superset_export import Bundle, BundleError, dashboards_dir, load_bundle
 
 SUPERSET_VERSION = "6.1.0"
 SUPERSET_FILES = REPO_ROOT / "superset"

@@ -27,7 +27,7 @@ from dwh_assets.warehouse.defs.assets import (  # noqa: E402
 )
 from dwh_assets.warehouse.defs.checks import health_checks  # noqa: E402
 from dwh_assets.warehouse.defs.cron_sensor import JobTarget, build_cron_sensor, sensor_interval_seconds  # noqa: E402
-from dwh_assets.warehouse.defs.dashboards import bookkeeping_specs, dashboard_specs, view_specs  # noqa: E402
+from dwh_assets.warehouse.defs.dashboard_assets import bookkeeping_specs, dashboard_specs, view_specs  # noqa: E402
 from dwh_assets.warehouse.defs.metadata import key_of  # noqa: E402
 from dwh_assets.warehouse.defs.partitions import daily_partitions  # noqa: E402
 from dwh_assets.warehouse.defs.resources import WarehouseResource  # noqa: E402

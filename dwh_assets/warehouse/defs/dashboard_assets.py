@@ -2,7 +2,7 @@
 
 Like dagster-tableau and dagster-sigma model BI workbooks, each dashboard of the
 repository's ``dashboards/`` (Superset's export format, parsed by
-``dwh_assets.warehouse.dashboards``) is an ``AssetSpec`` Dagster never materialises: key
+``dwh_assets.warehouse.superset_export``) is an ``AssetSpec`` Dagster never materialises: key
 ``[superset, <slug>]``, group ``dashboards``, kind ``superset``, its URL in the metadata,
 downstream of the relations its charts' datasets read. Those are marts or the catalog's
 plain views (``catalog.VIEWS``), themselves external assets downstream of the copies they
@@ -18,7 +18,7 @@ from __future__ import annotations
 import dagster as dg
 
 from dwh_assets.warehouse import catalog
-from dwh_assets.warehouse.dashboards import Bundle, load_bundle, superset_url
+from dwh_assets.warehouse.superset_export import Bundle, load_bundle, superset_url
 from dwh_assets.warehouse.defs.metadata import key_of
 
 DASHBOARDS_GROUP = "dashboards"

@@ -12,7 +12,7 @@ The directory is an unzipped Superset export without its root folder::
 ``load_bundle`` parses and checks it (every file valid YAML with the keys Superset needs,
 every uuid once, every reference resolvable) and says which file is wrong. The local stack
 imports the bundle into Superset (``dwh_assets/local/superset.py``); the Dagster code
-location derives one external asset per dashboard from it (``defs/dashboards.py``),
+location derives one external asset per dashboard from it (``defs/dashboard_assets.py``),
 downstream of the relations its charts' datasets read. Only the standard library and PyYAML.
 """
 
