@@ -82,10 +82,13 @@ def server_psql() -> str:
     return shutil.which("psql") or "/usr/bin/psql"
 
 
+def checkout_root() -> Path | None:
+    """The repository this package runs from, or None for an installed package (no checkout)."""
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").exists() else None
+
+
 def _default_home() -> Path:
-    if (REPO_ROOT / "pyproject.toml").exists():
-        return REPO_ROOT / ".dwh"
-    return Path.cwd() / ".dwh"
+    return (checkout_root() or Path.cwd()) / ".dwh"
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -1,6 +1,7 @@
-"""The dashboards as code: Superset's own export format (YAML), kept in ``dashboards/``.
+"""The dashboards as code: Superset's own export format (YAML), kept in the package.
 
-The directory is an unzipped Superset export without its root folder::
+``dwh_assets/warehouse/dashboards/`` is package data (found through ``importlib.resources``,
+so an installed wheel has it too): an unzipped Superset export without its root folder::
 
     dashboards/
       metadata.yaml                      version, type: Dashboard
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import uuid as uuid_lib
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
@@ -34,7 +36,8 @@ _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 DASHBOARDS_DIR_ENV = "DWH_DASHBOARDS_DIR"
 SUPERSET_URL_ENV = "DWH_SUPERSET_URL"
 DEFAULT_SUPERSET_URL = "http://127.0.0.1:8088"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# Installed packages are directories on disk (pip never installs this one zipped).
+PACKAGED_DASHBOARDS = Path(str(files("dwh_assets.warehouse") / "dashboards"))
 
 # What Superset's importer needs of each kind of file (its ImportV1*Schema's required fields).
 REQUIRED = {
@@ -115,8 +118,8 @@ class Bundle:
 
 
 def dashboards_dir() -> Path:
-    """``DWH_DASHBOARDS_DIR``, else ``dashboards/`` of the repository this package is in."""
-    return Path(os.environ.get(DASHBOARDS_DIR_ENV) or REPO_ROOT / "dashboards")
+    """``DWH_DASHBOARDS_DIR``, else the dashboards the package carries."""
+    return Path(os.environ.get(DASHBOARDS_DIR_ENV) or PACKAGED_DASHBOARDS)
 
 
 def superset_url() -> str:
