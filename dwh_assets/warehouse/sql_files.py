@@ -15,9 +15,21 @@ from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
-# A directory on disk, not just a Traversable: yoyo reads migrations from a path, and pip
-# installs packages unzipped.
-SQL_DIR = Path(str(files("dwh_assets.sql")))
+from dwh_assets.warehouse.errors import DwhError
+
+
+def _package_sql_dir() -> Path:
+    try:
+        # A directory on disk, not just a Traversable: yoyo reads migrations from a path, and
+        # pip installs packages unzipped.
+        return Path(str(files("dwh_assets.sql")))
+    except ModuleNotFoundError:
+        raise DwhError("the package dwh_assets.sql (the warehouse's SQL) is not installed: an editable install "
+                       "older than its mapping in pyproject.toml; reinstall with `pip install -e .` "
+                       "(or `bash .ci/setup`)") from None
+
+
+SQL_DIR = _package_sql_dir()
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 ROUTINES_DIR = SQL_DIR / "routines"
 
