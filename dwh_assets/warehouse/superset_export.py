@@ -19,7 +19,6 @@ downstream of the relations its charts' datasets read. Only the standard library
 
 from __future__ import annotations
 
-import os
 import uuid as uuid_lib
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -33,9 +32,6 @@ from dwh_assets.warehouse.errors import DwhError
 # parses every dashboard file each time it loads), the pure-Python one otherwise.
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-DASHBOARDS_DIR_ENV = "DWH_DASHBOARDS_DIR"
-SUPERSET_URL_ENV = "DWH_SUPERSET_URL"
-DEFAULT_SUPERSET_URL = "http://127.0.0.1:8088"
 # Installed packages are directories on disk (pip never installs this one zipped).
 PACKAGED_DASHBOARDS = Path(str(files("dwh_assets.warehouse") / "dashboards"))
 
@@ -117,15 +113,6 @@ class Bundle:
         return [self.charts[u] for u in dashboard.chart_uuids]
 
 
-def dashboards_dir() -> Path:
-    """``DWH_DASHBOARDS_DIR``, else the dashboards the package carries."""
-    return Path(os.environ.get(DASHBOARDS_DIR_ENV) or PACKAGED_DASHBOARDS)
-
-
-def superset_url() -> str:
-    return (os.environ.get(SUPERSET_URL_ENV) or DEFAULT_SUPERSET_URL).rstrip("/")
-
-
 def _read(root: Path, path: Path) -> dict:
     rel = path.relative_to(root)
     try:
@@ -164,10 +151,10 @@ def _position_charts(rel: Path, position: object) -> tuple[str, ...]:
 
 
 def load_bundle(root: Path | None = None) -> Bundle:
-    """Parse and check the dashboards directory; ``BundleError`` names the first broken file."""
-    root = (root or dashboards_dir()).resolve()
+    """Parse and check a dashboards directory (default: the package's); ``BundleError`` names the first broken file."""
+    root = (root or PACKAGED_DASHBOARDS).resolve()
     if not root.is_dir():
-        raise BundleError(f"no dashboards directory at {root} (set {DASHBOARDS_DIR_ENV})")
+        raise BundleError(f"no dashboards directory at {root}")
     bundle = Bundle(root=root)
     seen_uuids: dict[str, Path] = {}
     for path in sorted(root.rglob("*")):
