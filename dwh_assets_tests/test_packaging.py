@@ -4,15 +4,21 @@ The package lists its sub-packages explicitly (setuptools' discovery cannot see 
 which is mapped into the package), so a new sub-package or data file that the list or the
 package-data globs miss would be absent from an installed wheel while every test of a
 checkout still passed. ``test_package_install.py`` builds and installs the real wheel.
+The demo stack's commands, which need the checkout's dev-only files, say so from an installed package.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import tomllib
 from importlib.resources import files
 from pathlib import Path
 
-from dwh_assets.local.config import REPO_ROOT
+import pytest
+
+from dwh_assets.local import local_stack, superset
+from dwh_assets.local.config import DEFAULT_PORTS, REPO_ROOT, StackConfig
+from dwh_assets.local.process import StackError
 from dwh_assets.warehouse import sql_files, superset_export
 
 SETUPTOOLS = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
@@ -61,3 +67,16 @@ def test_the_sql_and_the_dashboards_are_found_through_the_package():
     assert sql_files.routine_path("refresh_events.sql").read_text().strip()
     assert superset_export.PACKAGED_DASHBOARDS == REPO_ROOT / "dwh_assets/warehouse/dashboards"
     assert superset_export.load_bundle(superset_export.PACKAGED_DASHBOARDS).dashboards
+
+
+def test_the_demo_stack_and_the_dashboards_export_need_a_checkout(monkeypatch, tmp_path):
+    """From an installed package (no checkout), `dwh up` and `dwh dashboards export` say so and touch nothing."""
+    monkeypatch.setattr(local_stack, "checkout_root", lambda: None)
+    monkeypatch.setattr(superset, "checkout_root", lambda: None)
+    cfg = StackConfig(home=tmp_path / "stack", ports=dict(DEFAULT_PORTS), anchor_day=dt.date(2026, 1, 1), seed=1,
+                      scale=0.1, server_user="nobody")
+    with pytest.raises(StackError, match=r"the demo stack runs from a checkout .* run `dwh migrate --config FILE`"):
+        local_stack.LocalStack(cfg).up()
+    with pytest.raises(StackError, match=r"belong to an installed package, not to a checkout; give --directory DIR"):
+        superset.export_dashboards(cfg)
+    assert not (tmp_path / "stack").exists()
