@@ -31,8 +31,8 @@ from dwh_assets.warehouse.defs.dashboard_assets import bookkeeping_specs, dashbo
 from dwh_assets.warehouse.defs.metadata import key_of  # noqa: E402
 from dwh_assets.warehouse.defs.partitions import daily_partitions  # noqa: E402
 from dwh_assets.warehouse.defs.resources import WarehouseResource  # noqa: E402
-from dwh_assets.warehouse.defs.settings import CodeLocationSettings  # noqa: E402
 from dwh_assets.warehouse.defs.schedules import nightly_job, nightly_schedule  # noqa: E402
+from dwh_assets.warehouse.defs.settings import CodeLocationSettings  # noqa: E402
 
 
 def cron_targets() -> dict[str, JobTarget]:
