@@ -13,8 +13,6 @@ from psycopg import errors, sql
 from dwh_assets.warehouse import catalog
 from dwh_assets.local.config import LOADER_ROLE, READER_ROLE, WAREHOUSE_DB
 
-pytestmark = pytest.mark.integration
-
 LOCAL_COPIES = [spec.local_table for spec in catalog.CATALOG] + [
     spec.snapshot_table for spec in catalog.CATALOG if spec.snapshot_table
 ] + ["dwh.metric_series", "dwh.metric_samples", "dwh.refresh_log"]

@@ -22,8 +22,6 @@ from dwh_assets.local.config import LOADER_ROLE, OWNER_ROLE, READER_ROLE, StackC
 from dwh_assets.local import secrets
 from dwh_assets_tests.fault_helpers import FAST_READER_ENV, children, connect, failing_refresh, reader_env, wait_for
 
-pytestmark = pytest.mark.integration
-
 
 def all_secrets(cfg: StackConfig) -> dict[str, str]:
     found = {f"password of {role}": pw for role, pw in secrets.passwords(cfg).items()}

@@ -18,8 +18,6 @@ from dwh_assets.local.config import CONTROL_PLANE_DB, DAGSTER_DB, DAGSTER_ROLE, 
 from dwh_assets.local import secrets
 from dwh_assets_tests.conftest import make_home, stack_env
 
-pytestmark = pytest.mark.integration
-
 
 def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, headers=headers or {})
@@ -111,6 +109,7 @@ def _rows(status_stdout: str) -> list[list[str]]:
         [line.split() for line in lines if line.strip()]
 
 
+@pytest.mark.integration  # runs `dwh up` on a stack of its own
 def test_up_is_idempotent_and_down_stops_everything():
     """The README's first command, minus materialisation, on a stack of its own."""
     home = make_home("dwh-lifecycle-")
@@ -142,6 +141,7 @@ def test_up_is_idempotent_and_down_stops_everything():
         shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.mark.integration  # runs `dwh status`
 def test_status_without_a_stack_says_what_to_do(tmp_path):
     result = _dwh({"DWH_HOME": str(tmp_path / "nothing")}, "status")
     assert result.returncode != 0
