@@ -6,6 +6,7 @@ Scale 0.5 gives 600 Clerk users, more than one page of 500.
 
 The fixtures that start servers are declared with ``integration_fixture``: every test that
 uses them, directly or through another fixture, is in the integration tier (tiers.py).
+Superset, the slowest server to start, has its own session fixture, started on first use.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def migrate_stack(cfg: StackConfig) -> str:
 
 @integration_fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
+    """Every server but Superset (the ``superset`` fixture adds it), the warehouse migrated and materialised."""
     home = make_home("dwh-test-")
     saved = dict(os.environ)
     os.environ.update(stack_env(home))
@@ -69,9 +71,7 @@ def stack() -> Iterator[LocalStack]:
     os.environ.update(cfg.client_env())
     local = LocalStack(cfg)
     try:
-        # Superset starts once per session (its virtualenv is shared: .venv-superset); a failed
-        # start is recorded in local.problems and fails only the Superset tests.
-        local.up(dagster=True, superset=True)
+        local.up(dagster=True, superset=False)
         yield local
     finally:
         local.down()
@@ -82,6 +82,17 @@ def stack() -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="session")
 def cfg(stack: LocalStack) -> StackConfig:
+    return stack.cfg
+
+
+@integration_fixture(scope="session")
+def superset(stack: LocalStack) -> StackConfig:
+    """The session stack with Superset running and ``dashboards/`` imported, started by the first test that asks.
+
+    Its virtualenv is shared (.venv-superset); a failed start fails only the tests using this fixture.
+    """
+    problems = stack.start_superset()
+    assert problems == [], f"Superset did not start (log: {stack.superset.log_file}): {problems}"
     return stack.cfg
 
 

@@ -25,7 +25,7 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, byte
         return resp.status, resp.read()
 
 
-def test_every_component_answers(stack, cfg):
+def test_every_component_answers(stack, cfg, superset):
     assert all(s.state == "running" for s in stack.status()), stack.status()
     with stack.postgres.connect(WAREHOUSE_DB) as conn:
         assert conn.execute("SELECT current_setting('cron.database_name')").fetchone() == (WAREHOUSE_DB,)
@@ -75,7 +75,7 @@ def _listening_addresses(ports: set[int]) -> dict[int, set[str]]:
     return found
 
 
-def test_servers_listen_on_loopback_only(stack, cfg):
+def test_servers_listen_on_loopback_only(stack, cfg, superset):
     ports = {p for p in cfg.ports.values()}
     found = _listening_addresses(ports)
     assert set(found) == ports, f"not listening: {ports - set(found)}"
@@ -84,7 +84,7 @@ def test_servers_listen_on_loopback_only(stack, cfg):
         assert addrs == {loopback_v4}, f"port {port} listens on {addrs}"
 
 
-def test_no_secret_on_any_command_line(stack, cfg):
+def test_no_secret_on_any_command_line(stack, cfg, superset):
     secret_values = list(secrets.passwords(cfg).values()) + [secrets.clerk_secret_key(cfg)]
     for pid_dir in Path("/proc").glob("[0-9]*"):
         try:
