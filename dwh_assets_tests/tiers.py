@@ -58,7 +58,8 @@ TIER = pytest.StashKey[Tier]()
 
 def integration_fixtures_used(item: pytest.Item) -> list[str]:
     """The integration fixtures in the item's closure, following pytest's override chains."""
-    info = getattr(item, "_fixtureinfo", None)  # only Function items have fixtures
+    # pytest's FuncFixtureInfo (only Function items have one): each name's definitions, the closest last.
+    info = getattr(item, "_fixtureinfo", None)
     if info is None:
         return []
     found: list[str] = []
