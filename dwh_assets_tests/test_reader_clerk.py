@@ -223,7 +223,7 @@ def log_length(clerk_stack: StackConfig) -> int:
     return len(clerk_stack.log_file("clerk-emulator").read_text().splitlines())
 
 
-def test_429_is_retried_after_retry_after(admin, settings, clerk_stack, world):
+def test_429_is_retried_until_the_read_succeeds(admin, settings, clerk_stack, world):
     admin("POST", "/_admin/faults", {"status": 429, "retry_after": 2, "once": True})
     before = log_length(clerk_stack)
     result = run_reader(settings(), "clerk", "users")
