@@ -49,9 +49,9 @@ from dwh_assets.local.process import port_open, tail, wait_until
 from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions
 from dwh_assets_tests.plain_clusters import PlainCluster, private_file
 from dwh_assets_tests.test_dagster_ui import graphql
+from dwh_assets_tests.tiers import integration_fixture
 from dwh_assets_tests.warehouse_helpers import fact_checksum
 
-pytestmark = pytest.mark.integration
 
 UTC = dt.timezone.utc
 LOCATION = "dwh_assets"
@@ -95,7 +95,7 @@ def build_wheel(root: Path) -> Path:
     return wheel
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def fresh() -> Iterator[FreshInstall]:
     root = Path(tempfile.mkdtemp(prefix="dwh-wheel-", dir="/tmp"))
     root.chmod(0o755)  # the reader directory below must be reachable by the server's OS user
@@ -190,7 +190,7 @@ def prepare_cluster(cluster: PlainCluster, passwords: dict[str, str], start: dt.
                                          n_events=3000, reader_role=CP_LOGIN)
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def deployment(fresh: FreshInstall) -> Iterator[Deployment]:
     cluster = PlainCluster("package", settings={
         "shared_preload_libraries": "'pg_cron'", "cron.database_name": "'postgres'",
@@ -259,7 +259,7 @@ def http_ok(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def served(fresh: FreshInstall, deployment: Deployment) -> Iterator[Served]:
     home = fresh.root / "dagster_home"
     home.mkdir()
