@@ -73,7 +73,8 @@ class CodeLocationSettings:
             except ValueError:
                 fix = (f"e.g. {setting.example}" if setting.required
                        else f"unset it for the default ({_DEFAULTS[setting.field]})")
-                problems.append(f"{setting.name}={raw!r} is not {setting.expects}; {fix}")
+                value = repr(raw) if setting.shown else "(not shown: it may hold a password)"
+                problems.append(f"{setting.name}={value} is not {setting.expects}; {fix}")
         if problems:
             raise SettingsError("the Dagster code location cannot load:\n" + "\n".join(f"  - {p}" for p in problems))
         return cls(**values)
@@ -87,6 +88,7 @@ class Setting:
     example: str
     parse: Callable[[str], Any]
     required: str | None = None  # what it is, when it has no default
+    shown: bool = True  # whether an error may repeat the value
 
     @property
     def name(self) -> str:
@@ -101,7 +103,8 @@ def _positive_int(raw: str) -> int:
 
 
 def _cron(raw: str) -> str:
-    if not croniter.is_valid(raw):
+    # Five fields: croniter would also take a sixth (seconds), which Dagster's schedules do not.
+    if len(raw.split()) != 5 or not croniter.is_valid(raw):
         raise ValueError(raw)
     return raw
 
@@ -129,7 +132,7 @@ def _directory(raw: str) -> Path:
 
 SETTINGS = (
     Setting(WAREHOUSE_DSN, "warehouse_dsn", "a libpq connection string", "'host=… dbname=… user=… passfile=…'", _dsn,
-            required="the loader's libpq DSN, naming a passfile (`dwh env --config FILE` prints it)"),
+            required="the loader's libpq DSN, naming a passfile (`dwh env --config FILE` prints it)", shown=False),
     Setting(HISTORY_START, "history_start", "a date (YYYY-MM-DD)", "YYYY-MM-DD", dt.date.fromisoformat,
             required="the first day of history, history.start of the deployment configuration "
                      "(`dwh env --config FILE` prints it)"),
