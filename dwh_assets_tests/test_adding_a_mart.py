@@ -16,20 +16,18 @@ from pathlib import Path
 
 import dagster as dg
 import psycopg
-import pytest
 
 from dwh_assets.local.config import LOADER_ROLE, OWNER_ROLE, READER_ROLE, WAREHOUSE_DB, StackConfig
 from dwh_assets.warehouse import catalog, catalog_ddl
 from dwh_assets.warehouse.catalog import Column, MartSpec, WindowCheck
-from dwh_assets.warehouse.defs import build_definitions, cron_targets
+from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions, cron_targets
 from dwh_assets.warehouse.defs.assets import mart_assets
 from dwh_assets.warehouse.defs.metadata import key_of
 from dwh_assets.warehouse.defs.partitions import daily_partitions
 from dwh_assets.warehouse.defs.resources import WarehouseResource
 from dwh_assets.warehouse.migrate import migrate
+from dwh_assets_tests.tiers import integration_fixture
 from dwh_assets_tests.warehouse_helpers import scratch_warehouse
-
-pytestmark = pytest.mark.integration
 
 FIXTURE_SQL = Path(__file__).parent / "fixture_sql"
 
@@ -58,7 +56,7 @@ TODAY = dt.datetime.now(dt.timezone.utc).date()
 USERS = [("user_a", "a@example.org"), ("user_b", "b@example.org"), ("user_c", "c@example.com"), ("user_d", None)]
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def warehouse() -> Iterator[tuple[StackConfig, str]]:
     """A throwaway warehouse of its own, migrated with the product's catalog, then with the extended one."""
     with scratch_warehouse("dwh-test-mart-") as scratch:
@@ -102,7 +100,7 @@ def test_the_pg_cron_job_and_the_marts_inputs_are_written(warehouse):
 
 
 def test_dagster_shows_the_asset_with_its_checks_schema_and_lineage():
-    graph = build_definitions(TODAY - dt.timedelta(days=3), EXTENDED).resolve_asset_graph()
+    graph = build_definitions(CodeLocationSettings(TODAY - dt.timedelta(days=3)), EXTENDED).resolve_asset_graph()
     node = graph.get(key_of(SIGNUP_DOMAINS.relation))
     assert node.parent_keys == {key_of("dwh.users")} and node.is_materializable
     assert {c.name for c in node.assets_def.check_specs} == {"signups_are_positive"}

@@ -16,10 +16,9 @@ from dwh_assets.warehouse import catalog, catalog_ddl, catalog_docs
 from dwh_assets.warehouse.deployment import DeploymentError
 from dwh_assets.warehouse.catalog import PRODUCT
 from dwh_assets.warehouse.migrate import settings
-from dwh_assets.warehouse.sql_files import SQL_DIR
 from dwh_assets.warehouse.deployment import DeploymentConfig
 
-DOCS = SQL_DIR.parent / "docs" / "catalog.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "catalog.md"
 RELATIONS = {item.relation: item for item in (*PRODUCT.all_tables(), *PRODUCT.all_views())}
 
 

@@ -12,8 +12,6 @@ import pytest
 from dwh_assets.warehouse import catalog, catalog_ddl
 from dwh_assets.warehouse.catalog import PRODUCT
 
-pytestmark = pytest.mark.integration
-
 RELATIONS = [*PRODUCT.all_tables(), *PRODUCT.all_views()]
 
 # What a view's rewrite rule depends on: relations, and functions it calls (by name).

@@ -21,11 +21,10 @@ from dwh_assets.warehouse import catalog, catalog_ddl, cron_jobs
 from dwh_assets.warehouse.migrate import MIGRATIONS_DIR
 from dwh_assets.warehouse.sources import foreign_tables, reader
 from dwh_assets_tests.conftest import migrate_stack
+from dwh_assets_tests.tiers import integration_fixture
 from dwh_assets_tests.warehouse_helpers import LEGACY_MIGRATIONS, apply_legacy_migrations, scratch_warehouse
 
 METRICS_STEP_SECONDS = 3600  # the deployment's default prometheus.step_seconds
-
-pytestmark = pytest.mark.integration
 
 NO_OP = "0 new migration(s); tables unchanged; sources unchanged; pg_cron: jobs unchanged"
 OUR_SCHEMAS = ["src_control_plane", "src_clerk", "src_prometheus", "dwh", "mart"]
@@ -146,7 +145,7 @@ def test_reader_rejects_ambiguous_prometheus_windows(args, problem):
 # ----- an empty database ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def fresh(cfg: StackConfig) -> Iterator[tuple[StackConfig, str]]:
     """A new cluster with empty databases (the control plane has its schema, no rows), migrated once."""
     with scratch_warehouse("dwh-test-migrate-") as fresh_cfg:
@@ -186,7 +185,7 @@ def test_migrate_on_the_fresh_database_is_then_a_no_op(fresh):
 # ----- a warehouse migrated before the catalog created its tables ------------------------------------
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def legacy(cfg: StackConfig) -> Iterator[tuple[StackConfig, list[str], str]]:
     """A new cluster migrated the old way (0001-0009, 0020), then by this version's migrate."""
     with scratch_warehouse("dwh-test-legacy-") as legacy_cfg:

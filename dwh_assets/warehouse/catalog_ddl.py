@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 
 from dwh_assets.warehouse.catalog_model import Catalog, Column, Table, ViewSpec
-from dwh_assets.warehouse.deployment import DwhError
+from dwh_assets.warehouse.errors import DwhError
 
 
 class CatalogError(DwhError):

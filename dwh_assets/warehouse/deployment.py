@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dwh_assets.warehouse import catalog, catalog_model
+from dwh_assets.warehouse.errors import DwhError
 
 CONFIG_ENV = "DWH_CONFIG"
 ENV_PREFIX = "DWH_"
@@ -38,10 +39,6 @@ SECRET_KEYS = ("password", "secret_key")
 Backend = Literal["reader", "tembo"]
 # How dwh.refresh_events reads the control plane's event archive (see ControlPlaneSettings).
 Transfer = Literal["auto", "fdw", "copy"]
-
-
-class DwhError(RuntimeError):
-    """An error whose message is a sentence for the user: what failed and what to do."""
 
 
 class DeploymentError(DwhError):

@@ -91,7 +91,7 @@ def pending_migrations(cfg: DeploymentConfig) -> list[str]:
 def apply_migrations(cfg: DeploymentConfig, catalog: Catalog = PRODUCT) -> catalog_ddl.TableSync:
     """Versioned migrations (once each), then the catalog's tables, repeatable SQL and comments."""
     if not MIGRATIONS_DIR.is_dir():
-        raise DeploymentError(f"no SQL migrations at {MIGRATIONS_DIR}: run dwh from a checkout of the repository")
+        raise DeploymentError(f"no SQL migrations at {MIGRATIONS_DIR}: the dwh_assets package is incomplete; reinstall it")
     backend = _backend(cfg)
     migrations = read_migrations(str(MIGRATIONS_DIR))
     with backend.lock():
