@@ -11,11 +11,13 @@ lineage, and a Dagster run of it must refresh the days and pass its checks.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import psycopg
+import pytest
 
 from dwh_assets.local.config import LOADER_ROLE, OWNER_ROLE, READER_ROLE, WAREHOUSE_DB, StackConfig
 from dwh_assets.warehouse import catalog, catalog_ddl
@@ -25,7 +27,8 @@ from dwh_assets.warehouse.defs.assets import mart_assets
 from dwh_assets.warehouse.defs.metadata import key_of
 from dwh_assets.warehouse.defs.partitions import daily_partitions
 from dwh_assets.warehouse.defs.resources import WarehouseResource
-from dwh_assets.warehouse.migrate import migrate
+from dwh_assets.warehouse.catalog_ddl import CatalogError
+from dwh_assets.warehouse.migrate import migrate, plan
 from dwh_assets_tests.tiers import integration_fixture
 from dwh_assets_tests.warehouse_helpers import scratch_warehouse
 
@@ -132,3 +135,20 @@ def test_a_dagster_run_refreshes_it_passes_its_checks_and_the_reader_reads_it(wa
         rows = reader.execute("SELECT email_domain, signups FROM mart.signup_domains WHERE day = %s ORDER BY 1",
                               (TODAY,)).fetchall()
     assert rows == [("", 1), ("example.com", 1), ("example.org", 2)]
+
+
+def test_a_table_that_differs_from_its_entry_stops_migrate_and_names_the_difference(warehouse):
+    """Tables change deliberately (a migration): migrate refuses to guess, and the dry run says so."""
+    scratch, _ = warehouse
+    with connect(scratch, OWNER_ROLE) as owner:
+        owner.execute("SET ROLE dwh_owner")
+        owner.execute("ALTER TABLE mart.signup_domains_days ADD COLUMN note text")
+        try:
+            difference = "mart.signup_domains_days differs from the catalog: the catalog has none, the database has note text"
+            assert f"REFUSED: {difference} (a migration must change it)" in plan(
+                scratch.deployment(), progress=lambda _line: None, catalog=EXTENDED)
+            with pytest.raises(CatalogError, match=r"nothing was created; these tables do not match the catalog:\n"
+                                                   rf"  - {re.escape(difference)}\nChange a table deliberately"):
+                migrate(scratch.deployment(), progress=lambda _line: None, catalog=EXTENDED)
+        finally:
+            owner.execute("ALTER TABLE mart.signup_domains_days DROP COLUMN note")

@@ -46,6 +46,7 @@ from dwh_assets.local import control_plane
 from dwh_assets.local.config import REPO_ROOT, free_port
 from dwh_assets.local.generator import build_world
 from dwh_assets.local.process import port_open, tail, wait_until
+from dwh_assets.warehouse import catalog
 from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions
 from dwh_assets_tests.plain_clusters import PlainCluster, private_file
 from dwh_assets_tests.test_dagster_ui import graphql
@@ -205,7 +206,11 @@ def deployment(fresh: FreshInstall) -> Iterator[Deployment]:
         fresh.run("dwh", "reader", "install", "--config", str(config))
         migrated = fresh.run("dwh", "migrate", "--config", str(config))
         n_migrations = len(list((REPO_ROOT / "sql" / "migrations").glob("*.sql")))
-        assert migrated.stdout.splitlines()[-1].startswith(f"done: {n_migrations} new migration(s); sources rebuilt")
+        # The installed package's catalog created every table (its SQL files, views too, are package data).
+        n_tables = len(catalog.PRODUCT.all_tables())
+        assert migrated.stdout.splitlines()[-1].startswith(
+            f"done: {n_migrations} new migration(s); {n_tables} table(s) created, ")
+        assert "; sources rebuilt; " in migrated.stdout.splitlines()[-1]
         printed = fresh.run("dwh", "env", "--config", str(config)).stdout
         location_env = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in printed.splitlines())
         yield Deployment(cluster, config, secrets / "pgpass", start,

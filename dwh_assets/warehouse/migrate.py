@@ -305,7 +305,10 @@ def plan(cfg: DeploymentConfig, progress: Progress = print, catalog: Catalog = P
         with _owner_connect(cfg) as conn:
             settings_differ, ddl_differs = sources_changed(conn, cfg, bootstrap_plan.cron_db, catalog)
             absent = [t.relation for t in catalog.all_tables() if not catalog_ddl.database_columns(conn, t.relation)]
+            drifted = [d for t in catalog.all_tables() if t.relation not in absent
+                       and (d := catalog_ddl.drift(conn, t)) is not None]
         lines.append(f"catalog: {len(absent)} table(s) to create ({', '.join(absent) or 'none'})")
+        lines += [f"REFUSED: {d} (a migration must change it)" for d in drifted]
         lines.append("settings: " + ("rewritten" if settings_differ else "unchanged")
                      + "; source foreign tables: " + ("rebuilt" if ddl_differs else "unchanged"))
     lines += [f"pg_cron: {line}" for line in cron_jobs.plan(cfg, bootstrap_plan.cron_db, bootstrap_plan.facts.roles,
