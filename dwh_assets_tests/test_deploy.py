@@ -182,10 +182,13 @@ def dagster_env(deployment: Deployment, tmp: Path) -> dict[str, str]:
     done = deployment.dwh("env")
     assert done.returncode == 0, done.stderr
     values = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in done.stdout.splitlines())
-    assert set(values) == {"DWH_WAREHOUSE_DSN", "DWH_HISTORY_START", "DWH_READER_DSN"}
+    assert set(values) == {"DWH_WAREHOUSE_DSN", "DWH_HISTORY_START", "DWH_READER_DSN", "DAGSTER_HOME",
+                           "DWH_DAGSTER_PG_URL", "PGPASSFILE", "PATH"}
     assert "password" not in values["DWH_WAREHOUSE_DSN"] and "passfile=" in values["DWH_WAREHOUSE_DSN"]
+    assert values["PATH"].split(":")[0] == str(VENV_BIN)
+    # Dagster's instance: a throwaway home here (the runbook test sets up the configured one).
     (tmp / "dagster_home").mkdir(exist_ok=True)
-    return clean_env(DAGSTER_HOME=str(tmp / "dagster_home"), **values)
+    return clean_env(**{**values, "DAGSTER_HOME": str(tmp / "dagster_home")})
 
 
 def materialize(env: dict[str, str], *args: str) -> None:

@@ -148,3 +148,16 @@ def dagster_env(cfg: DeploymentConfig) -> dict[str, str]:
 def analyst_env(cfg: DeploymentConfig) -> dict[str, str]:
     """The read-only DSN for people and dashboards (dwh and mart only)."""
     return {"DWH_READER_DSN": conninfo(cfg, "reader")}
+
+
+def shell_env(cfg: DeploymentConfig, bin_dir: str, path: str) -> dict[str, str]:
+    """`dwh env --config`: the code location's, the analysts' and Dagster's instance variables, ``bin_dir`` first on PATH."""
+    values = dagster_env(cfg) | analyst_env(cfg) | {
+        "DAGSTER_HOME": str(cfg.dagster.home),
+        "DWH_DAGSTER_PG_URL": cfg.dagster.url(cfg.warehouse),
+        # dagster-postgres' URL names no password: libpq reads it from here.
+        "PGPASSFILE": str(passfile(cfg)),
+    }
+    parts = [p for p in path.split(os.pathsep) if p]
+    values["PATH"] = os.pathsep.join([bin_dir] + [p for p in parts if p != bin_dir])
+    return values

@@ -234,6 +234,30 @@ class RelaySettings(Section):
         )
 
 
+class DagsterSettings(Section):
+    """Dagster's own storage and instance directory, for ``dwh env --config`` (runs, events, schedules).
+
+    ``dagster.yaml`` of the repository, copied into ``home``, reads the storage URL from
+    ``DWH_DAGSTER_PG_URL``, which ``dwh env`` builds from these values (no password: libpq
+    takes it from the passfile, ``PGPASSFILE``).
+    """
+
+    # DAGSTER_HOME: where dagster.yaml lives (and Dagster's local artifacts).
+    home: Path = Path("/var/lib/dwh/dagster_home")
+    # The Postgres holding Dagster's storage; host and port default to the warehouse's.
+    host: str | None = None
+    port: int | None = None
+    database: str = "dagster"
+    user: str = "dagster"
+
+    def url(self, warehouse: WarehouseSettings) -> str:
+        from urllib.parse import quote
+
+        host, port = self.host or warehouse.host, self.port or warehouse.port
+        return (f"postgresql+psycopg2://{quote(self.user, safe='')}@{host}:{port}/{quote(self.database, safe='')}"
+                f"?sslmode={warehouse.sslmode}")
+
+
 class HistorySettings(Section):
     # The first day the warehouse holds; Dagster's partitions start here (DWH_HISTORY_START).
     start: dt.date
@@ -262,6 +286,7 @@ class DeploymentConfig(BaseSettings):
     prometheus: PrometheusSettings = PrometheusSettings()
     reader: ReaderSettings = ReaderSettings()
     relay: RelaySettings = RelaySettings()
+    dagster: DagsterSettings = DagsterSettings()
     history: HistorySettings
     refresh: RefreshSettings = RefreshSettings()
     # pg_cron schedules (GMT) by job: a catalog table, a mart, or a maintenance job.

@@ -104,14 +104,15 @@ def _source_readers(cfg: DeploymentConfig) -> tuple[str, ...]:
     return (catalog.OWNER_GROUP, cfg.warehouse.loader.user)
 
 
-def control_plane_ddl(cfg: DeploymentConfig) -> SourceDDL:
+def control_plane_ddl(cfg: DeploymentConfig, readers: tuple[str, ...] | None = None) -> SourceDDL:
+    """The control plane's server and tables, for the warehouse, or with ``readers`` for the relay."""
     cp = cfg.control_plane
     ddl = SourceDDL()
-    if cp.via_relay:
+    if cp.via_relay and readers is None:
         ddl.add("DROP SERVER IF EXISTS control_plane CASCADE")
         return ddl  # relay_ddl imports it from the relay
     _postgres_server(ddl, "control_plane", server_options(cp.host, cp.port, cp.database, cp.sslmode),
-                     cp.user, cp.secret(), _source_readers(cfg))
+                     cp.user, cp.secret(), readers or _source_readers(cfg))
     for remote_schema, only in catalog.CONTROL_PLANE_IMPORTS.items():
         limit = sql.SQL("")
         if only:
