@@ -39,6 +39,9 @@ class PostgresSource:
     password_setting: str  # where the password comes from, for the fix
     contract: dict[str, dict[str, str]]  # schema.table -> column -> information_schema data_type
     fix: str  # what to do when a table or column is missing
+    # Where the columns are listed: the source's information_schema.columns, or, for the
+    # control plane through the relay, the relay's foreign table of it (sources/relay.py).
+    columns_table: tuple[str, str] = ("information_schema", "columns")
 
 
 def relay_contract(cfg: DeploymentConfig) -> dict[str, dict[str, str]]:
@@ -49,10 +52,6 @@ def relay_contract(cfg: DeploymentConfig) -> dict[str, dict[str, str]]:
             contract[f"src_clerk.{table}"] = {c: _DATA_TYPES.get(t, t) for c, t in columns}
     if "prometheus" in cfg.relay_sources():
         contract["src_prometheus.metrics"] = {c: _DATA_TYPES.get(t, t) for c, t in foreign_tables.PROMETHEUS_COLUMNS}
-    if cfg.control_plane.via_relay:
-        # The relay imports the control plane's schemas into one (foreign_tables.RELAY_SCHEMAS).
-        for relation, columns in catalog.CONTROL_PLANE_CONTRACT.items():
-            contract[f"src_control_plane.{relation.split('.')[1]}"] = columns
     return contract
 
 
@@ -65,13 +64,24 @@ def sources(cfg: DeploymentConfig) -> list[PostgresSource]:
             "the control plane", cp.host, cp.port, cp.database, cp.sslmode, cp.user,
             "control_plane.password_file (or DWH_CONTROL_PLANE__PASSWORD)", catalog.CONTROL_PLANE_CONTRACT,
             f"the control plane must hold it for the warehouse ({CONTRACT_DOC}), readable by {cp.user}"))
-    if cfg.uses_relay():
-        relay = cfg.relay
+    relay = cfg.relay
+    password_setting = "relay.password_file (or DWH_RELAY__PASSWORD)"
+    if relay_contract(cfg):
         found.append(PostgresSource(
-            "the relay", relay.host, relay.port, relay.database, relay.sslmode, relay.user,
-            "relay.password_file (or DWH_RELAY__PASSWORD)", relay_contract(cfg),
-            "run `dwh relay install --config FILE` on the relay's host (it serves these tables)"))
+            "the relay", relay.host, relay.port, relay.database, relay.sslmode, relay.user, password_setting,
+            relay_contract(cfg), "run `dwh relay install --config FILE` on the relay's host (it serves these tables)"))
+    if cfg.control_plane.via_relay:
+        cp = cfg.control_plane
+        found.append(PostgresSource(
+            "the control plane (through the relay)", relay.host, relay.port, relay.database, relay.sslmode, relay.user,
+            password_setting, catalog.CONTROL_PLANE_CONTRACT,
+            f"the control plane must hold it for the warehouse ({CONTRACT_DOC}), readable by {cp.user}; "
+            "then rerun `dwh relay install` (the relay imports its tables)", RELAY_CONTROL_PLANE_COLUMNS))
     return found
+
+
+# The relay's foreign table of the control plane's information_schema.columns (control_plane.via_relay).
+RELAY_CONTROL_PLANE_COLUMNS = ("dwh", "control_plane_columns")
 
 
 def contract_problems(source: PostgresSource, columns: list[tuple[str, str, str, str]]) -> list[str]:
@@ -103,14 +113,16 @@ def check_through_server(conn: psycopg.Connection, source: PostgresSource, passw
                 foreign_tables.server_options(source.host, source.port, source.database, source.sslmode)))
             conn.execute(sql.SQL("CREATE USER MAPPING FOR CURRENT_USER SERVER dwh_contract_check OPTIONS (user {}, password {})")
                          .format(sql.Literal(source.user), sql.Literal(password)))
-            conn.execute("CREATE FOREIGN TABLE pg_temp.dwh_contract_columns (table_schema text, table_name text, "
-                         "column_name text, data_type text) SERVER dwh_contract_check "
-                         "OPTIONS (schema_name 'information_schema', table_name 'columns')")
+            conn.execute(sql.SQL("CREATE FOREIGN TABLE pg_temp.dwh_contract_columns (table_schema text, table_name text, "
+                                 "column_name text, data_type text) SERVER dwh_contract_check "
+                                 "OPTIONS (schema_name {}, table_name {})").format(*map(sql.Literal, source.columns_table)))
             columns = conn.execute("SELECT table_schema, table_name, column_name, data_type FROM pg_temp.dwh_contract_columns "
                                    "WHERE table_schema = ANY(%s)", (schemas,)).fetchall()
             conn.execute("DROP SERVER dwh_contract_check CASCADE")
     except psycopg.Error as e:
-        return [unreachable(source, " ".join(str(e.diag.message_primary or e).split()))]
+        # postgres_fdw puts the cause (refused, password, timeout) in DETAIL.
+        reason = ": ".join(filter(None, (e.diag.message_primary or str(e), e.diag.message_detail)))
+        return [unreachable(source, " ".join(reason.split()))]
     return contract_problems(source, columns)
 
 
@@ -127,6 +139,7 @@ def unreachable(source: PostgresSource, reason: str) -> str:
 def source_password(cfg: DeploymentConfig, source: PostgresSource) -> str | None:
     """The source's password, or None when the configuration has none (reported by the caller's preflight)."""
     try:
-        return cfg.relay.secret() if source.what == "the relay" else cfg.control_plane.secret()
+        return cfg.relay.secret() if source.host == cfg.relay.host and source.port == cfg.relay.port \
+            and source.database == cfg.relay.database else cfg.control_plane.secret()
     except DeploymentError:
         return None

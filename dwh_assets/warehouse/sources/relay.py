@@ -92,6 +92,9 @@ def _objects(conn: psycopg.Connection, cfg: DeploymentConfig) -> None:
     ddl = foreign_tables.reader_ddl(cfg, backend="relay")
     if cfg.control_plane.via_relay:
         ddl += foreign_tables.control_plane_ddl(cfg, readers=(RELAY_OWNER, cfg.relay.user))
+        # What `dwh migrate` checks the control plane's contract against (sources/contract.py).
+        ddl.add("CREATE FOREIGN TABLE dwh.control_plane_columns (table_schema text, table_name text, column_name text, "
+                "data_type text) SERVER control_plane OPTIONS (schema_name 'information_schema', table_name 'columns')")
     else:
         ddl.add("DROP SERVER IF EXISTS control_plane CASCADE")
     for statement in ddl.statements:
@@ -108,6 +111,8 @@ def _grants(conn: psycopg.Connection, cfg: DeploymentConfig) -> None:
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(_ident(schema), login))
     for schema in SCHEMAS[1:]:
         conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(_ident(schema), login))
+    if cfg.control_plane.via_relay:
+        conn.execute(sql.SQL("GRANT SELECT ON dwh.control_plane_columns TO {}").format(login))
     conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(WINDOW_FUNCTION), login))
 
 
