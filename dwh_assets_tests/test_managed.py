@@ -246,8 +246,9 @@ def test_the_script_holds_only_what_a_superuser_must_do(deployed):
                    "cron.schedule_in_database(text, text, text, text, text, boolean)",
                    "CREATE ROLE dwh_owner NOLOGIN"):
         assert wanted in script, wanted
+    statements = "\n".join(line for line in script.splitlines() if not line.startswith("--"))
     for unwanted in ("file_fdw", "pg_execute_server_program", "PASSWORD", "ALTER FUNCTION", "acme_"):
-        assert unwanted not in script, unwanted
+        assert unwanted not in statements, unwanted
     # The statements of the warehouse database come before \connect 'postgres' (the roles are made there).
     assert script.index("\\connect 'analytics'") < script.index("\\connect 'postgres'")
 
