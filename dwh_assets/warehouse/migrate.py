@@ -272,10 +272,7 @@ def _owner_checks(cfg: DeploymentConfig) -> list[bootstrap.OwnerCheck]:
     checks: list[bootstrap.OwnerCheck] = []
     if cfg.uses_reader():
         checks.append(lambda conn: bootstrap.check_reader(conn, reader_install.check_command(cfg), cfg))
-    for source in contract.sources(cfg):
-        password = contract.source_password(cfg, source)
-        if password is not None:  # else preflight has said so
-            checks.append(lambda conn, s=source, pw=password: contract.check_through_server(conn, s, pw))
+    checks.append(lambda conn: contract.check_all(conn, cfg))
     return checks
 
 
