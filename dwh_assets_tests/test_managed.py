@@ -32,10 +32,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from dwh_assets.warehouse import catalog
 from dwh_assets.local.config import CONTROL_PLANE_DB, CONTROL_PLANE_READER_ROLE, REPO_ROOT, StackConfig
 from dwh_assets.local.generator import METRIC_NAMES
 from dwh_assets.local.postgres import pg_bin
+from dwh_assets.warehouse import catalog
 from dwh_assets_tests.plain_clusters import PlainCluster, private_file
 from dwh_assets_tests.warehouse_helpers import (
     connect_control_plane,
