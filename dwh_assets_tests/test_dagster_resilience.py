@@ -59,8 +59,7 @@ from dwh_assets_tests.warehouse_helpers import (
     primary_email,
     prometheus_samples,
 )
-
-pytestmark = pytest.mark.integration
+from dwh_assets_tests.tiers import integration_fixture
 
 UTC = dt.timezone.utc
 SENSOR = "pg_cron_runs"
@@ -70,7 +69,7 @@ DIMENSIONS = [s.name for s in catalog.CATALOG if s.kind is catalog.Kind.DIMENSIO
 FACTS = [s.name for s in catalog.CATALOG if s.kind is catalog.Kind.FACT]
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def own_stack():
     """A full stack on free ports; the env points at it (as the ``stack`` fixture does) until teardown."""
     home = make_home("dwh-resilience-")

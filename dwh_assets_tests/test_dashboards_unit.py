@@ -98,6 +98,7 @@ def test_dashboard_url_comes_from_the_superset_address(bundle, monkeypatch):
     assert url == dg.MetadataValue.url("http://127.0.0.1:18088/superset/dashboard/growth/")
 
 
+@pytest.mark.integration  # loads the code location in a Python of its own
 def test_the_code_location_loads_the_dashboards_with_only_its_environment():
     done = load_code_location({"DWH_WAREHOUSE_DSN": "host=db.example port=5432 dbname=warehouse user=dwh_loader",
                                "DWH_HISTORY_START": "2026-01-01"})

@@ -122,6 +122,7 @@ def test_every_pg_cron_job_of_an_asset_has_a_sensor_target():
         assert targets[mart.cron_job_name].log_table == mart.relation
 
 
+@pytest.mark.integration  # loads the code location in a Python of its own
 def test_loading_the_code_location_prints_no_warning():
     """Every CLI call and daemon reload loads it: no BetaWarning (or any other) on the way."""
     probe = ("import warnings; warnings.simplefilter('error'); import dwh_assets.definitions as d; "

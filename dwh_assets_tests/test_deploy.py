@@ -42,6 +42,7 @@ from dwh_assets.warehouse.defs import cron_targets
 from dwh_assets.warehouse.defs.cron_sensor import CronRunJudge, evaluate_cron_runs
 from dwh_assets.warehouse.defs.resources import WarehouseResource
 from dwh_assets_tests.plain_clusters import PlainCluster, private_file
+from dwh_assets_tests.tiers import integration_fixture
 from dwh_assets_tests.warehouse_helpers import (
     ClerkApi,
     fact_checksum,
@@ -128,7 +129,7 @@ start = {start.isoformat()}
 {extra}"""
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def deployment(cfg: StackConfig) -> Iterator[Deployment]:
     cp = PlainCluster("control-plane").init().start()
     wh = PlainCluster("warehouse", settings={

@@ -1,7 +1,7 @@
 """Superset in the session stack: dashboards as code, in a real browser, read-only on the warehouse.
 
-The session ``stack`` started Superset once (``LocalStack.up(superset=True)``) and imported
-``dashboards/``. Here:
+The session fixture ``superset`` starts Superset once, on first use (``LocalStack.start_superset``),
+and imports ``dashboards/``. Here:
 
 - headless Chromium logs in through Superset's login form, opens each dashboard, waits for
   every chart and fails on a chart error or an empty chart (screenshots in test-artifacts/);
@@ -35,13 +35,6 @@ from dwh_assets_tests.superset_browser import drawn_share, render_all
 from dwh_assets_tests.warehouse_helpers import utc_midnight
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-
-
-@pytest.fixture(scope="module")
-def superset(stack) -> StackConfig:
-    assert not [p for p in stack.problems if "superset" in p], stack.problems
-    assert stack.superset.is_running(), f"superset is not running; see {stack.superset.log_file}"
-    return stack.cfg
 
 
 @pytest.fixture(scope="module")

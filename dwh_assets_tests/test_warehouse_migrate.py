@@ -24,10 +24,9 @@ from dwh_assets.warehouse.migrate import MIGRATIONS_DIR
 from dwh_assets.warehouse.sources import foreign_tables, reader
 from dwh_assets.warehouse.sources.reader_install import install_reader
 from dwh_assets_tests.conftest import make_home, migrate_stack
+from dwh_assets_tests.tiers import integration_fixture
 
 METRICS_STEP_SECONDS = 3600  # the deployment's default prometheus.step_seconds
-
-pytestmark = pytest.mark.integration
 
 NO_OP = "0 new migration(s); sources unchanged; pg_cron: jobs unchanged"
 OUR_SCHEMAS = ["src_control_plane", "src_clerk", "src_prometheus", "dwh", "mart"]
@@ -148,7 +147,7 @@ def test_reader_rejects_ambiguous_prometheus_windows(args, problem):
 # ----- an empty database ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def fresh(cfg: StackConfig) -> Iterator[tuple[StackConfig, str]]:
     """A new cluster with empty databases (the control plane has its schema, no rows), migrated once."""
     home = make_home("dwh-test-migrate-")

@@ -137,10 +137,20 @@ class LocalStack:
                 ("dagster daemon", self.daemon.start),
             ]
         if superset:
-            steps += [
-                (f"superset on {self.cfg.superset_url}", self._start_superset),
-                ("superset dashboards (dashboards/)", self._import_dashboards),
-            ]
+            steps += self._superset_steps()
+        return self._run(steps)
+
+    def start_superset(self) -> list[str]:
+        """Superset and its dashboards on a stack that is up; returns the problems, as ``up`` does."""
+        return self._run(self._superset_steps())
+
+    def _superset_steps(self) -> list[tuple[str, Callable[[], object]]]:
+        return [
+            (f"superset on {self.cfg.superset_url}", self._start_superset),
+            ("superset dashboards (dashboards/)", self._import_dashboards),
+        ]
+
+    def _run(self, steps: list[tuple[str, Callable[[], object]]]) -> list[str]:
         self.problems = []
         for i, (label, fn) in enumerate(steps, 1):
             self._step(i, len(steps), label, fn)
