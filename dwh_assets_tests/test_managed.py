@@ -37,6 +37,7 @@ from dwh_assets.local.generator import METRIC_NAMES
 from dwh_assets.local.postgres import pg_bin
 from dwh_assets.warehouse import catalog
 from dwh_assets_tests.plain_clusters import PlainCluster, private_file
+from dwh_assets_tests.tiers import integration_fixture
 from dwh_assets_tests.warehouse_helpers import (
     connect_control_plane,
     fact_checksum,
@@ -46,7 +47,6 @@ from dwh_assets_tests.warehouse_helpers import (
     prometheus_samples,
 )
 
-pytestmark = pytest.mark.integration
 
 UTC = dt.timezone.utc
 DB = "analytics"
@@ -168,7 +168,7 @@ def _secrets(home: Path, wh: PlainCluster, relay: PlainCluster) -> dict[str, str
     return passwords
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def managed(cfg: StackConfig) -> Iterator[Managed]:
     wh = PlainCluster("managed", settings={
         "shared_preload_libraries": "'pg_cron'", "cron.database_name": "'postgres'",
