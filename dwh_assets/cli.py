@@ -15,8 +15,8 @@ The local demo stack (``DWH_HOME``, default ``.dwh/``):
                                                start what is not running, migrate, materialise
     dwh down                                   stop everything
     dwh status                                 component, port, pid, state, log file; where the UIs are
-    dwh dashboards import                      import dashboards/ into the stack's Superset (as `dwh up` does)
-    dwh dashboards export                      write the stack's Superset dashboards back to dashboards/
+    dwh dashboards import                      import the package's dashboards into the stack's Superset (as `dwh up` does)
+    dwh dashboards export                      write the stack's Superset dashboards back to dwh_assets/warehouse/dashboards/
 
 Without --config, the warehouse commands use ``DWH_CONFIG``, else the local stack's own
 configuration (``<DWH_HOME>/dwh.toml``).
@@ -30,7 +30,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from dwh_assets.warehouse.deployment import CONFIG_ENV, DeploymentConfig, DeploymentError, DwhError
+from dwh_assets.warehouse.deployment import CONFIG_ENV, DeploymentConfig, DeploymentError
+from dwh_assets.warehouse.errors import DwhError
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -200,7 +201,7 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
         _print(str(superset.import_dashboards(cfg, args.directory)))
         return 0
     changes = superset.export_dashboards(cfg, args.directory)
-    for line in changes or ["no change: dashboards/ already equals Superset"]:
+    for line in changes or ["no change: the dashboards directory already equals Superset"]:
         _print(line)
     return 0
 
@@ -235,12 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop every component of the local stack").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show each component of the local stack").set_defaults(func=cmd_status)
-    dashboards = sub.add_parser("dashboards", help="the Superset dashboards kept as code in dashboards/")
+    dashboards = sub.add_parser("dashboards", help="the Superset dashboards kept as code in dwh_assets/warehouse/dashboards/")
     dashboards_sub = dashboards.add_subparsers(dest="dashboards_command", required=True)
-    for name, text in (("import", "import dashboards/ into the stack's Superset (upsert by uuid)"),
-                       ("export", "write every dashboard of the stack's Superset back to dashboards/")):
+    for name, text in (("import", "import the package's dashboards into the stack's Superset (upsert by uuid)"),
+                       ("export", "write every dashboard of the stack's Superset back to the package's dashboards")):
         p = dashboards_sub.add_parser(name, help=text)
-        p.add_argument("--directory", type=Path, default=None, help="default: dashboards/ of the repository")
+        p.add_argument("--directory", type=Path, default=None, help="default: dwh_assets/warehouse/dashboards/ of the checkout")
         p.set_defaults(func=cmd_dashboards)
     return parser
 

@@ -1,6 +1,6 @@
 """Dashboards as code, without a server: the YAML bundle, its checks, and the lineage derived from it.
 
-- ``dashboards/`` parses, holds the four dashboards, and every chart reads a relation the
+- the package's ``dashboards/`` parses, holds the four dashboards, and every chart reads a relation the
   catalog declares (a mart or a view), so every dashboard lands in the asset graph;
 - each dashboard is an external asset (group ``dashboards``, kind ``superset``, its URL in
   the metadata) downstream of those relations, and the lineage reaches back to the sources;
@@ -24,10 +24,10 @@ import yaml
 from dwh_assets.local import superset
 from dwh_assets.local.config import StackConfig
 from dwh_assets.warehouse import catalog
-from dwh_assets.warehouse.dashboards import BundleError, dashboards_dir, load_bundle
-from dwh_assets.warehouse.defs import build_definitions
+from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions
 from dwh_assets.warehouse.defs.metadata import key_of
-from dwh_assets.warehouse.defs.dashboards import DASHBOARDS_GROUP, dashboard_key, dashboard_specs
+from dwh_assets.warehouse.defs.dashboard_assets import DASHBOARDS_GROUP, dashboard_key, dashboard_specs
+from dwh_assets.warehouse.superset_export import PACKAGED_DASHBOARDS, BundleError, load_bundle
 from dwh_assets_tests.test_layering import load_code_location
 
 SLUGS = {"usage-by-organization", "growth", "fleet", "warehouse-health"}
@@ -40,7 +40,7 @@ def bundle():
 
 @pytest.fixture(scope="module")
 def graph():
-    return build_definitions(dt.date(2026, 1, 1)).resolve_asset_graph()
+    return build_definitions(CodeLocationSettings(dt.date(2026, 1, 1))).resolve_asset_graph()
 
 
 def test_the_repository_holds_the_four_dashboards(bundle):
@@ -91,9 +91,12 @@ def test_views_are_observed_not_materialised(graph):
         assert node.parent_keys == {key_of(r) for r in reads}
 
 
-def test_dashboard_url_comes_from_the_superset_address(bundle, monkeypatch):
-    monkeypatch.setenv("DWH_SUPERSET_URL", "http://127.0.0.1:18088/")
-    specs = {s.key: s for s in dashboard_specs(bundle)}
+def test_dashboard_url_comes_from_the_superset_address(monkeypatch):
+    for name, value in (("DWH_WAREHOUSE_DSN", "host=db.example"), ("DWH_HISTORY_START", "2026-01-01"),
+                        ("DWH_SUPERSET_URL", "http://127.0.0.1:18088/")):
+        monkeypatch.setenv(name, value)
+    settings = CodeLocationSettings.from_environment()
+    specs = {s.key: s for s in dashboard_specs(settings.dashboards_dir, settings.superset_url)}
     url = specs[dashboard_key("growth")].metadata["url"]
     assert url == dg.MetadataValue.url("http://127.0.0.1:18088/superset/dashboard/growth/")
 
@@ -114,7 +117,7 @@ def test_the_code_location_loads_the_dashboards_with_only_its_environment():
 @pytest.fixture()
 def copy(tmp_path) -> Path:
     root = tmp_path / "dashboards"
-    shutil.copytree(dashboards_dir(), root)
+    shutil.copytree(PACKAGED_DASHBOARDS, root)
     return root
 
 

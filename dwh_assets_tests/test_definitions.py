@@ -16,7 +16,7 @@ import pytest
 
 from dwh_assets.local.config import REPO_ROOT
 from dwh_assets.warehouse import catalog, sql_files
-from dwh_assets.warehouse.defs import build_definitions, cron_targets
+from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions, cron_targets
 from dwh_assets.warehouse.defs.metadata import key_of
 
 START = dt.date(2026, 1, 1)
@@ -24,7 +24,7 @@ START = dt.date(2026, 1, 1)
 
 @pytest.fixture(scope="module")
 def graph():
-    return build_definitions(START).resolve_asset_graph()
+    return build_definitions(CodeLocationSettings(START)).resolve_asset_graph()
 
 
 def test_lineage_runs_from_every_source_through_its_copy_to_the_marts(graph):
@@ -92,7 +92,7 @@ def test_each_asset_names_its_table_its_sql_its_owner_and_its_pg_cron_job(graph)
 
 
 def code_versions() -> dict[dg.AssetKey, str | None]:
-    graph = build_definitions(START).resolve_asset_graph()
+    graph = build_definitions(CodeLocationSettings(START)).resolve_asset_graph()
     return {key: graph.get(key).code_version for key in graph.get_all_asset_keys()}
 
 
@@ -126,7 +126,7 @@ def test_every_pg_cron_job_of_an_asset_has_a_sensor_target():
 def test_loading_the_code_location_prints_no_warning():
     """Every CLI call and daemon reload loads it: no BetaWarning (or any other) on the way."""
     probe = ("import warnings; warnings.simplefilter('error'); import dwh_assets.definitions as d; "
-             "d.defs.resolve_asset_graph(); print('ok')")
+             "d.defs().resolve_asset_graph(); print('ok')")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd="/",
                           env={"DWH_WAREHOUSE_DSN": "host=db.example", "DWH_HISTORY_START": "2026-01-01",
                                "PATH": "/usr/bin:/bin"})

@@ -27,7 +27,7 @@ FORBIDDEN = ("dwh_assets.local", "yoyo", "dwh_assets.warehouse.migrate", "dwh_as
 PROBE = """
 import json, sys
 import dwh_assets.definitions as d
-keys = sorted("/".join(k.path) for k in d.defs.resolve_asset_graph().get_all_asset_keys())
+keys = sorted("/".join(k.path) for k in d.defs().resolve_asset_graph().get_all_asset_keys())
 print(json.dumps({"modules": sorted(sys.modules), "keys": keys}))
 """
 

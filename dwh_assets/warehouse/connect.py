@@ -139,9 +139,13 @@ def check_passfile(cfg: DeploymentConfig, purposes: tuple[Purpose, ...] = ("load
 
 def dagster_env(cfg: DeploymentConfig) -> dict[str, str]:
     """What the Dagster code location needs: the loader's DSN and the first day of history."""
+    # The names live with the code location's settings; imported here, so that the other
+    # dwh commands do not load Dagster.
+    from dwh_assets.warehouse.defs.settings import HISTORY_START, WAREHOUSE_DSN
+
     return {
-        "DWH_WAREHOUSE_DSN": conninfo(cfg, "loader"),
-        "DWH_HISTORY_START": cfg.history.start.isoformat(),
+        WAREHOUSE_DSN.env_var_name: conninfo(cfg, "loader"),
+        HISTORY_START.env_var_name: cfg.history.start.isoformat(),
     }
 
 

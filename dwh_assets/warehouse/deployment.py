@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dwh_assets.warehouse import catalog
+from dwh_assets.warehouse.errors import DwhError
 
 CONFIG_ENV = "DWH_CONFIG"
 ENV_PREFIX = "DWH_"
@@ -41,10 +42,6 @@ SECRET_KEYS = ("password", "secret_key")
 Backend = Literal["reader", "tembo", "relay"]
 # How dwh.refresh_events reads the control plane's event archive (see ControlPlaneSettings).
 Transfer = Literal["auto", "fdw", "copy"]
-
-
-class DwhError(RuntimeError):
-    """An error whose message is a sentence for the user: what failed and what to do."""
 
 
 class DeploymentError(DwhError):

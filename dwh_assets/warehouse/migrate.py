@@ -85,7 +85,7 @@ def pending_migrations(cfg: DeploymentConfig) -> list[str]:
 def apply_migrations(cfg: DeploymentConfig) -> int:
     """Versioned migrations (once each) and routines (every time); returns how many were new."""
     if not MIGRATIONS_DIR.is_dir():
-        raise DeploymentError(f"no SQL migrations at {MIGRATIONS_DIR}: run dwh from a checkout of the repository")
+        raise DeploymentError(f"no SQL migrations at {MIGRATIONS_DIR}: the dwh_assets package is incomplete; reinstall it")
     backend = _backend(cfg)
     migrations = read_migrations(str(MIGRATIONS_DIR))
     routines = read_migrations(str(ROUTINES_DIR))
