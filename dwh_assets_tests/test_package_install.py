@@ -47,6 +47,7 @@ from dwh_assets.local.config import REPO_ROOT, free_port
 from dwh_assets.local.generator import build_world
 from dwh_assets.local.process import port_open, tail, wait_until
 from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions
+from dwh_assets.warehouse.defs.settings import SETTINGS
 from dwh_assets_tests.plain_clusters import PlainCluster, private_file
 from dwh_assets_tests.test_dagster_ui import graphql
 from dwh_assets_tests.tiers import integration_fixture
@@ -207,7 +208,10 @@ def deployment(fresh: FreshInstall) -> Iterator[Deployment]:
         n_migrations = len(list((REPO_ROOT / "sql" / "migrations").glob("*.sql")))
         assert migrated.stdout.splitlines()[-1].startswith(f"done: {n_migrations} new migration(s); sources rebuilt")
         printed = fresh.run("dwh", "env", "--config", str(config)).stdout
-        location_env = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in printed.splitlines())
+        exported = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in printed.splitlines())
+        # The code location's own settings; `dwh env` also prints the instance's (DAGSTER_HOME, ...) and PATH.
+        location_env = {s.name: exported[s.name] for s in SETTINGS if s.name in exported}
+        assert {"DWH_WAREHOUSE_DSN", "DWH_HISTORY_START"} <= set(location_env), exported
         yield Deployment(cluster, config, secrets / "pgpass", start,
                          f"postgresql+psycopg2://{DAGSTER_LOGIN}@127.0.0.1:{cluster.port}/dagster", location_env)
     finally:
