@@ -32,6 +32,7 @@ BENCHMARKS = {
     "B4": "benchmarks.b4_prometheus",
     "B5": "benchmarks.b5_dagster_overhead",
     "B6": "benchmarks.b6_steady_hour",
+    "B9": "benchmarks.b9_relay",
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

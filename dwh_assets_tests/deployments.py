@@ -29,6 +29,7 @@ def offline_values(home: Path, **overrides: Any) -> dict:
     secrets.mkdir(parents=True, exist_ok=True)
     for name, value in (("cp", "cp-password"), ("clerk", "sk_test_offline"), ("owner", "owner-password")):
         (secrets / name).write_text(value + "\n")
+        (secrets / name).chmod(0o600)
     values = {
         "warehouse": {"host": "127.0.0.1", "port": NOWHERE_PORT,
                       "owner": {"user": "dwh_owner", "password_file": str(secrets / "owner")}},

@@ -48,6 +48,7 @@ from dwh_assets.local.generator import build_world
 from dwh_assets.local.process import port_open, tail, wait_until
 from dwh_assets.warehouse import catalog
 from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions
+from dwh_assets.warehouse.defs.settings import SETTINGS
 from dwh_assets_tests.plain_clusters import PlainCluster, private_file
 from dwh_assets_tests.test_dagster_ui import graphql
 from dwh_assets_tests.tiers import integration_fixture
@@ -212,7 +213,10 @@ def deployment(fresh: FreshInstall) -> Iterator[Deployment]:
             f"done: {n_migrations} new migration(s); {n_tables} table(s) created, ")
         assert "; sources rebuilt; " in migrated.stdout.splitlines()[-1]
         printed = fresh.run("dwh", "env", "--config", str(config)).stdout
-        location_env = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in printed.splitlines())
+        exported = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in printed.splitlines())
+        # The code location's own settings; `dwh env` also prints the instance's (DAGSTER_HOME, ...) and PATH.
+        location_env = {s.name: exported[s.name] for s in SETTINGS if s.name in exported}
+        assert {"DWH_WAREHOUSE_DSN", "DWH_HISTORY_START"} <= set(location_env), exported
         yield Deployment(cluster, config, secrets / "pgpass", start,
                          f"postgresql+psycopg2://{DAGSTER_LOGIN}@127.0.0.1:{cluster.port}/dagster", location_env)
     finally:

@@ -276,6 +276,9 @@ class StackConfig:
             "prometheus": {"url": self.prometheus_url},
             "reader": {"directory": str(self.reader_dir), "os_user": self.server_user, "psql": server_psql()},
             "history": {"start": self.history_start},
+            # pg_cron runs the stack's jobs over its private socket, which this module sets up;
+            # a probe would add up to a minute to every fresh `dwh up` (and test stack).
+            "refresh": {"probe_cron": False},
             **({"retention_days": self.retention_days()} if self.retention_days() else {}),
         }
 

@@ -71,6 +71,32 @@ METRIC_NAME_PATTERN = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 # the tables to import (None: all). The refresh routines read these relations.
 CONTROL_PLANE_IMPORTS: dict[str, tuple[str, ...] | None] = {"public": None, "pgmq": ("a_instance_events",)}
 
+# The control plane's contract: the relations the refresh routines read, each column they
+# read and its type as information_schema.columns.data_type names it (docs/source-contract.md).
+# `dwh migrate` checks the real source against it, through the warehouse server, before it
+# changes anything. Other tables and columns are allowed; a missing or mistyped one is not.
+CONTROL_PLANE_CONTRACT: dict[str, dict[str, str]] = {
+    "public.organizations": {"organization_id": "text", "plan": "text"},
+    "public.instances": {
+        "instance_id": "uuid", "organization_id": "text", "name": "text", "region": "text", "cpu": "integer",
+        "memory_gb": "integer", "storage_gb": "integer", "created_at": "timestamp with time zone",
+        "updated_at": "timestamp with time zone", "deleted_at": "timestamp with time zone",
+    },
+    "public.instance_state_history": {
+        "id": "bigint", "instance_id": "uuid", "state": "text", "changed_at": "timestamp with time zone",
+    },
+    "pgmq.a_instance_events": {
+        "msg_id": "bigint", "read_ct": "integer", "enqueued_at": "timestamp with time zone",
+        "archived_at": "timestamp with time zone", "vt": "timestamp with time zone", "message": "jsonb",
+    },
+}
+# Source types the copies accept for a contract type (they convert on insert without loss).
+CONTRACT_COMPATIBLE_TYPES: dict[str, tuple[str, ...]] = {
+    "text": ("text", "character varying"),
+    "integer": ("integer", "smallint"),
+    "bigint": ("bigint", "integer", "smallint"),
+}
+
 # Who answers for the warehouse's assets (Dagster owners).
 OWNERS = ("team:data-platform",)
 
@@ -484,7 +510,7 @@ PRODUCT = Catalog(
 )
 
 # Configuration tables `dwh migrate` writes (not data: no lineage, no asset).
-CONFIGURATION = ("dwh.settings", "dwh.refresh_jobs", "dwh.mart_inputs", "dwh.mart_pending")
+CONFIGURATION = ("dwh.settings", "dwh.refresh_jobs", "dwh.mart_inputs", "dwh.mart_pending", "dwh.cron_probe")
 # The refresh log every refresh writes (an asset of its own; created by migration 0002).
 REFRESH_LOG = "dwh.refresh_log"
 

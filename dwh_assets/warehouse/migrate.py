@@ -14,7 +14,14 @@ Against any PostgreSQL 15+ the deployment configuration points at, over TCP:
 4. **grants, retention, ``dwh.mart_inputs`` and ``dwh.refresh_jobs``**, as the owner, derived
    from the catalog; as the admin, the loader login gets the functions that read its own
    pg_cron history (``LOADER_DEFINER_FUNCTIONS``);
-5. **pg_cron jobs** (``warehouse.cron_jobs``), each scheduled by the role that runs it.
+5. **pg_cron jobs** (``warehouse.cron_jobs``), each scheduled by the role that runs it, then
+   a one-shot probe job per role and database (``warehouse.cron_probe``) proves pg_cron runs them.
+
+Before step 1 changes anything, a preflight reads what later steps rely on: secret files
+(private, readable), the passfile the DSNs name, and, in the bootstrap's rolled-back trial,
+each Postgres source through the warehouse server (reach, login, contract: ``sources.contract``)
+and the installed reader. Everything it finds is reported at once; what only a superuser
+may do is one SQL script (``prerequisites``, ``dwh migrate --prerequisites``).
 
 A second run changes nothing: the bootstrap is idempotent, yoyo skips applied migrations,
 existing tables and matching comments are left alone, routines and views are ``CREATE OR
@@ -35,7 +42,7 @@ from yoyo import read_migrations
 from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
 from yoyo.connections import parse_uri
 
-from dwh_assets.warehouse import bootstrap, catalog_ddl, cron_jobs
+from dwh_assets.warehouse import bootstrap, catalog_ddl, cron_jobs, cron_probe
 from dwh_assets.warehouse.catalog import (
     LOADER_GROUP,
     OWNER_GROUP,
@@ -45,9 +52,9 @@ from dwh_assets.warehouse.catalog import (
     READER_GROUP,
     Catalog,
 )
-from dwh_assets.warehouse.connect import connect
+from dwh_assets.warehouse.connect import check_passfile, connect, login_password
 from dwh_assets.warehouse.deployment import DeploymentConfig, DeploymentError
-from dwh_assets.warehouse.sources import foreign_tables, reader_install
+from dwh_assets.warehouse.sources import contract, foreign_tables, reader_install
 from dwh_assets.warehouse.sql_files import MIGRATIONS_DIR
 
 Progress = Callable[[str], None]
@@ -105,6 +112,16 @@ def apply_migrations(cfg: DeploymentConfig, catalog: Catalog = PRODUCT) -> catal
     return tables
 
 
+def source_layer(cfg: DeploymentConfig, cron_database: str) -> foreign_tables.SourceDDL:
+    """Every foreign server and table of the warehouse: the sources, and pg_cron's tables where it lives elsewhere."""
+    ddl = foreign_tables.source_ddl(cfg)
+    passwords = {}
+    if cron_database != cfg.warehouse.database:
+        passwords = {cfg.logins()[p].user: login_password(cfg, p, cron_database) for p in ("owner", "loader")}
+    ddl += foreign_tables.cron_history_ddl(cfg, cron_database, passwords)
+    return ddl
+
+
 def settings(cfg: DeploymentConfig, cron_database: str, catalog: Catalog = PRODUCT) -> dict[str, str]:
     """dwh.settings: what the routines and Dagster read from the database. No secrets."""
     metrics = cfg.prometheus.metrics.as_dict()
@@ -136,7 +153,7 @@ def _source_fingerprint(conn: psycopg.Connection, ddl: foreign_tables.SourceDDL)
 def sources_changed(conn: psycopg.Connection, cfg: DeploymentConfig, cron_database: str,
                     catalog: Catalog = PRODUCT) -> tuple[bool, bool]:
     """(settings differ, source DDL differs) from what the database holds."""
-    wanted = settings(cfg, cron_database, catalog) | {"sources.fingerprint": _source_fingerprint(conn, foreign_tables.source_ddl(cfg))}
+    wanted = settings(cfg, cron_database, catalog) | {"sources.fingerprint": _source_fingerprint(conn, source_layer(cfg, cron_database))}
     exists = conn.execute("SELECT to_regclass('dwh.settings') IS NOT NULL").fetchone()[0]
     current = dict(conn.execute("SELECT key, value FROM dwh.settings").fetchall()) if exists else {}
     return current != wanted, current.get("sources.fingerprint") != wanted["sources.fingerprint"]
@@ -145,7 +162,7 @@ def sources_changed(conn: psycopg.Connection, cfg: DeploymentConfig, cron_databa
 def sync_sources(conn: psycopg.Connection, cfg: DeploymentConfig, cron_database: str,
                  catalog: Catalog = PRODUCT) -> bool:
     """Write settings and (re)build the source layer when its definition changed."""
-    ddl = foreign_tables.source_ddl(cfg)
+    ddl = source_layer(cfg, cron_database)
     fingerprint = _source_fingerprint(conn, ddl)
     wanted = settings(cfg, cron_database, catalog) | {"sources.fingerprint": fingerprint}
     current = dict(conn.execute("SELECT key, value FROM dwh.settings").fetchall())
@@ -183,21 +200,29 @@ LOADER_DEFINER_FUNCTIONS = ("dwh.cron_job_runs()",)
 
 
 def hand_functions_to_loader(cfg: DeploymentConfig) -> list[str]:
-    """As the admin: make the loader login own LOADER_DEFINER_FUNCTIONS; returns what it could not."""
-    loader = cfg.logins()["loader"].user
+    """As the admin: make the loader login own LOADER_DEFINER_FUNCTIONS; returns what it could not.
+
+    A new owner needs CREATE on the function's schema, which the loader never has: it is
+    granted and revoked around the ALTER in one transaction, so no superuser is needed (the
+    admin is a member of the owner's role and of the loader login, from the bootstrap).
+    """
+    loader = sql.Identifier(cfg.logins()["loader"].user)
     refused = []
     with connect(cfg, "admin") as admin:
         for function in LOADER_DEFINER_FUNCTIONS:
             owner = admin.execute("SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = to_regprocedure(%s)",
                                   (function,)).fetchone()
-            if owner is None or owner[0] == loader:
+            if owner is None or owner[0] == cfg.logins()["loader"].user:
                 continue
+            schema = sql.Identifier(function.split(".")[0])
             try:
                 with admin.transaction():
-                    admin.execute(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(sql.SQL(function), sql.Identifier(loader)))
+                    admin.execute(sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(schema, loader))
+                    admin.execute(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(sql.SQL(function), loader))
+                    admin.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(schema, loader))
             except psycopg.Error as e:
                 refused.append(f"{function} stays owned by {owner[0]}, so the health dashboard shows no pg_cron runs "
-                               f"(the admin role cannot hand it to {loader}: {e.diag.message_primary})")
+                               f"(the admin role cannot hand it to {cfg.logins()['loader'].user}: {e.diag.message_primary})")
     return refused
 
 
@@ -250,22 +275,61 @@ class MigrateReport:
                 f"pg_cron: {self.cron.summary()}")
 
 
-def _prepare(cfg: DeploymentConfig, progress: Progress) -> tuple[bootstrap.BootstrapPlan, list[str]]:
+def preflight(cfg: DeploymentConfig, cron_database: str) -> list[str]:
+    """What later steps read on this host, checked before anything changes: secrets, the passfile."""
+    problems = check_passfile(cfg)
+    secrets = [login.secret for login in cfg.logins().values()]
+    if not cfg.control_plane.via_relay:
+        secrets.append(cfg.control_plane.secret)
+    if cfg.uses_relay():
+        secrets.append(cfg.relay.secret)
+    if "tembo" in cfg.backends().values() and cfg.clerk.backend == "tembo":
+        secrets.append(cfg.clerk.secret)
+    if cron_database != cfg.warehouse.database:
+        # The warehouse reads pg_cron's history there as the owner and loader logins (foreign_tables.cron_history_ddl).
+        secrets += [lambda p=p: login_password(cfg, p, cron_database) for p in ("owner", "loader")]
+    for secret in secrets:
+        try:
+            secret()
+        except DeploymentError as e:
+            problems.append(str(e))
+    return list(dict.fromkeys(problems))
+
+
+def _owner_checks(cfg: DeploymentConfig) -> list[bootstrap.OwnerCheck]:
+    """What the trial checks as the owner, through the warehouse server: the reader, each Postgres source."""
+    checks: list[bootstrap.OwnerCheck] = []
+    if cfg.uses_reader():
+        checks.append(lambda conn: bootstrap.check_reader(conn, reader_install.check_command(cfg), cfg))
+    checks.append(lambda conn: contract.check_all(conn, cfg))
+    return checks
+
+
+def _prepare(cfg: DeploymentConfig, progress: Progress) -> tuple[bootstrap.BootstrapPlan, bootstrap.Trial]:
     with connect(cfg, "admin") as admin:
         plan = bootstrap.plan_bootstrap(cfg, bootstrap.inspect(admin), bootstrap.password_verifier(admin))
-    check = reader_install.check_command(cfg) if cfg.uses_reader() else None
     progress(f"checking what {plan.facts.admin} may do on {cfg.warehouse.host}:{cfg.warehouse.port} "
              f"(cron.database_name = {plan.cron_db}) ...")
-    return plan, bootstrap.try_bootstrap(cfg, plan, check)
+    problems = preflight(cfg, plan.cron_db)
+    trial = bootstrap.try_bootstrap(cfg, plan, _owner_checks(cfg))
+    trial.problems = list(dict.fromkeys(problems + trial.problems))
+    return plan, trial
+
+
+def prerequisites(cfg: DeploymentConfig, progress: Progress = print) -> bootstrap.Prerequisites:
+    """What a superuser must do before `dwh migrate` can run as the admin role (``--prerequisites``)."""
+    _plan, trial = _prepare(cfg, progress)
+    return trial.prerequisites
 
 
 def migrate(cfg: DeploymentConfig, progress: Progress = print, catalog: Catalog = PRODUCT) -> MigrateReport:
     """Bootstrap, migrate, sync sources, grants, retention and pg_cron; refuses early, changing nothing."""
-    plan, problems = _prepare(cfg, progress)
-    if problems:
-        raise bootstrap.refuse(problems)
+    plan, trial = _prepare(cfg, progress)
+    refusal = trial.refusal()
+    if refusal is not None:
+        raise refusal
     report = MigrateReport()
-    report.bootstrap = bootstrap.apply_bootstrap(cfg, plan)
+    report.bootstrap = bootstrap.apply_bootstrap(cfg, plan, trial.already)
     progress(f"bootstrap: {len(report.bootstrap)} statement(s) as {plan.facts.admin} (roles, extensions, grants)")
     report.migrations = pending_migrations(cfg)
     report.tables = apply_migrations(cfg, catalog)
@@ -281,19 +345,44 @@ def migrate(cfg: DeploymentConfig, progress: Progress = print, catalog: Catalog 
         sync_retention(conn, cfg, catalog)
     for warning in hand_functions_to_loader(cfg):
         progress(f"warning: {warning}")
-    report.cron = cron_jobs.sync(cfg, plan.cron_db, cron_jobs.desired_jobs(cfg, catalog))
+    jobs = cron_jobs.desired_jobs(cfg, catalog)
+    report.cron = cron_jobs.sync(cfg, plan.cron_db, jobs)
     for line in report.cron.lines():
         progress(f"pg_cron: {line}")
+    if cfg.refresh.probe_cron:
+        probe_cron(cfg, plan.cron_db, progress, jobs)
     progress(f"done: {report.summary()}")
     return report
 
 
+def probe_cron(cfg: DeploymentConfig, cron_database: str, progress: Progress,
+               jobs: list[cron_jobs.CronJob] | None = None) -> None:
+    """Run a one-shot job as each role whose jobs changed (or whose last probe failed); a sentence if one fails."""
+    with _owner_connect(cfg) as conn:
+        todo = cron_probe.due(conn, cron_probe.probes(cfg, cron_database, jobs))
+    if not todo:
+        progress("pg_cron: jobs run as probed before (no probe needed)")
+        return
+    progress(f"pg_cron: probing {', '.join(f'{p.role} in {p.database}' for p in todo)} with a one-shot job "
+             "(pg_cron starts it on the next minute) ...")
+    outcomes = cron_probe.run(cfg, cron_database, todo)
+    with _owner_connect(cfg) as conn:
+        cron_probe.record(conn, outcomes)
+    for o in outcomes:
+        if o.succeeded:
+            progress(f"pg_cron: ran a job as {o.probe.role} in {o.probe.database}")
+    failed = [cron_probe.explain(o) for o in outcomes if not o.succeeded]
+    if failed:
+        raise DeploymentError("everything else is in place, but " + "\n".join(failed))
+
+
 def plan(cfg: DeploymentConfig, progress: Progress = print, catalog: Catalog = PRODUCT) -> list[str]:
     """What ``migrate`` would do (``dwh migrate --dry-run``); changes nothing."""
-    bootstrap_plan, problems = _prepare(cfg, progress)
+    bootstrap_plan, trial = _prepare(cfg, progress)
     lines = [f"bootstrap: {line}" for line in bootstrap_plan.describe()]
-    if problems:
-        lines += [f"REFUSED: {p}" for p in problems]
+    refused = trial.problems + (trial.prerequisites.reasons() if trial.prerequisites else [])
+    if refused:
+        lines += [f"REFUSED: {p}" for p in refused]
         return lines
     owner_exists = cfg.warehouse.owner.user in bootstrap_plan.facts.roles
     if not owner_exists:
