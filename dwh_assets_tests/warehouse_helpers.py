@@ -63,9 +63,9 @@ def scratch_warehouse(prefix: str) -> Iterator[StackConfig]:
 def apply_legacy_migrations(cfg: StackConfig) -> list[str]:
     """What `dwh migrate` did before the catalog created tables: the bootstrap, then 0001-0009 and 0020."""
     deployment = cfg.deployment()
-    plan, problems = migrate_module._prepare(deployment, lambda _line: None)
-    assert not problems, problems
-    bootstrap.apply_bootstrap(deployment, plan)
+    plan, trial = migrate_module._prepare(deployment, lambda _line: None)
+    assert trial.refusal() is None, trial
+    bootstrap.apply_bootstrap(deployment, plan, trial.already)
     backend = migrate_module._backend(deployment)
     with backend.lock():
         pending = backend.to_apply(read_migrations(str(LEGACY_MIGRATIONS)))
