@@ -171,14 +171,48 @@ def render_all(base_url: str, user: str, password: str, dashboards: dict[str, in
             browser.close()
 
 
-if __name__ == "__main__":  # a look by hand: python -m dwh_assets_tests.superset_browser URL USER PASSWORD_FILE
+def explore_query_context(page: Page, base_url: str, chart_id: int, timeout_s: float = 120) -> dict:
+    """The query context Superset's Explore builds for a chart (what its Save stores), from its data request."""
+    with page.expect_request(lambda r: "/api/v1/chart/data" in r.url and r.method == "POST", timeout=timeout_s * 1000) as req:
+        page.goto(f"{base_url}/explore/?slice_id={chart_id}", wait_until="domcontentloaded")
+    return req.value.post_data_json
+
+
+def save_query_contexts(base_url: str, user: str, password: str, charts: dict[int, str], store) -> None:
+    """Open each chart (id -> name) in Explore and ``store(id, query_context)``, as Explore's Save would."""
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            login(page, base_url, user, password)
+            for chart_id, name in charts.items():
+                context = explore_query_context(page, base_url, chart_id)
+                assert context.get("queries"), f"{name}: Explore sent no query"
+                store(chart_id, context)
+        finally:
+            browser.close()
+
+
+if __name__ == "__main__":
+    # A look by hand:                python -m dwh_assets_tests.superset_browser URL USER PASSWORD_FILE
+    # Save every chart's query context (then `dwh dashboards export`): ... --save-query-contexts
     import sys
 
     from dwh_assets.warehouse.superset_export import load_bundle
 
+    url, user, password = sys.argv[1], sys.argv[2], Path(sys.argv[3]).read_text().strip()
+    if "--save-query-contexts" in sys.argv:
+        from dwh_assets.local.config import load_config
+        from dwh_assets.local.superset import SupersetApi, save_query_context
+
+        api = SupersetApi(load_config())
+        charts = {c["id"]: c["slice_name"] for c in api.list_all("chart", ["id", "slice_name"])}
+        save_query_contexts(url, user, password, charts, lambda chart_id, context: save_query_context(api, chart_id, context))
+        print(f"saved the query context of {len(charts)} chart(s)")
+        sys.exit(0)
     bundle = load_bundle()
     wanted = {d.slug: len(d.chart_uuids) for d in bundle.dashboards.values()}
-    reports = render_all(sys.argv[1], sys.argv[2], Path(sys.argv[3]).read_text().strip(), wanted, Path("test-artifacts"))
+    reports = render_all(url, user, password, wanted, Path("test-artifacts"))
     for r in reports.values():
         print(json.dumps({"slug": r.slug, "charts": r.charts_on_page, "drawn": r.drawn, "data": len(r.data),
                           "errors": r.errors, "empty": r.empty}, indent=1))

@@ -243,8 +243,8 @@ def _roles(plan: BootstrapPlan, cfg: DeploymentConfig, verifier: Verifier) -> No
                 f"the admin role cannot grant {group}: it needs CREATEROLE (or ADMIN OPTION on {group})", role=True,
                 verify=_member(login.user, group)))
     if not plan.facts.superuser:
-        # PG 15: creating a schema for another role, and handing functions to the loader, need membership in it.
-        for member_of in dict.fromkeys((catalog.OWNER_GROUP, cfg.logins()["loader"].user)):
+        # PG 15: creating a schema for another role, and handing functions to a login, need membership in it.
+        for member_of in dict.fromkeys((catalog.OWNER_GROUP, cfg.logins()["loader"].user, cfg.logins()["owner"].user)):
             plan.warehouse.append(Statement(
                 f"grant {member_of} to {plan.facts.admin}",
                 sql.SQL("GRANT {} TO {}").format(_ident(member_of), _ident(plan.facts.admin)),

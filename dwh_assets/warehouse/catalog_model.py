@@ -85,7 +85,19 @@ class Column:
     accepted: AcceptedValues | None = None
     # Marts only: False for a column the view computes at read time (not in mart.<name>_days).
     stored: bool = True
+    # What a person calls it, and the unit of its values: the dashboards' column names
+    # (Superset's verbose_name) and what a chart's metric over it must say (GiB-days, ms).
+    label: str | None = None
+    unit: str | None = None
+    # A dimension dashboards are filtered by: a dashboard whose charts read it offers a filter
+    # named by its label, applied to exactly the charts whose relation has it.
+    dashboard_filter: bool = False
 
+    @property
+    def verbose_name(self) -> str | None:
+        if self.label is None:
+            return None
+        return f"{self.label} ({self.unit})" if self.unit else self.label
 
 
 @dataclass(frozen=True)
