@@ -171,6 +171,68 @@ def render_all(base_url: str, user: str, password: str, dashboards: dict[str, in
             browser.close()
 
 
+# ----- native filters ------------------------------------------------------------------------------
+
+
+@dataclass
+class ChartAnswer:
+    slice_id: int
+    filters: list        # what the chart's (first) query filtered on
+    rows: list           # the rows of each of its results
+
+
+class ChartTraffic:
+    """A page's chart data requests and their answers, in order, each with the chart (slice id) it is for."""
+
+    def __init__(self, page: Page):
+        self.answers: list[ChartAnswer] = []
+        page.on("response", self._on_response)
+
+    def _on_response(self, resp: Response) -> None:
+        if "/api/v1/chart/data" not in resp.url or resp.request.method != "POST":
+            return
+        body = resp.request.post_data_json or {}
+        slice_id = (body.get("form_data") or {}).get("slice_id")
+        try:
+            results = resp.json().get("result") or []
+        except Exception:  # noqa: BLE001 (an HTML error page: no rows)
+            results = []
+        if slice_id is not None:
+            self.answers.append(ChartAnswer(int(slice_id), (body.get("queries") or [{}])[0].get("filters") or [],
+                                            [r.get("data") for r in results]))
+
+    def latest(self, since: int = 0) -> dict[int, ChartAnswer]:
+        """The last answer for each chart among those after the first ``since``."""
+        return {a.slice_id: a for a in self.answers[since:]}
+
+    def wait_for(self, page: Page, slice_ids: set[int], since: int = 0, timeout_s: float = 180) -> dict[int, ChartAnswer]:
+        deadline = time.monotonic() + timeout_s
+        while not slice_ids <= set(self.latest(since)) and time.monotonic() < deadline:
+            page.wait_for_timeout(500)
+        missing = slice_ids - set(self.latest(since))
+        assert not missing, f"no chart data came for charts {sorted(missing)} within {timeout_s:.0f}s"
+        return self.latest(since)
+
+
+def pick_in_filter(page: Page, filter_id: str, value: str) -> None:
+    """Choose one value in a native select filter of the filter bar, as a person does, and apply it."""
+    box = page.locator(f"[id='{filter_id}']")
+    box.click()
+    box.fill(value)
+    option = page.locator(".ant-select-item-option", has_text=value)
+    option.first.wait_for(timeout=60_000)
+    option.filter(has_text=value).first.click()
+    page.keyboard.press("Escape")
+    page.locator("[data-test='filter-bar__apply-button']").click()
+
+
+def filter_badges(page: Page) -> dict[str, bool]:
+    """Each chart's title -> whether it carries the applied-filters badge."""
+    holders = page.locator(".dashboard-component-chart-holder")
+    return {holders.nth(i).locator("[data-test='editable-title']").first.inner_text().strip():
+            holders.nth(i).locator("[data-test='applied-filter-count']").count() > 0 for i in range(holders.count())}
+
+
 def explore_query_context(page: Page, base_url: str, chart_id: int, timeout_s: float = 120) -> dict:
     """The query context Superset's Explore builds for a chart (what its Save stores), from its data request."""
     with page.expect_request(lambda r: "/api/v1/chart/data" in r.url and r.method == "POST", timeout=timeout_s * 1000) as req:
