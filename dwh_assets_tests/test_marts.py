@@ -129,7 +129,11 @@ def test_daily_signups_match_pandas_with_the_running_total(snapshot):
     mart = frame(snapshot, "SELECT day, signups, with_email, total_users FROM mart.daily_signups ORDER BY day")
     users = frame(snapshot, "SELECT created_at, email FROM dwh.users")
     users["day"] = utc(users.created_at).dt.date
-    expected = users.groupby("day").agg(signups=("day", "size"), with_email=("email", "count")).reset_index()
+    per_day = users.groupby("day").agg(signups=("day", "size"), with_email=("email", "count"))
+    # Every UTC day from the first sign-up through today, a day without one as zeros.
+    today = pd.Timestamp.now(tz="UTC").date()
+    days = pd.Index(pd.date_range(min(per_day.index), today, freq="D").date, name="day")
+    expected = per_day.reindex(days, fill_value=0).reset_index()
     expected["total_users"] = expected.signups.cumsum()
     assert len(mart) > 1 and mart.total_users.iloc[-1] == len(users)
     pd.testing.assert_frame_equal(mart, expected, check_dtype=False)
