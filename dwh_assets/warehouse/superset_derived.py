@@ -11,7 +11,8 @@ and taken out again by the export (``exported``), so it lives in one place:
   marks (``Column.dashboard_filter``: organization, plan, region, instance state, table) that
   any of its charts reads, applied to exactly the charts whose relation has that column;
 - the charts' ids in the layout (1, 2, ... in layout order; Superset's import maps them to its
-  own), which the filters' scopes name, and the charts whose description shows under the title;
+  own), which the filters' scopes name, and the charts whose description shows under the title
+  (marked so; Superset 6.1 draws none, so titles and subheaders carry what must be seen);
 - a chart's saved query context gets its form data back: the chart's params.
 """
 
