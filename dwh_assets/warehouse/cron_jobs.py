@@ -9,7 +9,8 @@ no superuser is needed, and ``cron.job`` / ``cron.job_run_details`` (row-level-s
 username) show each role its own jobs:
 
 - refresh jobs run as the loader (the Dagster sensor reads their history as the loader),
-  among them one per mart that refreshes the days the copies' refreshes queued;
+  among them one per mart that refreshes the days the copies' refreshes queued; each is
+  bounded by its timeout (the catalog's, or ``[timeouts]`` of the deployment);
 - pg_partman maintenance runs as the owner (it creates and drops partitions);
 - each of them purges its own run history daily (pg_cron keeps it forever otherwise), in
   the database pg_cron lives in, where ``cron.job_run_details`` is.
@@ -19,6 +20,7 @@ After a sync, ``cron_probe`` proves that pg_cron can run a job as each role in e
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -64,6 +66,12 @@ class SyncResult:
         return lines + [f"{len(self.unchanged)} job(s) unchanged"]
 
 
+def with_timeout(command: str, timeout: dt.timedelta) -> str:
+    """``command`` bounded by ``timeout``: pg_cron sends the string as one simple query, in a session of
+    the run's own, where the SET bounds each statement after it and nothing else."""
+    return f"SET statement_timeout = '{max(1, int(timeout.total_seconds()))}s'; {command}"
+
+
 def purge_command(days: int) -> str:
     # Row-level security limits the DELETE to the running role's own history.
     return f"DELETE FROM cron.job_run_details WHERE coalesce(end_time, start_time) < now() - interval '{int(days)} days'"
@@ -71,7 +79,8 @@ def purge_command(days: int) -> str:
 
 def desired_jobs(cfg: DeploymentConfig, entries: Catalog = catalog.PRODUCT) -> list[CronJob]:
     """A refresh job per catalog table and mart (the loader's), pg_partman maintenance, the purges."""
-    jobs = [CronJob(entry.cron_job_name, cfg.schedules.get(entry.name) or entry.schedule, entry.cron_command(), "loader")
+    jobs = [CronJob(entry.cron_job_name, cfg.schedules.get(entry.name) or entry.schedule,
+                    with_timeout(entry.cron_command(), cfg.timeout(entry)), "loader")
             for entry in entries.refreshed()]
     maintenance = catalog.PARTMAN_MAINTENANCE_JOB
     jobs.append(CronJob(maintenance, cfg.schedule(maintenance.removeprefix(CRON_JOB_PREFIX)),
