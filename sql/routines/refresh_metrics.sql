@@ -88,7 +88,43 @@ BEGIN
         v_ins_total := v_ins_total + v_ins;
         v_hi := v_lo;
     END LOOP;
+    PERFORM dwh.refuse_absent_metrics(p_start, p_end);
     PERFORM dwh.mark_marts_stale_window('metrics', p_start, p_end);
     RETURN dwh.log_refresh('metrics', p_start, p_end, NULL, v_ins_total, 0, v_del_total, v_src_total, v_t0, v_wait);
+END
+$$;
+
+-- A configured metric without a single sample on a day of the window on which the others have
+-- samples was renamed or is no longer exported (or its name in the deployment is wrong): the
+-- refresh fails naming it and the days, rather than commit the window without it.
+CREATE OR REPLACE FUNCTION dwh.refuse_absent_metrics(p_start timestamptz, p_end timestamptz)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+DECLARE
+    v_absent record;
+BEGIN
+    SELECT m.name, string_agg(d.lo::date::text, ', ' ORDER BY d.lo) AS days,
+           (SELECT 'prometheus.' || key FROM dwh.settings WHERE key LIKE 'metrics.%' AND value = m.name
+             AND key NOT IN ('metrics.names', 'metrics.step_seconds') LIMIT 1) AS setting
+      INTO v_absent
+    FROM unnest(string_to_array(dwh.setting('metrics.names'), ',')) AS m(name)
+    CROSS JOIN LATERAL (SELECT greatest(day, p_start) AS lo, least(day + interval '1 day', p_end) AS hi
+                        FROM generate_series(date_trunc('day', p_start), p_end - interval '1 microsecond', interval '1 day') day) d
+    WHERE EXISTS (SELECT FROM dwh.metrics x WHERE x.ts >= d.lo AND x.ts < d.hi)
+      AND NOT EXISTS (SELECT FROM dwh.metric_series s JOIN dwh.metrics x USING (series_id)
+                      WHERE s.metric_name = m.name AND x.ts >= d.lo AND x.ts < d.hi)
+    GROUP BY m.name
+    ORDER BY m.name
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'HV005',
+            MESSAGE = format('dwh.refresh_metrics: source Prometheus has no samples of metric %s (table dwh.metrics) on %s, '
+                             'while the other metrics have: renamed or no longer exported', v_absent.name, v_absent.days),
+            HINT = format('Nothing was changed. If Prometheus exports it under another name now, set %s to that name in the '
+                          'deployment configuration and run `dwh migrate`.', coalesce(v_absent.setting, 'prometheus.metrics'));
+    END IF;
 END
 $$;
