@@ -145,6 +145,25 @@ BEGIN
 END
 $$;
 
+-- The same guard for a fact's window: a source that returns far fewer rows for a window than
+-- the warehouse held has more likely purged them (an event archive kept for a few days) than
+-- lost them, and the warehouse is where that history lives on: refuse instead of emptying it.
+CREATE OR REPLACE FUNCTION dwh.check_window_drop(p_table text, p_start timestamptz, p_end timestamptz,
+                                                 p_source_rows bigint, p_deleted_rows bigint)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_max_drop numeric := dwh.setting('refresh.max_drop_fraction', '0.5')::numeric;
+BEGIN
+    IF p_deleted_rows > 0 AND p_source_rows < p_deleted_rows * (1 - v_max_drop) THEN
+        RAISE EXCEPTION 'dwh.refresh_%: the source returned % rows for [%, %), the warehouse holds %: refusing to delete more than % of the window', p_table, p_source_rows, p_start, p_end, p_deleted_rows, to_char(v_max_drop * 100, 'FM990') || '%'
+            USING HINT = 'Nothing was changed. A source that purged these days no longer holds them, and the warehouse keeps them; if the rows are really gone, raise refresh.max_drop_fraction in dwh.settings for one run.';
+    END IF;
+END
+$$;
+
 -- Upsert the staged source rows into dwh.<p_table> and delete the rows gone at the source.
 -- The stage has the current table's columns; returns {inserted, updated, deleted}.
 CREATE OR REPLACE FUNCTION dwh.merge_dimension(p_table text, p_stage regclass, p_key text[])

@@ -150,6 +150,7 @@ BEGIN
         PERFORM dwh.raise_source_read_error('events', SQLSTATE, SQLERRM);
         RAISE;
     END;
+    PERFORM dwh.check_window_drop('events', p_start, p_end, v_ins, v_del);
     PERFORM dwh.mark_marts_stale_window('events', p_start, p_end);
     RETURN dwh.log_refresh('events', p_start, p_end, NULL, v_ins, 0, v_del, v_ins, v_t0, v_wait);
 END

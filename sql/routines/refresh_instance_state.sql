@@ -25,6 +25,7 @@ BEGIN
         PERFORM dwh.raise_source_read_error('instance_state', SQLSTATE, SQLERRM);
         RAISE;
     END;
+    PERFORM dwh.check_window_drop('instance_state', p_start, p_end, v_ins, v_del);
     PERFORM dwh.mark_marts_stale_window('instance_state', p_start, p_end);
     RETURN dwh.log_refresh('instance_state', p_start, p_end, NULL, v_ins, 0, v_del, v_ins, v_t0, v_wait);
 END
