@@ -18,11 +18,11 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from psycopg import errors, sql
 
 from dwh_assets_tests.fault_helpers import TableState, connect, failing_refresh, refresh
@@ -52,6 +52,8 @@ class SmallDisk:
 @integration_fixture()
 def small_disk(cfg, superuser) -> Iterator[SmallDisk]:
     """The day's events partition in a tablespace on a tmpfs sized to it (it moves back afterwards)."""
+    with connect(cfg) as loader:
+        refresh(loader, "refresh_events", D0, D1)  # the day holds its rows before it moves
     partition = superuser.execute(
         "SELECT partition_schema || '.' || partition_table FROM partman.show_partition_name('dwh.events', %s)",
         (D0.isoformat(),)).fetchone()[0]
@@ -84,7 +86,6 @@ def small_disk(cfg, superuser) -> Iterator[SmallDisk]:
 
 def test_a_full_disk_mid_refresh_leaves_the_window_and_the_next_refresh_succeeds(cfg, small_disk):
     with connect(cfg) as loader, connect_control_plane(cfg) as source:
-        refresh(loader, "refresh_events", D0, D1)
         before = TableState.of(loader, "events", (D0, D1))
         assert before.data[0] > 0
 
@@ -97,7 +98,9 @@ def test_a_full_disk_mid_refresh_leaves_the_window_and_the_next_refresh_succeeds
         before.assert_unchanged(loader, loader.info.backend_pid)
 
         small_disk.free()
+        started = time.monotonic()
         log = refresh(loader, "refresh_events", D0, D1)
+        print(f"measured: the refresh after the space came back took {time.monotonic() - started:.2f}s")
         assert log["rows_inserted"] == log["rows_source"] == before.data[0]
         assert fact_checksum(loader, "events", D0, D1, source=False) == fact_checksum(source, "events", D0, D1, source=True)
         assert loader.execute("SELECT t.spcname FROM pg_class c JOIN pg_tablespace t ON t.oid = c.reltablespace"

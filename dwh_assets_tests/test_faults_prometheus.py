@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -162,7 +163,9 @@ def test_a_gap_is_named_by_the_check_and_a_later_refresh_fills_it(reading_it, pr
     # The hours come back at Prometheus (back-filled from elsewhere), which restarts.
     prometheus.add(day_samples(GAP_DAY, all_metrics, GAP_HOURS), "gap-filled")
     prometheus.restart()
+    started = time.monotonic()
     log = refresh(reading_it, "refresh_metrics", GAP_DAY, end)
+    print(f"measured: the refresh that filled the gap took {time.monotonic() - started:.2f}s")
     assert window_samples(reading_it, GAP_DAY, end) == expected(day_samples(GAP_DAY, all_metrics)), \
         "every sample, the ones copied before unchanged"
     assert samples_complete(reading_it, log)[0]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,12 +92,15 @@ def restored(fault_stack: LocalStack) -> Iterator[Restored]:
                          seed=cfg.seed, scale=cfg.scale, server_user=cfg.server_user)
     new = Postgres(target)
     try:
+        started = time.monotonic()
         dump_and_restore(cfg, target, new)
+        restored_after = time.monotonic() - started
         passfile = private_file(home / "pgpass", "".join(
             f"{cfg.host}:{target.pg_port}:*:{role}:{password}\n" for role, password in secrets.passwords(cfg).items()))
         deployment = restored_deployment(cfg, target, passfile)
         lines: list[str] = []
         migrate(deployment, progress=lines.append)
+        print(f"measured: dump and restore {restored_after:.1f}s, then migrate {time.monotonic() - started - restored_after:.1f}s")
         yield Restored(deployment, held, lines)
     finally:
         new.stop(mode="immediate")

@@ -71,6 +71,7 @@ def test_a_stalled_control_plane_is_bounded_by_the_jobs_timeout(cfg, superuser, 
             assert locker.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS, "the lock was held throughout"
         finally:
             locker.close()  # the stall ends: the lock is released
+            released = dt.datetime.now(dt.timezone.utc)
         assert failed["status"] == "failed"
         assert failed["return_message"].startswith(
             f"ERROR:  dwh.refresh_instance_state: source {SOURCE} did not answer within the run's timeout "
@@ -87,9 +88,14 @@ def test_a_stalled_control_plane_is_bounded_by_the_jobs_timeout(cfg, superuser, 
         finally:
             unschedule(superuser, JOB)
         assert recovered["status"] == "succeeded", recovered["return_message"]
+        print(f"measured: the stalled run failed after {failed['end_time'] - failed['start_time']} (timeout "
+              f"{TIMEOUT_SECONDS}s); the next run ended {recovered['end_time'] - released} after the stall ended")
         assert fact_checksum(loader, "instance_state", *window, source=False) == \
             fact_checksum(source, "instance_state", *window, source=True)
-        events = sensor_events(cfg, recovered["runid"], window)
+        # Judged once pg_cron's worker has left (it logs `succeeded` before it commits).
+        events = wait_for(lambda: [e for e in sensor_events(cfg, recovered["runid"], window)
+                                   if isinstance(e, dg.AssetMaterialization)] and sensor_events(cfg, recovered["runid"], window),
+                          120, "the sensor to judge the run that succeeded")
         materialized = {e.partition for e in events if isinstance(e, dg.AssetMaterialization) and e.asset_key == key_of("dwh.instance_state")}
         assert materialized == {day.date().isoformat() for day in window[:1]} | {utc_midnight(0).date().isoformat()}
         assert all(e.passed for e in events if isinstance(e, dg.AssetCheckEvaluation))
