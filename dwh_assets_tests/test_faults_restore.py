@@ -133,6 +133,11 @@ def test_migrate_carries_on_with_the_restored_warehouse(restored):
     assert restored.migrate_lines[-1].startswith("done: 0 new migration(s); tables unchanged;"), restored.migrate_lines
     assert any(line.startswith("pg_cron: ran a job as") for line in restored.migrate_lines), \
         "pg_cron runs the restored warehouse's jobs (migrate's probe)"
+    # The restored jobs named the old server's socket and port (pg_cron runs a job where it was
+    # scheduled); migrate scheduled them again, here.
+    with restored.connect(LOADER_ROLE) as loader:
+        ports = loader.execute("SELECT DISTINCT nodeport FROM cron.job WHERE jobname LIKE 'dwh:%'").fetchall()
+    assert ports == [(restored.deployment.warehouse.port,)]
 
 
 def test_the_history_the_sources_no_longer_hold_survives(restored):

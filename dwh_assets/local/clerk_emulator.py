@@ -386,10 +386,10 @@ class Handler(BaseHTTPRequestHandler):
             if order_by == "-created_at":
                 ordered = ordered[::-1]
             rows = [self.state.render(kind, o) for o in ordered[offset:offset + limit]]
-        if fault.get("drop_fields"):  # an API version that no longer sends these fields
-            rows = [{k: v for k, v in row.items() if k not in fault["drop_fields"]} for row in rows]
             total = len(self.state.objects[kind])
             self.state.pages_served += 1
+        if fault.get("drop_fields"):  # an API version that no longer sends these fields
+            rows = [{k: v for k, v in row.items() if k not in fault["drop_fields"]} for row in rows]
         payload: Any = rows if kind == "users" else {"data": rows, "total_count": total}
         body = json.dumps(payload, ensure_ascii=False).encode()
         if fault.get("malformed_json"):
