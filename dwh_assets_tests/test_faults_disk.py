@@ -51,7 +51,7 @@ class SmallDisk:
 
 @integration_fixture()
 def small_disk(cfg, superuser) -> Iterator[SmallDisk]:
-    """The day's events partition in a tablespace on a tmpfs sized to it (it moves back afterwards)."""
+    """The day's events partition in a tablespace on a tmpfs sized for it (it moves back afterwards)."""
     with connect(cfg) as loader:
         refresh(loader, "refresh_events", D0, D1)  # the day holds its rows before it moves
     partition = superuser.execute(
@@ -62,7 +62,8 @@ def small_disk(cfg, superuser) -> Iterator[SmallDisk]:
     assert size > 8 * FREE_BYTES, f"{partition} is too small ({size} bytes) to run out of room part way"
     server = pwd.getpwnam(cfg.server_user)
     mount = Path(tempfile.mkdtemp(prefix="dwh-small-disk-", dir="/tmp"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size + 256 * 1024},mode=0700,uid={server.pw_uid},"
+    # Room for the day twice: a refresh writes the new rows before its commit frees the old ones.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={2 * size + 256 * 1024},mode=0700,uid={server.pw_uid},"
                     f"gid={server.pw_gid}", "tmpfs", str(mount)], check=True, capture_output=True, text=True)
     location = mount / "tablespace"
     location.mkdir()
