@@ -292,7 +292,7 @@ def entries(materialization: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_an_asset_shows_its_columns_row_count_and_column_lineage_from_the_database(cfg, loader):
     from dwh_assets_tests.test_dagster_cli import materialize
 
-    done = materialize("--select", "dwh/users")
+    done = materialize("--assets", "dwh/users")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     node = graphql(cfg.dagster_url, LATEST_MATERIALIZATION_QUERY, {"key": {"path": ["dwh", "users"]}})["assetNodeOrError"]
     meta = entries(node["assetMaterializations"][0])
@@ -303,7 +303,7 @@ def test_an_asset_shows_its_columns_row_count_and_column_lineage_from_the_databa
     assert columns == comments and all(comments.values()), "every column carries its COMMENT"
     assert meta["dagster/row_count"]["intValue"] == loader.execute("SELECT count(*) FROM dwh.users").fetchone()[0]
     lineage = {e["columnName"]: e["columnDeps"] for e in meta["dagster/column_lineage"]["lineage"]}
-    assert lineage["email"] == [{"assetKey": {"path": ["src_clerk", "users"]}, "columnName": "email"}]
+    assert lineage["email"] == [{"assetKey": {"path": ["clerk.users"]}, "columnName": "email"}]
     assert set(lineage) == set(columns)
 
 

@@ -28,7 +28,8 @@ from dwh_assets.warehouse.defs.assets import (  # noqa: E402
 from dwh_assets.warehouse.defs.checks import health_checks  # noqa: E402
 from dwh_assets.warehouse.defs.cron_sensor import JobTarget, build_cron_sensor  # noqa: E402
 from dwh_assets.warehouse.defs.dashboard_assets import bookkeeping_specs, dashboard_specs, view_specs  # noqa: E402
-from dwh_assets.warehouse.defs.metadata import key_of  # noqa: E402
+from dwh_assets.warehouse.defs.metadata import key_of, relation_of  # noqa: E402
+from dwh_assets.warehouse.defs.observations import Dependents, build_observation_sensor  # noqa: E402
 from dwh_assets.warehouse.defs.partitions import daily_partitions  # noqa: E402
 from dwh_assets.warehouse.defs.resources import WarehouseResource  # noqa: E402
 from dwh_assets.warehouse.defs.schedules import nightly_job, nightly_schedule  # noqa: E402
@@ -47,14 +48,16 @@ def build_definitions(settings: CodeLocationSettings, entries: catalog.Catalog =
     partitions = daily_partitions(settings.history_start)
     job = nightly_job(settings.nightly_days, entries)
     targets = cron_targets(entries)
+    dashboards = dashboard_specs(settings.dashboards_dir, settings.superset_url)
+    dependents = Dependents(entries, {d.key: tuple(relation_of(dep.asset_key) for dep in d.deps) for d in dashboards})
     return dg.Definitions(
         assets=[*source_specs(entries), *side_specs(entries), *copy_assets(entries, partitions),
-                *mart_assets(entries, partitions), *bookkeeping_specs(entries), *view_specs(entries),
-                *dashboard_specs(settings.dashboards_dir, settings.superset_url)],
+                *mart_assets(entries, partitions), *bookkeeping_specs(entries), *view_specs(entries), *dashboards],
         asset_checks=health_checks({name: target.asset_key for name, target in targets.items()}),
         jobs=[job],
         schedules=[nightly_schedule(job, settings.history_start, settings.nightly_days, settings.nightly_cron)],
-        sensors=[build_cron_sensor(targets, partitions, minimum_interval_seconds=settings.sensor_interval_seconds)],
+        sensors=[build_cron_sensor(targets, partitions, minimum_interval_seconds=settings.sensor_interval_seconds),
+                 build_observation_sensor(dependents, minimum_interval_seconds=settings.sensor_interval_seconds)],
         resources={"warehouse": WarehouseResource(dsn=settings.warehouse_dsn)},
         # Every step is one SQL call that works inside Postgres: a process per step would
         # only add start-up time, and refreshes of one table serialise on advisory locks anyway.
