@@ -75,7 +75,7 @@ def source_specs(entries: Catalog) -> list[dg.AssetSpec]:
 
 
 def side_specs(entries: Catalog) -> list[dg.AssetSpec]:
-    """Relations a refresh writes besides its own table, and the refresh log: materialised by those refreshes."""
+    """Relations a refresh writes besides its own table: materialised by those refreshes."""
     specs = []
     for spec in entries.tables:
         written = [*spec.also_writes, *([spec.snapshot] if spec.snapshot else [])]
@@ -94,15 +94,19 @@ def side_specs(entries: Catalog) -> list[dg.AssetSpec]:
                 metadata=md.table_definition_metadata(relation, spec.routine, routine_file, schema=md.catalog_schema(table))
                 | md.lineage_metadata(lineage),
             ))
+    return specs
+
+
+def refresh_log_spec(entries: Catalog) -> dg.AssetSpec:
+    """The refresh log: every refresh adds a row, so it is observed, never materialised."""
     framework = entries.sql_path(REFRESH_FRAMEWORK_FILE)
-    specs.append(dg.AssetSpec(
+    return dg.AssetSpec(
         key=key_of(REFRESH_LOG), description="One row per committed refresh (same transaction as its data): "
                                               "table, window or snapshot, rows, duration, lock wait, backend pid.",
         group_name=catalog.Group.WAREHOUSE.value, kinds={"postgres", "table"}, owners=list(catalog.OWNERS),
         tags=_tags("bookkeeping"), code_version=sql_files.code_version(framework),
         metadata={md.TABLE_NAME: REFRESH_LOG, md.CODE_REFERENCES: md.code_reference(framework, "dwh.log_refresh (SQL)")},
-    ))
-    return specs
+    )
 
 
 def _partition_days(context: dg.AssetExecutionContext) -> tuple[dt.date, dt.date]:
