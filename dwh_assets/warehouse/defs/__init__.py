@@ -58,10 +58,13 @@ def build_definitions(settings: CodeLocationSettings, entries: catalog.Catalog =
     dashboards = dashboard_specs(settings.dashboards_dir, settings.superset_url)
     dependents = Dependents(entries, {d.key: tuple(relation_of(dep.asset_key) for dep in d.deps) for d in dashboards})
     # What Dagster never builds: observed (by the sensor below, or "Observe" in the UI).
-    observed = [*source_specs(entries), refresh_log_spec(entries), *bookkeeping_specs(entries), *view_specs(entries),
-                *dashboards]
+    sources = source_specs(entries)
+    relations = [refresh_log_spec(entries), *bookkeeping_specs(entries), *view_specs(entries), *dashboards]
+    observed = [*sources, *relations]
     return dg.Definitions(
-        assets=[observable_assets(observed, dependents), *side_specs(entries), *copy_assets(entries, partitions),
+        assets=[observable_assets("observe_sources", sources, dependents),
+                observable_assets("observe_relations", relations, dependents),
+                *side_specs(entries), *copy_assets(entries, partitions),
                 *mart_assets(entries, partitions)],
         asset_checks=health_checks({name: target.asset_key for name, target in targets.items()}),
         jobs=[job],

@@ -1,9 +1,9 @@
 """Observations of what Dagster never builds: sources, plain views, the refresh log, pg_cron's
 history and the dashboards, so none of them reads "never materialized" in the graph.
 
-They are observable assets (one ``multi_observable_source_asset``, ``observe_warehouse``): the
-UI shows each one's latest observation ("Observed 3 minutes ago"), and "Observe" on any of
-them runs the same code as the sensor. An observation says:
+They are observable assets (``multi_observable_source_asset``: ``observe_sources`` and
+``observe_relations``): the UI shows each one's latest observation ("Observed 3 minutes ago"),
+and "Observe" on any of them runs the same code as the sensor. An observation says:
 
 - of a **source** foreign table: when a copy last read it, which copy, and (its copy's primary
   source) how many rows that refresh read: reading a source again only to count it would be a
@@ -33,7 +33,6 @@ from dwh_assets.warehouse.defs.metadata import key_of, relation_of
 from dwh_assets.warehouse.defs.resources import WarehouseResource
 
 SENSOR_NAME = "warehouse_observations"
-ASSET_NAME = "observe_warehouse"
 REFRESH_LOG = catalog.REFRESH_LOG
 CRON_HISTORY = catalog.CRON_HISTORY
 
@@ -222,16 +221,19 @@ def summary(found: list[Observed]) -> str:
     return f"observed {len(found)} asset(s): {', '.join(o.key.to_user_string() for o in found)}"
 
 
-def observable_assets(specs: list[dg.AssetSpec], dependents: Dependents) -> dg.AssetsDefinition:
-    """The assets Dagster never builds, observable together or one by one ("Observe" in the UI)."""
+def observable_assets(name: str, specs: list[dg.AssetSpec], dependents: Dependents) -> dg.AssetsDefinition:
+    """Assets Dagster never builds, observable together or one by one ("Observe" in the UI).
 
-    @dg.multi_observable_source_asset(specs=specs, can_subset=True, name=ASSET_NAME)
-    def observe_warehouse(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    One step observes them; the sources and what reads the copies are two such steps, or the
+    step would be both upstream and downstream of the copies."""
+
+    @dg.multi_observable_source_asset(specs=specs, can_subset=True, name=name)
+    def observe(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         with warehouse.connect() as conn, warehouse.cron_connect(conn) as cron:
             for found in Observer(conn, cron, dependents).observe(set(context.selected_asset_keys)):
                 yield found.result()
 
-    return observe_warehouse
+    return observe
 
 
 def build_observation_sensor(dependents: Dependents, observed: set[dg.AssetKey], *,
