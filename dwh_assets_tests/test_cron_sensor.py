@@ -209,6 +209,20 @@ def test_missed_schedule_is_reported_once_per_tick():
         assert judge.missed([job | {"schedule": schedule}], CronCursor(last_start=cursor.last_start), now, set()) == []
 
 
+def test_the_cursor_keeps_only_what_pg_cron_cannot_tell_the_next_tick():
+    """A job's latest start is read from pg_cron each tick: a cursor of jobs that all ran is just the runid."""
+    jobs = [spec.cron_job_name for spec in (*catalog.CATALOG, *catalog.MARTS)]
+    seen = {job: "2026-11-24T12:00:00.123456+00:00" for job in jobs}
+    ran = CronCursor(runid=48213, first_seen=dict(seen), last_start=dict(seen),
+                     missed_reported={jobs[0]: "2026-11-24T11:45:00+00:00"})
+    assert ran.dump() == '{"runid":48213}'
+    never_ran = CronCursor(runid=7, first_seen={jobs[0]: seen[jobs[0]]}, missed_reported={jobs[0]: "2026-11-24T12:15:00+00:00"})
+    assert CronCursor.parse(never_ran.dump()) == CronCursor(runid=7, first_seen={jobs[0]: "2026-11-24T12:00:00Z"},
+                                                            missed_reported={jobs[0]: "2026-11-24T12:15:00Z"})
+    # a cursor an earlier version wrote (with every job's last start) still reads
+    assert CronCursor.parse('{"runid":3,"last_start":{"dwh:refresh_users":"2026-11-24T12:00:00Z"}}').runid == 3
+
+
 def test_code_location_maps_every_pg_cron_job_to_its_asset(cfg, superuser):
     defs = build_definitions(CodeLocationSettings(cfg.history_start))
     jobs = {r[0] for r in superuser.execute(

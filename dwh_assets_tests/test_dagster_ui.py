@@ -8,6 +8,7 @@ screenshot in ``test-artifacts/asset-lineage.png``.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import yaml
 from PIL import Image
 
 from dwh_assets.local.config import REPO_ROOT
+from dwh_assets.warehouse import catalog
 from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions
 
 CHROMIUM = "/usr/bin/chromium"
@@ -408,3 +410,119 @@ def test_materialize_all_succeeds_and_leaves_no_partition_that_can_never_be_buil
         stats = node["partitionStats"]
         if node["isMaterializable"] and stats is not None:
             assert stats["numMaterialized"] == stats["numPartitions"] and stats["numFailed"] == 0, node
+
+
+# ----- what a data team reads on the pages, in a real browser (Playwright drives Debian's Chromium) -----
+
+OBSERVATIONS_QUERY = """
+query Observed {
+  assetNodes { assetKey { path } isObservable assetObservations(limit: 1) { timestamp } }
+}
+"""
+SENSOR_TICKS_QUERY = """
+query Ticks($sensor: SensorSelector!) {
+  sensorOrError(sensorSelector: $sensor) {
+    ... on Sensor { sensorState { ticks(limit: 5) { status skipReason cursor } } }
+  }
+}
+"""
+PAGE_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    from dwh_assets_tests.superset_browser import launch
+
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def open_page(browser, url: str, ready: str, height: int = 2400):
+    """The page in a tall window (the asset page scrolls inside itself), once ``ready`` is on it."""
+    page = browser.new_page(viewport={"width": WINDOW[0], "height": height})
+    page.goto(url, wait_until="domcontentloaded", timeout=PAGE_TIMEOUT_MS)
+    page.get_by_text(ready, exact=True).first.wait_for(timeout=PAGE_TIMEOUT_MS)
+    return page
+
+
+def test_an_asset_page_shows_column_lineage_and_the_tables_row_count(cfg, loader, browser):
+    """dwh/events after a one-day run: "Row count" is the table's, the refreshed window's rows are
+    labelled apart, and the column lineage is a table on the page."""
+    from dwh_assets_tests.test_dagster_cli import materialize
+
+    # A day with events that pg_cron's own refreshes (today and its lookback) leave alone.
+    lookback = catalog.get("events").lookback_days
+    day = loader.execute("SELECT max(enqueued_at AT TIME ZONE 'UTC')::date FROM dwh.events "
+                         "WHERE enqueued_at < date_trunc('day', now(), 'UTC') - make_interval(days => %s)",
+                         (lookback,)).fetchone()[0]
+    done = materialize("--assets", "dwh/events", "--partition", day.isoformat())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table_rows = loader.execute("SELECT count(*) FROM dwh.events").fetchone()[0]
+
+    page = open_page(browser, f"{cfg.dagster_url}/assets/dwh/events", "column_lineage")
+    try:
+        status = page.get_by_text("Row count", exact=True).first.locator("xpath=..").inner_text()
+        assert f"{table_rows:,}" in status, f"the Row count is not the table's {table_rows:,}: {status!r}"
+
+        def metadata(key: str) -> str:
+            row = page.locator("tr").filter(has=page.get_by_text(key, exact=True)).first.inner_text()
+            return row.split("\t")[-1].strip()
+
+        # The latest materialization may be pg_cron's (the sensor's) by now: its own window, its own rows.
+        start, end = (dt.datetime.fromisoformat(t) for t in metadata("window").strip("[)").split(", "))
+        window_rows = loader.execute("SELECT count(*) FROM dwh.events WHERE enqueued_at >= %s AND enqueued_at < %s",
+                                     (start, end)).fetchone()[0]
+        assert int(metadata("rows_in_window").replace(",", "")) == window_rows < table_rows
+        lineage = page.locator("table table").filter(has_text="source columns").first
+        rows = {line.split("\t")[0].strip(): line for line in lineage.inner_text().splitlines()[1:]}
+        columns = [r[0] for r in loader.execute("SELECT attname FROM pg_attribute WHERE attrelid = 'dwh.events'::regclass "
+                                                "AND attnum > 0 AND NOT attisdropped ORDER BY attnum").fetchall()]
+        assert list(rows) == columns
+        assert "src_control_plane.a_instance_events.msg_id" in rows["msg_id"]
+        assert "src_control_plane.a_instance_events.message" in rows["event_type"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "asset-events.png"))
+    finally:
+        page.close()
+
+
+def test_what_dagster_never_builds_reads_observed(cfg, browser):
+    """The observation sensor's first tick observed every source, view, the refresh log, pg_cron's history
+    and every dashboard; the catalog page says "Observed" for each."""
+    import time
+
+    def unobserved() -> list[str]:
+        nodes = graphql(cfg.dagster_url, OBSERVATIONS_QUERY)["assetNodes"]
+        return sorted("/".join(n["assetKey"]["path"]) for n in nodes if n["isObservable"] and not n["assetObservations"])
+
+    deadline = time.monotonic() + 300
+    missing = unobserved()
+    while missing and time.monotonic() < deadline:
+        time.sleep(3)
+        missing = unobserved()
+    assert missing == [], f"never observed: {missing}"
+
+    page = open_page(browser, f"{cfg.dagster_url}/assets/clerk.users", "Latest observation", height=WINDOW[1])
+    try:
+        text = page.locator("body").inner_text()
+        assert "Never materialized" not in text and "Never observed" not in text
+        assert "rows_read" in text and "dwh.users" in text  # when and by whom it was read, and how many rows
+        page.screenshot(path=str(ARTIFACTS / "asset-clerk-users.png"))
+    finally:
+        page.close()
+
+
+def test_the_sensors_say_what_each_tick_did_under_a_short_cursor(cfg):
+    repo = {"repositoryLocationName": location_name(), "repositoryName": "__repository__"}
+    for sensor, said in (("pg_cron_runs", "reported "), ("warehouse_observations", "")):
+        ticks = graphql(cfg.dagster_url, SENSOR_TICKS_QUERY, {"sensor": {**repo, "sensorName": sensor}})[
+            "sensorOrError"]["sensorState"]["ticks"]
+        finished = [t for t in ticks if t["status"] == "SKIPPED"]
+        assert finished, f"{sensor} has no finished tick: {ticks}"
+        assert all(t["skipReason"].startswith(said) and len(t["cursor"]) < 100 for t in finished), finished
