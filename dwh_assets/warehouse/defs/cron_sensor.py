@@ -59,14 +59,18 @@ class CronCursor:
     """What a tick must remember, and no more: usually just ``{"runid":N}``.
 
     Each job's latest start is read from pg_cron's history on every tick (``last_start`` is
-    never stored); ``first_seen`` is kept only for a job with no run in that history, and
-    ``missed_reported`` only while the job is still behind its schedule.
+    never stored). A job that has not run yet is judged from when the sensor first saw it:
+    ``since`` (its first tick) for the jobs there were then, ``first_seen`` for a job created
+    later (a pg_cron jobid above ``jobid``), kept until it runs. ``missed_reported`` is kept
+    only while the job is still behind its schedule.
     """
 
     runid: int | None = None  # every run up to here has been read
     open_runs: list[int] = field(default_factory=list)  # read but not yet ended
     stuck_reported: list[int] = field(default_factory=list)
-    first_seen: dict[str, str] = field(default_factory=dict)  # job without a run -> when the sensor first saw it
+    since: str | None = None  # the sensor's first tick that read the jobs
+    jobid: int | None = None  # the highest pg_cron jobid of a watched job seen so far
+    first_seen: dict[str, str] = field(default_factory=dict)  # job created after ``since`` that has not run yet
     missed_reported: dict[str, str] = field(default_factory=dict)  # job -> schedule tick reported
     last_start: dict[str, str] = field(default_factory=dict, compare=False)  # job -> latest start (this tick only)
 
@@ -81,10 +85,11 @@ class CronCursor:
         started = {job: dt.datetime.fromisoformat(t) for job, t in self.last_start.items()}
         values = asdict(self)
         del values["last_start"]
+        values["since"] = _short_time(self.since) if self.since else None
         values["first_seen"] = {job: _short_time(t) for job, t in self.first_seen.items() if job not in started}
         values["missed_reported"] = {job: _short_time(tick) for job, tick in self.missed_reported.items()
                                      if job not in started or started[job] < dt.datetime.fromisoformat(tick)}
-        return json.dumps({k: v for k, v in values.items() if v not in ([], {})}, sort_keys=True,
+        return json.dumps({k: v for k, v in values.items() if v not in ([], {}, None)}, sort_keys=True,
                           separators=(",", ":"))
 
 
@@ -187,7 +192,8 @@ class CronRunJudge:
                 tick = croniter(job["schedule"], now - self.schedule_grace).get_prev(dt.datetime)
             except (CroniterBadCronError, CroniterBadDateError):
                 continue  # pg_cron's '30 seconds' / '@reboot' or a date that never comes: no tick to miss
-            seen = [dt.datetime.fromisoformat(t) for t in (cursor.last_start.get(name), cursor.first_seen.get(name)) if t]
+            seen = [dt.datetime.fromisoformat(t) for t in
+                    (cursor.last_start.get(name), cursor.first_seen.get(name) or cursor.since) if t]
             if not seen or max(seen) >= tick - dt.timedelta(seconds=1):
                 continue
             if cursor.missed_reported.get(name) == tick.isoformat():
@@ -205,8 +211,8 @@ class CronRunJudge:
 REFRESH_LOGS = ("SELECT * FROM dwh.refresh_log WHERE backend_pid = ANY(%(pids)s) "
                 "AND finished_at >= %(since)s AND started_at >= %(since)s ORDER BY id")
 # Each job with its latest start in the history pg_cron keeps (one scan of it, when caught up).
-JOB_ROWS = ("SELECT j.jobname, j.schedule, j.active, max(r.start_time) AS last_start FROM cron.job j "
-            "LEFT JOIN cron.job_run_details r USING (jobid) WHERE j.jobname = ANY(%s) GROUP BY 1, 2, 3")
+JOB_ROWS = ("SELECT j.jobid, j.jobname, j.schedule, j.active, max(r.start_time) AS last_start FROM cron.job j "
+            "LEFT JOIN cron.job_run_details r USING (jobid) WHERE j.jobname = ANY(%s) GROUP BY 1, 2, 3, 4")
 RUN_COLUMNS = ("SELECT r.runid, r.jobid, j.jobname, r.job_pid, r.status, r.return_message, r.start_time, r.end_time "
                "FROM cron.job_run_details r JOIN cron.job j USING (jobid) ")
 
@@ -262,8 +268,7 @@ def evaluate_cron_runs(warehouse: WarehouseResource, judge: CronRunJudge, raw_cu
         report.events = _with_table_reports(conn, judge, report, schedules)
     cursor.open_runs = still_open
     cursor.stuck_reported = [r for r in cursor.stuck_reported if r in still_open]
-    for job in job_rows:
-        cursor.first_seen.setdefault(job["jobname"], now.isoformat())
+    remember_jobs(cursor, job_rows, now)
     open_jobs = {r["jobname"] for r in runs if int(r["runid"]) in still_open}
     report.events += judge.missed(job_rows, cursor, now, open_jobs)
     return report
@@ -305,6 +310,19 @@ def _with_table_reports(conn: psycopg.Connection, judge: CronRunJudge, report: T
             events += assets.side_materializations(conn, spec, log, extra)
         events += [c.evaluation(conn, log, extra) for c in checks.get(log["table_name"], [])]
     return events
+
+
+def remember_jobs(cursor: CronCursor, job_rows: list[dict[str, Any]], now: dt.datetime) -> None:
+    """When the sensor first saw each job: its first tick for the jobs there were, or now for a new one."""
+    if not job_rows:
+        return
+    if cursor.since is None:
+        cursor.since = now.isoformat()
+    elif cursor.jobid is not None:
+        for job in job_rows:
+            if int(job["jobid"]) > cursor.jobid and job["last_start"] is None:
+                cursor.first_seen.setdefault(job["jobname"], now.isoformat())
+    cursor.jobid = max([*(int(job["jobid"]) for job in job_rows), *([cursor.jobid] if cursor.jobid else [])])
 
 
 def _table_report(conn: psycopg.Connection, spec: catalog.TableSpec | catalog.MartSpec | None,
