@@ -88,7 +88,7 @@ def side_specs(entries: Catalog) -> list[dg.AssetSpec]:
                 group_name=spec.group.value, kinds={"postgres", "table"}, owners=list(catalog.OWNERS),
                 tags=_tags("copy", spec.system),
                 metadata=md.table_definition_metadata(relation, spec.routine, entries.sql_path(spec.routine_file),
-                                                      schema=md.catalog_schema(table)),
+                                                      schema=md.catalog_schema(table, entries.personal_columns(relation))),
             ))
     specs.append(dg.AssetSpec(
         key=key_of(REFRESH_LOG), description="One row per committed refresh (same transaction as its data): "
@@ -165,7 +165,7 @@ def _copy_asset_args(entries: Catalog, spec: catalog.TableSpec, checks: list[Ref
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=spec.freshness),
         check_specs=[c.spec() for c in checks],
         metadata=md.table_definition_metadata(spec.local_table, spec.routine, sql_path, spec.cron_job_name,
-                                              spec.schedule, md.catalog_schema(spec.table))
+                                              spec.schedule, md.catalog_schema(spec.table, entries.personal_columns(spec.local_table)))
         | {"table_kind": spec.kind.value},
     )
 
@@ -237,8 +237,9 @@ def _mart_asset(entries: Catalog, mart: catalog.MartSpec, partitions: dg.Partiti
         backfill_policy=dg.BackfillPolicy.single_run(),
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=mart.freshness),
         check_specs=[c.spec() for c in checks],
-        metadata=md.table_definition_metadata(mart.relation, mart.routine, sql_path, mart.cron_job_name,
-                                              mart.schedule, md.catalog_schema(mart.view)) | {"stored_in": mart.table},
+        metadata=md.table_definition_metadata(mart.relation, mart.routine, sql_path, mart.cron_job_name, mart.schedule,
+                                              md.catalog_schema(mart.view, entries.personal_columns(mart.relation)))
+        | {"stored_in": mart.table},
     )
     def refresh_mart(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         first, last = _partition_days(context)

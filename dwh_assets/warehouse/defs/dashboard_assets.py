@@ -40,7 +40,8 @@ def view_specs(entries: catalog.Catalog = catalog.PRODUCT) -> list[dg.AssetSpec]
             description=f"{view.description} A view (no refresh: computed when read) over {', '.join(view.reads)}.",
             group_name=view.group.value,
             kinds={"postgres", "view"},
-            metadata={"relation": view.relation, "relation_kind": "view", md.COLUMN_SCHEMA: md.catalog_schema(view),
+            metadata={"relation": view.relation, "relation_kind": "view",
+                      md.COLUMN_SCHEMA: md.catalog_schema(view, entries.personal_columns(view.relation)),
                       md.CODE_REFERENCES: md.code_reference(entries.sql_path(view.sql_file), f"{view.relation} (SQL)")},
         )
         for view in entries.views
