@@ -49,10 +49,12 @@ class Erasure:
         if not self.removed_anything:
             return (f"{head}: no row of the warehouse held it. The erasure is recorded, so the refreshes will leave it "
                     f"out should the source send it; if rows were expected, check the id.")
-        parts = [f"{n} row(s) of {relation}" for relation, n in sorted(self.rows_deleted.items()) if n]
-        parts += [f"{n} value(s) of {column} cleared" for column, n in sorted(self.values_cleared.items()) if n]
-        return (f"{head}: deleted {', '.join(parts)}. The marts' days that counted it are queued for their pg_cron "
-                f"jobs; the refreshes leave it out from now on, while the source still holds it.")
+        deleted = [f"{n} row(s) of {relation}" for relation, n in sorted(self.rows_deleted.items()) if n]
+        cleared = [f"{n} value(s) of {column}" for column, n in sorted(self.values_cleared.items()) if n]
+        done = "; ".join(([f"deleted {', '.join(deleted)}"] if deleted else [])
+                         + ([f"cleared {', '.join(cleared)}"] if cleared else []))
+        return (f"{head}: {done}. The marts' days that counted it are queued for their pg_cron jobs; the refreshes "
+                f"leave it out from now on, while the source still holds it.")
 
 
 def check_id(subject: Subject, value: str) -> str:
