@@ -148,12 +148,15 @@ def test_the_bootstrap_creates_the_personal_reader_as_a_member_of_the_reader_and
     assert "dwh_personal_reader" in bootstrap.PRIVILEGE_ROLES
 
 
-def test_an_existing_personal_reader_is_left_alone(tmp_path, monkeypatch):
+def test_an_existing_personal_reader_is_not_recreated_but_made_a_member_of_the_reader(tmp_path, monkeypatch):
+    """The managed prerequisites script creates the role bare; migrate's grant, verified first, makes it a member."""
     for purpose in ("loader", "reader"):
         monkeypatch.setenv(f"DWH_WAREHOUSE__{purpose.upper()}__PASSWORD", f"{purpose}-password-value")
     facts = dataclasses.replace(FACTS, roles=FACTS.roles | {"dwh_personal_reader"})
     plan = bootstrap.plan_bootstrap(offline_deployment(tmp_path), facts, fake_verifier)
-    assert not [s for s in plan.warehouse if "dwh_personal_reader" in s.sql.as_string(None)]
+    found = [s for s in plan.warehouse if "dwh_personal_reader" in s.sql.as_string(None)]
+    assert [s.sql.as_string(None) for s in found] == ['GRANT "dwh_reader" TO "dwh_personal_reader"']
+    assert "pg_has_role('dwh_personal_reader', 'dwh_reader', 'MEMBER')" in found[0].verify.as_string(None)
 
 
 # ----- dwh forget ---------------------------------------------------------------------------------

@@ -258,10 +258,10 @@ def _roles(plan: BootstrapPlan, cfg: DeploymentConfig, verifier: Verifier) -> No
 def _personal_reader(plan: BootstrapPlan, need_role: str) -> None:
     """The role that reads personal columns too: a member of the reader, granted to no login by migrate."""
     personal, reader = catalog.PERSONAL_READER_GROUP, catalog.READER_GROUP
-    if personal in plan.facts.roles:
-        return  # an existing role is left alone, its memberships too
-    plan.warehouse.append(Statement(f"create role {personal}", sql.SQL("CREATE ROLE {} NOLOGIN").format(_ident(personal)),
-                                    need_role, role=True))
+    if personal not in plan.facts.roles:
+        plan.warehouse.append(Statement(f"create role {personal}", sql.SQL("CREATE ROLE {} NOLOGIN").format(
+            _ident(personal)), need_role, role=True))
+    # Also when the role exists: the managed prerequisites script creates it bare.
     plan.warehouse.append(Statement(
         f"grant {reader} to {personal}", sql.SQL("GRANT {} TO {}").format(_ident(reader), _ident(personal)),
         f"the admin role cannot grant {reader}: it needs CREATEROLE (or ADMIN OPTION on {reader})", role=True,
