@@ -91,7 +91,9 @@ def test_a_fresh_server_gets_roles_extensions_and_grants(cfg):
 def test_existing_roles_are_left_alone(cfg):
     facts = dataclasses.replace(FACTS, roles=FACTS.roles | {"dwh_owner", "dwh_loader", "dwh_reader", "dwh_personal_reader"})
     plan = bootstrap.plan_bootstrap(cfg, facts, fake_verifier)
-    assert not [s for s in plan.warehouse if s.role]
+    # Only the personal reader's membership, verified (skipped when held): the prerequisites script creates it bare.
+    assert [(s.what, s.verify is not None) for s in plan.warehouse if s.role] == [
+        ("grant dwh_reader to dwh_personal_reader", True)]
 
 
 def test_a_missing_role_without_a_password_is_a_problem_naming_where_to_put_it(tmp_path):
@@ -112,6 +114,8 @@ def test_custom_login_names_join_the_privilege_roles(tmp_path, monkeypatch):
         assert f'GRANT "{group}" TO "{login}"' in text
     assert 'ALTER ROLE "acme_etl" IN DATABASE "warehouse" SET search_path = "dwh", "mart", "src_control_plane", ' \
            '"src_clerk", "src_prometheus", "public"' in text
+    assert 'ALTER ROLE "acme_etl" IN DATABASE "warehouse" SET jit = off' in text
+    assert 'ALTER ROLE "acme_bi" IN DATABASE "warehouse" SET jit = off' in text
 
 
 def test_pg_cron_not_loaded_is_reported_with_what_to_do(cfg):
