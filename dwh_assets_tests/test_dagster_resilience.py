@@ -232,7 +232,8 @@ class Soak:
             cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300, check=False,
         )
         new = sorted(set(self.instance.get_run_ids()) - before)
-        return Outcome(call, done.returncode == 0, run_ids=new, error=done.stderr[-2000:] if done.returncode else "")
+        # The whole stderr: the error names its source above Dagster's stack trace, which alone can exceed 2,000 characters.
+        return Outcome(call, done.returncode == 0, run_ids=new, error=done.stderr if done.returncode else "")
 
     def close(self) -> None:
         for conn in self.connections:
