@@ -19,7 +19,7 @@ from dwh_assets import cli
 from dwh_assets.warehouse import bootstrap, catalog, catalog_ddl
 from dwh_assets.warehouse.catalog import PRODUCT, Column, Erase, Subject, ViewSpec
 from dwh_assets.warehouse.catalog_model import PERSONAL_MARK
-from dwh_assets.warehouse.defs.metadata import catalog_schema
+from dwh_assets.warehouse.defs.metadata import catalog_schema, snapshot_lineage
 from dwh_assets.warehouse.erasure import Erasure, ErasureError, check_id
 from dwh_assets_tests.deployments import offline_deployment
 from dwh_assets_tests.test_migrate_plan import FACTS, fake_verifier
@@ -64,6 +64,8 @@ def test_snapshots_keep_no_personal_column_and_every_subject_id(spec):
     assert kept == ["snapshot_day", *(c.name for c in spec.columns if not c.personal)]
     assert {c.name for c in spec.columns if c.subject} <= set(kept)
     assert PRODUCT.personal_columns(spec.snapshot_table) == frozenset()
+    # Dagster's column lineage of the snapshot names only the columns it keeps.
+    assert list(snapshot_lineage(spec).deps_by_column) == kept[1:]
 
 
 def test_subject_ids_are_never_personal_and_name_where_forget_looks():
