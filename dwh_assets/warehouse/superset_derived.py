@@ -22,6 +22,7 @@ import copy
 import json
 
 from dwh_assets.warehouse.catalog import PRODUCT, Catalog, Column, ViewSpec
+from dwh_assets.warehouse.catalog_model import marked
 from dwh_assets.warehouse.superset_export import Bundle, Chart, Dashboard
 
 # Native filters derived here carry this id prefix; the export leaves them out, others stay.
@@ -36,16 +37,17 @@ def describe_dataset(data: dict, catalog: Catalog = PRODUCT) -> dict:
     """A dataset file with its relation's and columns' descriptions and names from the catalog."""
     relation = catalog.relation(f"{data.get('schema')}.{data.get('table_name')}")
     columns = {c.name: c for c in relation.columns}
+    personal = catalog.personal_columns(relation.relation)
     described = dict(data, description=relation.description if isinstance(relation, ViewSpec) else relation.comment)
-    described["columns"] = [_describe_column(col, columns.get(col.get("column_name")))
+    described["columns"] = [_describe_column(col, columns.get(col.get("column_name")), personal)
                             for col in data.get("columns") or []]
     return described
 
 
-def _describe_column(data: dict, column: Column | None) -> dict:
+def _describe_column(data: dict, column: Column | None, personal: frozenset[str]) -> dict:
     if column is None:
         return dict(data, description=None)
-    return dict(data, description=column.comment, verbose_name=column.verbose_name)
+    return dict(data, description=marked(column.comment, column.name in personal), verbose_name=column.verbose_name)
 
 
 def numbered(chart_uuids) -> dict[str, int]:

@@ -2,7 +2,7 @@
 -- owner's maintenance jobs, each with the table it refreshes as dwh.refresh_log names it
 -- (dwh.refresh_jobs, from the catalog; a maintenance job: its own name). pg_cron's tables are
 -- row-level-secured by username: each role's runs come through a function it owns,
--- dwh.cron_job_runs() (the loader's, migration 0002) and dwh.cron_owner_job_runs() (0007).
+-- dwh.cron_job_runs() (the loader's, migration 0002) and dwh.cron_owner_job_runs() (0008).
 CREATE OR REPLACE VIEW mart.cron_job_runs AS
 SELECT r.jobname,
        coalesce(j.table_name, r.jobname) AS table_name,

@@ -1,4 +1,4 @@
--- depends: 0006.dashboard_filters
+-- depends: 0007.dashboard_filters
 -- The owner's pg_cron jobs (pg_partman maintenance, its history purge) for the health dashboard.
 -- pg_cron shows each role only its own jobs and runs (row-level security by username), and
 -- dwh.cron_job_runs() (0002) runs as the loader login, whose jobs are the refreshes. This is the

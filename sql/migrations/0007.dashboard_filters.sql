@@ -1,4 +1,4 @@
--- depends: 0005.storage_gib_days
+-- depends: 0006.storage_gib_days
 -- The dashboards filter by organization, plan, region and instance state, so the relations
 -- they read carry those columns (docs/catalog.md):
 --
