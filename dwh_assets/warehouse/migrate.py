@@ -11,8 +11,8 @@ Against any PostgreSQL 15+ the deployment configuration points at, over TCP:
    (framework, routines, views: re-applied every time) and the comments;
 3. **settings and sources**, as the owner: ``dwh.settings``, foreign servers, user mappings
    and foreign tables for the configured backends, rebuilt only when their definition changed;
-4. **grants, retention, ``dwh.mart_inputs`` and ``dwh.refresh_jobs``**, as the owner, derived
-   from the catalog; as the admin, the loader login gets the functions that read its own
+4. **grants, retention, ``dwh.mart_inputs``, ``dwh.refresh_jobs`` and ``dwh.arrival_watermarks``**,
+   as the owner, derived from the catalog; as the admin, the loader login gets the functions that read its own
    pg_cron history (``LOADER_DEFINER_FUNCTIONS``);
 5. **pg_cron jobs** (``warehouse.cron_jobs``), each scheduled by the role that runs it, then
    a one-shot probe job per role and database (``warehouse.cron_probe``) proves pg_cron runs them.
@@ -342,6 +342,7 @@ def migrate(cfg: DeploymentConfig, progress: Progress = print, catalog: Catalog 
         grant_catalog(conn, catalog)
         sync_mart_inputs(conn, catalog)
         sync_refresh_jobs(conn, catalog)
+        catalog_ddl.sync_arrival_watermarks(conn, catalog)
         sync_retention(conn, cfg, catalog)
     for warning in hand_functions_to_loader(cfg):
         progress(f"warning: {warning}")

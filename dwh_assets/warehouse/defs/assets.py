@@ -96,6 +96,18 @@ def side_specs(entries: Catalog) -> list[dg.AssetSpec]:
         group_name=catalog.Group.WAREHOUSE.value, kinds={"postgres", "table"}, owners=list(catalog.OWNERS),
         tags=_tags("bookkeeping"), metadata={md.TABLE_NAME: REFRESH_LOG},
     ))
+    reconciliation = entries.reconciliation
+    if reconciliation is not None and entries.reconciled():
+        specs.append(dg.AssetSpec(
+            key=key_of(reconciliation.relation), deps=[key_of(spec.local_table) for spec in entries.reconciled()],
+            description=f"{reconciliation.description}{_automation_text(reconciliation.cron_job_name, reconciliation.schedule)}",
+            group_name=catalog.Group.WAREHOUSE.value, kinds={"postgres", "table"}, owners=list(catalog.OWNERS),
+            tags=_tags("bookkeeping"),
+            metadata=md.table_definition_metadata(reconciliation.relation, reconciliation.routine,
+                                                  entries.sql_path(reconciliation.routine_file),
+                                                  reconciliation.cron_job_name, reconciliation.schedule,
+                                                  md.catalog_schema(reconciliation.table)),
+        ))
     return specs
 
 
