@@ -515,6 +515,7 @@ LATE_DATA = ViewSpec(
         Column("last_late_day", "date", "The latest such day."),
         Column("late_days_too_old", "bigint", "Days that received rows older than the history the warehouse keeps "
                                               "(not copied)."),
+        Column("last_too_old_day", "date", "The latest such day."),
         Column("reconciled_at", TS, "When the latest reconciliation of the fact ended."),
         Column("days_compared", "integer", "Days it compared with the source."),
         Column("differing_days", "integer", "Days whose count differed from the source's."),
