@@ -1,4 +1,4 @@
--- depends: 0004.cron_probe
+-- depends: 0005.personal_data
 -- How far each fact's scheduled refresh has followed its source's arrivals (docs/architecture.md,
 -- "Late data"). `dwh migrate` writes the declaration columns from the catalog (a fact's
 -- `arrival`); dwh.refresh_with_arrivals moves the watermark in the transaction of the refresh
