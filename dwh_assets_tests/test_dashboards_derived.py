@@ -89,7 +89,8 @@ def test_the_time_range_leaves_the_numbers_of_now_alone(bundle):
     assert out_of_scope(bundle, "growth", growth) == {"Organizations now", "Live instances now"}
     health = filters_by_name(bundle, "warehouse-health")[TIME_FILTER_NAME]
     assert out_of_scope(bundle, "warehouse-health", health) == {"Freshness: last refresh per table",
-                                                                "Failed pg_cron runs (24 h)", "pg_cron jobs (14 days)"}
+                                                                "Failed pg_cron runs (24 h)", "pg_cron jobs (14 days)",
+                                                                "Late data: watermarks and the daily reconciliation"}
     assert out_of_scope(bundle, "usage-by-organization", filters_by_name(bundle, "usage-by-organization")[TIME_FILTER_NAME]) == set()
 
 

@@ -32,11 +32,14 @@ from __future__ import annotations
 import re
 
 from dwh_assets.warehouse.catalog_model import (  # noqa: F401 (the grammar, re-exported for readers of the catalog)
+    ARRIVALS_ROUTINE,
+    ARRIVALS_ROUTINE_ARGUMENTS,
     CRON_JOB_PREFIX,
     PENDING_MART_ROUTINE,
     PENDING_MART_ROUTINE_ARGUMENTS,
     ROUTINE_ARGUMENTS,
     AcceptedValues,
+    ArrivalWatermark,
     Erase,
     Catalog,
     Column,
@@ -44,6 +47,7 @@ from dwh_assets.warehouse.catalog_model import (  # noqa: F401 (the grammar, re-
     Index,
     Kind,
     MartSpec,
+    Reconciliation,
     SourceSystem,
     Subject,
     SubjectColumn,
@@ -226,6 +230,11 @@ INSTANCE_STATE = TableSpec(
     schedule="*/10 * * * *",
     time_column="changed_at",
     lookback_days=1,
+    arrival=ArrivalWatermark(
+        "id", "An identity the control plane takes when it inserts the row: a transition written after the fact "
+              "(a reconciler inserting a past changed_at) still gets a higher id than every row before it, while "
+              "changed_at says when it happened, not when it arrived.",
+        source_index="public.instance_state_history (id), its primary key"),
     columns=(
         Column("id", "bigint", "Transition id at the control plane.", not_null=True),
         Column("instance_id", "uuid", "The instance.", not_null=True),
@@ -247,6 +256,12 @@ EVENTS = TableSpec(
     schedule="*/10 * * * *",
     time_column="enqueued_at",
     lookback_days=1,
+    arrival=ArrivalWatermark(
+        "archived_at", "A row enters pgmq's archive when its message is archived, with archived_at = now(). msg_id "
+                       "is taken when the message is sent, so a message archived days later (a consumer down over a "
+                       "weekend) carries an old msg_id: only archived_at says that the row is new.",
+        source_index="pgmq.a_instance_events (archived_at), which pgmq creates with the queue "
+                     "(archived_at_idx_instance_events)"),
     columns=(
         Column("msg_id", "bigint", "Queue message id.", not_null=True),
         Column("read_ct", "integer", "How often the message was read before it was archived.", not_null=True),
@@ -289,6 +304,12 @@ METRICS = TableSpec(
     schedule="5 * * * *",
     time_column="ts",
     lookback_days=1,
+    arrival=ArrivalWatermark(
+        None, "Prometheus keeps no arrival time. It takes a sample into its head block only up to about an hour "
+              "behind its newest (further only with storage.tsdb.out_of_order_time_window), so re-reading "
+              "yesterday and today (lookback_days) finds every sample scraped or remote-written late; an older "
+              "sample arrives only in a back-filled block (promtool tsdb create-blocks-from), which the daily "
+              "reconciliation's per-day sample count finds."),
     retention_days=180,
     columns=(
         Column("series_id", "bigint", "The series (dwh.metric_series).",
@@ -551,6 +572,34 @@ REFRESH_LATEST = ViewSpec(
     group=Group.WAREHOUSE,
 )
 
+LATE_DATA = ViewSpec(
+    "mart.late_data",
+    "Per fact: how its scheduled refresh follows late rows (the arrival watermark) and what the latest daily "
+    "reconciliation with the source found.",
+    (
+        Column("table_name", "text", "The fact."),
+        Column("arrival_column", "text", "The source column that says a row is new; NULL: the re-read horizon "
+                                         "(Prometheus)."),
+        Column("seen_up_to", "text", "The newest arrival a committed refresh has seen."),
+        Column("late_days_replaced", "bigint", "Days outside its window that scheduled refreshes replaced because "
+                                               "late rows arrived for them."),
+        Column("last_late_day", "date", "The latest such day."),
+        Column("late_days_too_old", "bigint", "Days that received rows older than the history the warehouse keeps "
+                                              "(not copied)."),
+        Column("last_too_old_day", "date", "The latest such day."),
+        Column("reconciled_at", TS, "When the latest reconciliation of the fact ended."),
+        Column("days_compared", "integer", "Days it compared with the source."),
+        Column("differing_days", "integer", "Days whose count differed from the source's."),
+        Column("repaired_days", "integer", "Of them, days it replaced from the source."),
+        Column("kept_days", "integer", "Of them, days the source no longer holds (left as they are)."),
+        Column("repaired", "text", "The repaired days, as a list."),
+        Column("error", "text", "Why the fact could not be reconciled, if it could not."),
+    ),
+    reads=("dwh.reconciliation",),
+    sql_file="late_data.sql",
+    group=Group.WAREHOUSE,
+)
+
 METRIC_SAMPLES = ViewSpec(
     "dwh.metric_samples",
     "dwh.metrics with its series' name and labels: the denormalised shape prometheus_fdw returns.",
@@ -576,15 +625,17 @@ READ_THROUGH = {"dwh.cron_job_runs": CRON_HISTORY, "dwh.cron_owner_job_runs": CR
 PRODUCT = Catalog(
     tables=(USERS, ORGANIZATIONS, ORGANIZATION_MEMBERSHIPS, INSTANCES, INSTANCE_STATE, EVENTS, METRICS),
     marts=(ORG_DAILY_USAGE, DAILY_SIGNUPS, INSTANCE_STATE_DAILY),
-    views=(GROWTH_DAILY, INSTANCE_CURRENT_STATE, CRON_JOB_RUNS, REFRESH_HEALTH_HOURLY, REFRESH_LATEST, METRIC_SAMPLES),
+    views=(GROWTH_DAILY, INSTANCE_CURRENT_STATE, CRON_JOB_RUNS, REFRESH_HEALTH_HOURLY, REFRESH_LATEST, LATE_DATA,
+           METRIC_SAMPLES),
     sql_dirs=(ROUTINES_DIR, VIEWS_DIR),
     external=((CRON_HISTORY, "pg_cron's run history of the warehouse's jobs (read through dwh.cron_job_runs() and "
                              "dwh.cron_owner_job_runs())."),),
+    reconciliation=Reconciliation(),
 )
 
 # Configuration tables `dwh migrate` writes (not data: no lineage, no asset).
 CONFIGURATION = ("dwh.settings", "dwh.refresh_jobs", "dwh.mart_inputs", "dwh.mart_pending", "dwh.cron_probe",
-                 "dwh.subject_columns")
+                 "dwh.subject_columns", "dwh.arrival_watermarks")
 # What `dwh forget` keeps (created by a migration; the owner's alone): the key of its hashes, its log.
 ERASURE_KEY = "dwh.erasure_key"
 ERASURE_LOG = "dwh.erasure_log"

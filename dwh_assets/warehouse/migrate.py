@@ -13,10 +13,10 @@ Against any PostgreSQL 15+ the deployment configuration points at, over TCP:
    and foreign tables for the configured backends, rebuilt only when their definition changed
    or a Postgres source's tables changed since they were imported (``source_drift``, one line
    per added, dropped or retyped column: imported again);
-4. **grants, retention, ``dwh.mart_inputs``, ``dwh.refresh_jobs`` and ``dwh.subject_columns``**,
-   as the owner, derived from the catalog (the reader's column privileges from its personal
-   marks); as the admin, the loader and owner logins get the functions that read their own
-   pg_cron history (``DEFINER_FUNCTIONS``);
+4. **grants, retention, ``dwh.mart_inputs``, ``dwh.refresh_jobs``, ``dwh.subject_columns`` and
+   ``dwh.arrival_watermarks``**, as the owner, derived from the catalog (the reader's column
+   privileges from its personal marks); as the admin, the loader and owner logins get the
+   functions that read their own pg_cron history (``DEFINER_FUNCTIONS``);
 5. **pg_cron jobs** (``warehouse.cron_jobs``), each scheduled by the role that runs it, then
    a one-shot probe job per role and database (``warehouse.cron_probe``) proves pg_cron runs them.
 
@@ -400,6 +400,7 @@ def migrate(cfg: DeploymentConfig, progress: Progress = print, catalog: Catalog 
         sync_mart_inputs(conn, catalog)
         sync_refresh_jobs(conn, catalog)
         sync_subject_columns(conn, catalog)
+        catalog_ddl.sync_arrival_watermarks(conn, catalog)
         sync_retention(conn, cfg, catalog)
     for warning in hand_definer_functions(cfg):
         progress(f"warning: {warning}")

@@ -28,7 +28,7 @@ from dwh_assets.warehouse.defs.assets import (  # noqa: E402
     side_specs,
     source_specs,
 )
-from dwh_assets.warehouse.defs.checks import health_checks  # noqa: E402
+from dwh_assets.warehouse.defs.checks import health_checks, reconciliation_asset_checks  # noqa: E402
 from dwh_assets.warehouse.defs.cron_sensor import JobTarget, build_cron_sensor  # noqa: E402
 from dwh_assets.warehouse.defs.dashboard_assets import bookkeeping_specs, dashboard_specs, view_specs  # noqa: E402
 from dwh_assets.warehouse.defs.metadata import key_of, relation_of  # noqa: E402
@@ -45,9 +45,14 @@ from dwh_assets.warehouse.defs.settings import CodeLocationSettings  # noqa: E40
 
 def cron_targets(entries: catalog.Catalog = catalog.PRODUCT) -> dict[str, JobTarget]:
     """pg_cron job name -> what its runs materialise and the refresh_log rows they write."""
-    return {entry.cron_job_name: JobTarget(key_of(entry.relation), entry.log_table, "window" if entry.daily else None,
-                                           entry)
-            for entry in entries.refreshed()}
+    targets = {entry.cron_job_name: JobTarget(key_of(entry.relation), entry.log_table, "window" if entry.daily else None,
+                                              entry)
+               for entry in entries.refreshed()}
+    reconciliation = entries.reconciliation
+    if reconciliation is not None and entries.reconciled():
+        targets[reconciliation.cron_job_name] = JobTarget(key_of(reconciliation.relation), reconciliation.log_table,
+                                                          None, reconciliation)
+    return targets
 
 
 def build_definitions(settings: CodeLocationSettings, entries: catalog.Catalog = catalog.PRODUCT) -> dg.Definitions:
@@ -66,7 +71,8 @@ def build_definitions(settings: CodeLocationSettings, entries: catalog.Catalog =
                 observable_assets("observe_relations", relations, dependents),
                 *side_specs(entries), *copy_assets(entries, partitions),
                 *mart_assets(entries, partitions)],
-        asset_checks=health_checks({name: target.asset_key for name, target in targets.items()}),
+        asset_checks=[*health_checks({name: target.asset_key for name, target in targets.items()}),
+                      *reconciliation_asset_checks(entries)],
         jobs=[job],
         schedules=[nightly_schedule(job, settings.history_start, settings.nightly_days, settings.nightly_cron)],
         sensors=[build_cron_sensor(targets, partitions, minimum_interval_seconds=settings.sensor_interval_seconds),
