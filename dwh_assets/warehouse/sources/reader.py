@@ -68,12 +68,14 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from itertools import chain, repeat
 
 DEFAULT_SETTINGS = {
     "clerk_url": "https://api.clerk.com",
@@ -81,6 +83,8 @@ DEFAULT_SETTINGS = {
     "secrets_file": None,
     # Where failure reasons are left for the SQL error handler (None: nowhere).
     "errors_dir": None,
+    # Where a metrics refresh's series map waits between two calls of the reader (None: errors_dir).
+    "state_dir": None,
     # Each request (connect, every wait for bytes, the whole body) ...
     "timeout_seconds": 30.0,
     # ... and the whole read, retries and Retry-After waits included.
@@ -117,10 +121,11 @@ EXIT_RATE_LIMITED = 6  # HTTP 429 on every attempt
 EXIT_AUTH = 7          # HTTP 401 / 403: the key is wrong or lacks rights
 EXIT_MALFORMED = 8     # not JSON, unexpected shape, missing fields, wrong types, paging stuck
 EXIT_REJECTED = 9      # any other HTTP 4xx (wrong URL or parameter)
+EXIT_SERIES_CHANGED = 10  # a series appeared that the window's listing did not have: read again
 EXIT_CODES = {
     "internal": EXIT_INTERNAL, "usage": EXIT_USAGE, "unreachable": EXIT_UNREACHABLE, "timeout": EXIT_TIMEOUT,
     "server_error": EXIT_SERVER_ERROR, "rate_limited": EXIT_RATE_LIMITED, "auth": EXIT_AUTH,
-    "malformed": EXIT_MALFORMED, "rejected": EXIT_REJECTED,
+    "malformed": EXIT_MALFORMED, "rejected": EXIT_REJECTED, "series_changed": EXIT_SERIES_CHANGED,
 }
 
 
@@ -179,7 +184,7 @@ def validate_settings(loaded: object, path: str) -> dict:
     for key in ("clerk_url", "prometheus_url"):
         if urllib.parse.urlsplit(str(settings[key])).scheme not in ("http", "https"):
             raise usage_error(f"setting {key} in {path} must be an http(s) URL")
-    for key in ("psql", "control_plane_passfile"):
+    for key in ("psql", "control_plane_passfile", "state_dir"):
         if settings[key] is not None and not (isinstance(settings[key], str) and os.path.isabs(settings[key])):
             raise usage_error(f"setting {key} in {path} must be an absolute path")
     return settings
@@ -251,6 +256,14 @@ class HttpSource:
 
     def get_json(self, path: str) -> object:
         """GET base_url + path and decode JSON; retries, then raises ReaderError of the last problem's class."""
+        body = self.get_body(path)
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ReaderError(f"malformed JSON from {path}: {e}", EXIT_MALFORMED) from None
+
+    def get_body(self, path: str) -> bytes:
+        """GET base_url + path: the body of a 2xx answer; retries, then raises ReaderError of the last problem's class."""
         attempts = int(self.settings["max_retries"]) + 1
         for attempt in range(1, attempts + 1):
             remaining = self.deadline - time.monotonic()
@@ -259,7 +272,7 @@ class HttpSource:
             timeout = min(float(self.settings["timeout_seconds"]), remaining)
             wait, detail = None, ""
             try:
-                status, body = self._get(path, timeout)
+                _status, body = self._get(path, timeout)
             except urllib.error.HTTPError as e:
                 detail = self._error_detail(e)
                 kind = http_status_class(e.code)
@@ -278,10 +291,7 @@ class HttpSource:
                 else:
                     kind, problem = EXIT_UNREACHABLE, f"cannot reach {self.base_url}{path}: {reason}"
             else:
-                try:
-                    return json.loads(body.decode("utf-8"))
-                except (UnicodeDecodeError, ValueError) as e:
-                    raise ReaderError(f"malformed JSON from {path} (HTTP {status}): {e}", EXIT_MALFORMED) from None
+                return body
             if attempt == attempts:
                 plural = "s" if attempts > 1 else ""
                 raise ReaderError(self._redact(f"{problem} after {attempts} attempt{plural}{detail}"), kind)
@@ -695,6 +705,290 @@ def _sample(sample: object, path: str, chunk_start: int, chunk_end: int, step: i
     return t, value
 
 
+# ----- Prometheus: the metrics refresh's streamed copy ----------------------------------------
+#
+# The metrics refresh of the reader backend copies a window straight into dwh.metrics, in three
+# calls: ``prometheus-series`` lists the window's series (the refresh adds the new ones to
+# dwh.metric_series), ``series-map`` keeps the ids the refresh hands back, and ``prometheus-copy``
+# streams the samples as rows of dwh.metrics in PostgreSQL's binary COPY format (series_id, ts,
+# value), one group of requests at a time, so the server inserts one group while Prometheus
+# answers the next. Samples are turned into rows without a Python object per sample where the
+# answer has the exact shape Prometheus writes (a full JSON parse otherwise): a year of a large
+# fleet is tens of millions of samples.
+
+# query_range looks back (5 minutes by default) from each evaluation time for a sample: a series
+# whose samples end shortly before the window still has points in it, so the listing starts earlier.
+SERIES_LOOKBACK_SECONDS = 3600
+# timestamptz counts microseconds from 2000-01-01 UTC.
+PG_EPOCH_SECONDS = 946_684_800
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+COPY_TRAILER = struct.pack(">h", -1)
+_ROW_HEAD = struct.Struct(">hiqi")   # 3 fields, length 8, series_id, length 8 (of ts)
+_TS_FIELD = struct.Struct(">qi")     # ts, length 8 (of value)
+# A group's requests are sized for this many more series than the previous group held (a fleet grows).
+FLEET_GROWTH_MARGIN = 1.25
+SERIES_MAP_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
+DAY_SECONDS = 86_400
+
+
+def labels_json(labels: dict) -> str:
+    """A label set (without ``__name__``) as the warehouse stores it: canonical, compact JSON."""
+    return json.dumps(without_nul(labels), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def series_path(metric: str, first: int, last: int) -> str:
+    """The listing of ``metric``'s series that may have a point at the grid times ``first``..``last``."""
+    query = urllib.parse.urlencode([("match[]", metric), ("start", max(0, first - SERIES_LOOKBACK_SECONDS)), ("end", last)])
+    return f"/api/v1/series?{query}"
+
+
+def range_path(metric: str, first: int, last: int, step: int) -> str:
+    return "/api/v1/query_range?" + urllib.parse.urlencode({"query": metric, "start": first, "end": last, "step": step})
+
+
+def list_series(settings: dict, start: int, end: int, step: int, metrics: list) -> RowBuffer:
+    """``metric_name, labels`` of every series of ``metrics`` that may have a point in ``[start, end)``, sorted."""
+    first, count = aligned_times(start, end, step)
+    rows = RowBuffer()
+    if not count:
+        return rows
+    source = HttpSource(settings["prometheus_url"], settings)
+    found: set[tuple[str, str]] = set()
+    for metric in metrics:
+        path = series_path(metric, first, first + (count - 1) * step)
+        payload = source.get_json(path)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(payload, dict) or payload.get("status") != "success" or not isinstance(data, list):
+            raise ReaderError(f"unexpected payload from {path}: no status 'success' with a list of series")
+        for labels in data:
+            if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+                raise ReaderError(f"malformed series from {path}: label values must be strings")
+            labels = dict(labels)
+            found.add((labels.pop("__name__", metric), labels_json(labels)))
+    for name, labels in sorted(found):
+        rows.add(None, [name, labels])
+    return rows
+
+
+def _state_path(settings: dict, key: str) -> str:
+    directory = settings.get("state_dir") or settings.get("errors_dir")
+    if not directory:
+        raise usage_error("no state_dir in the settings: rerun `dwh reader install`")
+    if not SERIES_MAP_KEY.fullmatch(key):
+        raise usage_error(f"refusing series map key {key!r}: only letters, digits, _ and - are allowed")
+    return os.path.join(directory, f"series-map-{key}.json")
+
+
+def save_series_map(settings: dict, key: str, source) -> int:  # noqa: ANN001 (a binary file)
+    """Keep the refresh's ``series_id, metric_name, labels`` CSV rows (from ``source``) for ``prometheus-copy``."""
+    import csv
+    import io
+
+    entries = []
+    for row in csv.reader(io.TextIOWrapper(source, encoding="utf-8", newline="")):
+        if len(row) != 3 or not row[0].isdigit():
+            raise usage_error(f"series map row {one_line(repr(row), 120)} is not series_id, metric_name, labels")
+        entries.append([row[1], row[2], int(row[0])])
+    path = _state_path(settings, key)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    # Maps of refreshes that failed before their copy do not pile up.
+    for name in os.listdir(directory):
+        other = os.path.join(directory, name)
+        if name.startswith("series-map-") and time.time() - os.stat(other).st_mtime > DAY_SECONDS:
+            os.unlink(other)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
+        json.dump(entries, f, ensure_ascii=False)
+    os.replace(tmp, path)
+    return len(entries)
+
+
+def take_series_map(settings: dict, key: str) -> dict[tuple[str, str], int]:
+    """The series map ``series-map`` kept under ``key`` (removed: each map serves one read)."""
+    path = _state_path(settings, key)
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+        os.unlink(path)
+    except (OSError, ValueError) as e:
+        raise usage_error(f"cannot read the series map {path}: {type(e).__name__}") from None
+    return {(name, labels): series_id for name, labels, series_id in entries}
+
+
+class CopyPlan:
+    """The groups of a streamed copy: inclusive (first, last) evaluation times, oldest first.
+
+    A group asks every metric for the same times and holds at most ``max_samples_per_request``
+    samples over all of them, sized by the series the previous group held (plus a margin for a
+    growing fleet; the first group by all the window's series). A group never crosses a UTC
+    midnight unless it holds whole days, so each daily partition is filled by one group, in key
+    order. The benchmark that measures Prometheus' own rate replays the same plan.
+    """
+
+    def __init__(self, settings: dict, start: int, end: int, step: int, series: int):
+        self.first, self.count = aligned_times(start, end, step)
+        self.step = step
+        self.budget = settings["max_samples_per_request"]
+        self.max_points = settings["max_points_per_request"]
+        self.expected_series = max(1, series)
+
+    def groups(self):  # noqa: ANN201 (a generator of (first, last))
+        last = self.first + (self.count - 1) * self.step
+        lo = self.first
+        while self.count and lo <= last:
+            points = max(1, min(self.max_points, self.budget // self.expected_series))
+            end = lo + points * self.step
+            next_midnight = (lo // DAY_SECONDS + 1) * DAY_SECONDS
+            if end > next_midnight:
+                end = end // DAY_SECONDS * DAY_SECONDS
+            hi = min(last, (end - 1) // self.step * self.step)
+            yield lo, hi
+            lo = hi + self.step
+
+    def held(self, series: int) -> None:
+        """The group just read held ``series`` series (over all metrics)."""
+        self.expected_series = max(1, math.ceil(series * FLEET_GROWTH_MARGIN))
+
+
+def _answer_shape(body: bytes) -> tuple[list[bytes], list[int], list] | None:
+    """(raw metric objects, samples per series, [t, v, t, v, ...]) of a query_range answer in the
+    exact shape Prometheus writes; None for anything else (the caller then parses it fully)."""
+    prefix = b'{"status":"success","data":{"resultType":"matrix","result":['
+    if not body.startswith(prefix):
+        return None
+    raws, counts, segments = [], [], []
+    pos = len(prefix)
+    while body[pos:pos + 1] != b"]":
+        if raws:
+            if body[pos:pos + 1] != b",":
+                return None
+            pos += 1
+        if not body.startswith(b'{"metric":', pos):
+            return None
+        # `},"values":[` cannot occur inside a JSON string (its quotes would be escaped).
+        values_at = body.find(b'},"values":[', pos)
+        end = body.find(b"]]", values_at)
+        if values_at < 0 or end < 0 or body[end + 2:end + 3] != b"}":
+            return None  # no samples, native histograms, other keys
+        raws.append(body[pos + 10:values_at + 1])
+        segment = body[values_at + 12:end + 1]
+        segments.append(segment)
+        counts.append(segment.count(b"],[") + 1)
+        pos = end + 3
+    if body[pos:] != b"]}}":
+        return None  # warnings, or more than the shape
+    numbers = b",".join(segments).replace(b'"+Inf"', b"Infinity").replace(b'"-Inf"', b"-Infinity")
+    try:
+        flat = json.loads(b"[" + numbers.translate(None, b'[]"') + b"]")
+    except ValueError:
+        return None
+    return (raws, counts, flat) if len(flat) == 2 * sum(counts) else None
+
+
+class SeriesIds:
+    """series_id of each label set of a read (the map the refresh made); unknown ones fail the read."""
+
+    def __init__(self, ids: dict[tuple[str, str], int]):
+        self.ids = ids
+        self.by_raw: dict[bytes, int] = {}
+
+    def of(self, name: str, labels: str, path: str) -> int:
+        series_id = self.ids.get((name, labels))
+        if series_id is None:
+            raise ReaderError(f"{path} returned series {name}{one_line(labels, 200)}, which Prometheus did not list "
+                              f"for the window: its series changed during the read", EXIT_SERIES_CHANGED)
+        return series_id
+
+    def of_raw(self, raw: bytes, metric: str, path: str) -> int:
+        series_id = self.by_raw.get(raw)
+        if series_id is None:
+            labels = json.loads(raw)
+            if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+                raise ReaderError(f"malformed series from {path}: label values must be strings")
+            name = labels.pop("__name__", metric)
+            series_id = self.by_raw[raw] = self.of(name, labels_json(labels), path)
+        return series_id
+
+
+def answer_columns(body: bytes, metric: str, path: str, lo: int, hi: int, step: int,
+                   ids: SeriesIds) -> tuple[list[tuple[int, int]], list, list]:
+    """One answer as (series_id, samples) per series, and every sample's times and values in that order."""
+    shape = _answer_shape(body)
+    if shape is not None:
+        raws, counts, flat = shape
+        series = [(ids.of_raw(raw, metric, path), n) for raw, n in zip(raws, counts)]
+        return series, flat[0::2], flat[1::2]
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ReaderError(f"malformed JSON from {path}: {e}") from None
+    series, times, values = [], [], []
+    for name, labels, samples in _matrix_series(payload, metric, path):
+        for sample in samples:
+            t, value = _sample(sample, path, lo, hi, step)
+            times.append(t)
+            values.append(value)
+        series.append((ids.of(name, labels, path), len(samples)))
+    return series, times, values
+
+
+def copy_rows(answers: list[tuple[list[tuple[int, int]], list, list]], ts_fields: dict, path: str) -> bytes:
+    """Binary COPY rows (series_id, ts, value) of a group's answers, series by series in id order."""
+    from array import array
+
+    runs = []
+    for series, times, values in answers:
+        try:
+            fields = list(map(ts_fields.__getitem__, times))
+            column = array("d", values)
+        except (KeyError, TypeError):
+            raise ReaderError(f"{path} returned a sample off its evaluation grid or a value that is not a number") from None
+        if sys.byteorder == "little":
+            column.byteswap()
+        raw = column.tobytes()
+        value_fields = [raw[i:i + 8] for i in range(0, len(raw), 8)]
+        offset = 0
+        for series_id, n in series:
+            runs.append((series_id, fields[offset:offset + n], value_fields[offset:offset + n]))
+            offset += n
+    runs.sort(key=lambda run: run[0])
+    return b"".join(chain.from_iterable(
+        chain.from_iterable(zip(repeat(_ROW_HEAD.pack(3, 8, series_id, 8)), fields, values))
+        for series_id, fields, values in runs))
+
+
+def copy_prometheus(settings: dict, start: int, end: int, step: int, metrics: list, key: str, out) -> int:  # noqa: ANN001
+    """Stream ``[start, end)`` of ``metrics`` to ``out`` as binary COPY rows of dwh.metrics; the samples."""
+    if step < 1:
+        raise usage_error(f"--step must be at least 1 second, got {step}")
+    if end < start or start < 0:
+        raise usage_error(f"window [{start}, {end}) is not a window: need 0 <= start <= end")
+    ids = SeriesIds(take_series_map(settings, key))
+    plan = CopyPlan(settings, start, end, step, sum(1 for name, _ in ids.ids if name in metrics))
+    if plan.count > settings["max_points_per_series"]:
+        raise usage_error(f"window [{start}, {end}) at step {step}s has {plan.count} points per series, more than "
+                          f"max_points_per_series={settings['max_points_per_series']}; read it in smaller windows")
+    out.write(COPY_HEADER)
+    samples = 0
+    for lo, hi in plan.groups():
+        # The whole read may take long; each group's requests, retries included, are bounded.
+        source = HttpSource(settings["prometheus_url"], settings)
+        ts_fields = {t: _TS_FIELD.pack((t - PG_EPOCH_SECONDS) * 1_000_000, 8) for t in range(lo, hi + 1, step)}
+        answers, held = [], 0
+        for metric in metrics:
+            path = range_path(metric, lo, hi, step)
+            answer = answer_columns(source.get_body(path), metric, path, lo, hi, step, ids)
+            answers.append(answer)
+            held += len(answer[0])
+            samples += len(answer[1])
+        out.write(copy_rows(answers, ts_fields, path))
+        out.flush()
+        plan.held(held)
+    out.write(COPY_TRAILER)
+    return samples
+
+
 # ----- failure reasons for the warehouse's error handler ------------------------------------
 
 def backend_pid() -> int | None:
@@ -779,9 +1073,10 @@ def self_check(args: argparse.Namespace) -> int:
             load_clerk_key(settings)
         if args.control_plane_copy:
             check_control_plane_copy(settings)
-        errors_dir = settings.get("errors_dir")
-        if errors_dir and not os.access(errors_dir, os.W_OK | os.X_OK):
-            raise usage_error(f"errors_dir {errors_dir} is not writable by this user")
+        for key in ("errors_dir", "state_dir"):
+            directory = settings.get(key)
+            if directory and not os.access(directory, os.W_OK | os.X_OK):
+                raise usage_error(f"{key} {directory} is not writable by this user")
         line = "ok"
     except ReaderError as e:
         line = one_line(str(e))
@@ -809,6 +1104,16 @@ def parse_args(argv: list) -> argparse.Namespace:
     prom.add_argument("--metric", action="append", required=True, help="metric name (repeatable)")
     prom.add_argument("--series-rows", action="store_true",
                       help="compact rows for the metrics refresh: each label set once (kind s), then samples (kind v)")
+    listing = sources.add_parser("prometheus-series", help="the series of a window, as metric_name, labels CSV rows")
+    keep = sources.add_parser("series-map", help="keep the series_id, metric_name, labels CSV rows on stdin for prometheus-copy")
+    keep.add_argument("--key", required=True, help="names the map (letters, digits, _ and -)")
+    copy = sources.add_parser("prometheus-copy", help="a window as binary COPY rows of dwh.metrics (series_id, ts, value)")
+    copy.add_argument("--series-map", required=True, help="the key series-map kept the window's series ids under")
+    for sub in (listing, copy):
+        sub.add_argument("--start", type=int, required=True, help="epoch seconds, inclusive")
+        sub.add_argument("--end", type=int, required=True, help="epoch seconds, exclusive")
+        sub.add_argument("--step", type=int, required=True, help="seconds between evaluation times")
+        sub.add_argument("--metric", action="append", required=True, help="metric name (repeatable)")
     last = sources.add_parser("last-error", help="the reason of this backend's last failed read, as one CSV field")
     last.add_argument("--since", type=float, required=True, help="epoch seconds: ignore older failures")
     last.add_argument("--exit-code", type=int, required=True, help="the exit code PostgreSQL reported")
@@ -848,6 +1153,21 @@ def main(argv: list | None = None) -> int:
             where = "dwh reader: prometheus"
             metrics = [validate_metric_name(m) for m in args.metric]
             rows = read_prometheus(settings, args.start, args.end, args.step, metrics, args.series_rows)
+        elif args.source == "prometheus-series":
+            where = "dwh reader: prometheus series"
+            rows = list_series(settings, args.start, args.end, args.step, [validate_metric_name(m) for m in args.metric])
+        elif args.source == "series-map":
+            where = "dwh reader: series map"
+            save_series_map(settings, args.key, sys.stdin.buffer)
+            return 0
+        elif args.source == "prometheus-copy":
+            where = "dwh reader: prometheus copy"
+            metrics = [validate_metric_name(m) for m in args.metric]
+            # Streamed: rows leave as each group of requests is read; a failure later exits
+            # non-zero, which fails the COPY and its transaction.
+            copy_prometheus(settings, args.start, args.end, args.step, metrics, args.series_map, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+            return 0
         else:
             rows = take_last_error(settings, args.since, args.exit_code)
     except ReaderError as e:
