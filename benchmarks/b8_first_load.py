@@ -81,10 +81,10 @@ def serve(probe, *, settings: dict, start: int, end: int, step: int, metrics: li
 
     first, count = reader.aligned_times(start, end, step)
     source = reader.HttpSource(settings["prometheus_url"], settings)
-    # The listings: the reader's plan starts from the window's series count.
-    series = sum(source.get_body(reader.series_path(m, first, first + (count - 1) * step)).count(b'"__name__":')
-                 for m in metrics)
-    plan = reader.CopyPlan(settings, start, end, step, series)
+    # The listings: the reader's plan starts from the most series one metric lists.
+    listed = [source.get_body(reader.series_path(m, first, first + (count - 1) * step)).count(b'"__name__":')
+              for m in metrics]
+    plan = reader.CopyPlan(settings, start, end, step, max(listed, default=1))
     samples = 0
     for lo, hi in plan.groups():
         source = reader.HttpSource(settings["prometheus_url"], settings)
@@ -92,7 +92,7 @@ def serve(probe, *, settings: dict, start: int, end: int, step: int, metrics: li
         for metric in metrics:
             body = source.get_body(reader.range_path(metric, lo, hi, step))
             answered = body.count(b'{"metric":')
-            held += answered
+            held = max(held, answered)
             # Every sample but a series' first follows "],[" in Prometheus' encoding.
             samples += body.count(b"],[") + answered
         plan.held(held)

@@ -317,9 +317,10 @@ def test_copy_groups_tile_the_window_within_the_budget_and_fill_each_day_at_once
     covered = [t for lo, hi in groups for t in range(lo, hi + 1, HOUR)]
     assert covered == times(start, end, HOUR), "every evaluation time once, in order"
     margin = r.FLEET_GROWTH_MARGIN
-    for lo, hi in groups:
+    for (lo, hi), before in zip(groups, [None, *groups]):
         points = (hi - lo) // HOUR + 1
         assert points == 1 or points * series <= budget * margin
+        assert before is None or points <= 2 * ((before[1] - before[0]) // HOUR + 1)
         if lo // DAY != hi // DAY:  # across a midnight: whole days only (the window's edges aside)
             assert (lo % DAY == 0 or lo == groups[0][0]) and ((hi + HOUR) % DAY == 0 or hi == groups[-1][1])
 
@@ -327,9 +328,11 @@ def test_copy_groups_tile_the_window_within_the_budget_and_fill_each_day_at_once
 def test_copy_groups_follow_the_series_the_previous_group_held():
     # The first group assumes every series the window lists (12,000 / 1,000 = 12 points); the
     # groups read held 100 series, so the next ones plan for 125 (a growing fleet): 96 points,
-    # cut at the midnight that keeps whole days.
+    # yet at most twice the points of the group before, and cut at a midnight once they hold
+    # whole days.
     groups = plan_groups(0, 30 * DAY, HOUR, series=1_000, budget=12_000, held=100)
-    assert groups[:3] == [(0, 11 * HOUR), (12 * HOUR, 95 * HOUR), (96 * HOUR, 191 * HOUR)]
+    assert groups[:4] == [(0, 11 * HOUR), (12 * HOUR, 23 * HOUR), (24 * HOUR, 47 * HOUR), (48 * HOUR, 95 * HOUR)]
+    assert groups[4] == (96 * HOUR, 191 * HOUR)  # 96 points: the budget, 4 whole days
 
 
 def matrix(series: list[tuple[dict, list]]) -> bytes:

@@ -11,6 +11,9 @@ Usage::
     dwh_source_reader.py --config reader.json clerk users|organizations|organization_memberships
     dwh_source_reader.py --config reader.json prometheus --start EPOCH_S --end EPOCH_S --step S [--metric NAME ...]
     dwh_source_reader.py --config reader.json prometheus --last SECONDS --step S [--metric NAME ...]
+    dwh_source_reader.py --config reader.json prometheus-series --start EPOCH_S --end EPOCH_S --step S --metric NAME ...
+    dwh_source_reader.py --config reader.json series-map --key KEY < series_id,metric_name,labels CSV
+    dwh_source_reader.py --config reader.json prometheus-copy --start EPOCH_S --end EPOCH_S --step S --metric NAME ... --series-map KEY
     dwh_source_reader.py --config reader.json last-error --since EPOCH_S --exit-code N
     dwh_source_reader.py --config reader.json check [--clerk-key]
 
@@ -38,6 +41,11 @@ clerk_fdw / prometheus_fdw contracts):
   NaN and +/-Inf are kept and written as ``NaN`` / ``Infinity`` / ``-Infinity``, which
   float8 accepts: they are real sample values, and dropping them would hide them.
 
+The metrics refresh reads its window through the last three (see "the metrics refresh's
+streamed copy" below): ``prometheus-series`` writes ``metric_name, labels`` CSV rows,
+``prometheus-copy`` writes PostgreSQL's binary COPY format of dwh.metrics (series_id, ts,
+value) as it reads, instead of buffering.
+
 Failure is loud: any non-2xx after retries, malformed JSON, a missing required field or a
 wrong type exits non-zero with one line on stderr, and nothing on stdout. The exit code is
 the failure class (``EXIT_CODES``: unreachable, timeout, HTTP 5xx, 429, auth, malformed
@@ -45,12 +53,13 @@ payload, ...); PostgreSQL only reports "program ... failed: child process exited
 code N", so the refresh routines map N to a sentence (``dwh.raise_source_failure``). The
 one-line reason also goes to ``errors_dir/<backend pid>.json`` (the PostgreSQL backend that
 ran this reader), from where ``last-error`` hands it back to that backend's error handler.
-All rows are buffered and written only after the whole read succeeded, because file_fdw
-consumes stdout while the program runs. 429 and 5xx / connection errors / timeouts are
-retried ``max_retries`` times (429 and 503 wait for ``Retry-After``, capped at
-``max_retry_after_seconds``; others back off exponentially). Every request is bounded by
-``timeout_seconds`` and the whole read by ``total_timeout_seconds``, so a hanging source
-fails in bounded time. Clerk is paged with ``limit``/``offset`` and
+All CSV rows are buffered and written only after the whole read succeeded, because file_fdw
+consumes stdout while the program runs; ``prometheus-copy`` streams (its COPY fails, and with
+it the refresh's transaction, when the reader exits non-zero after any row). 429 and 5xx /
+connection errors / timeouts are retried ``max_retries`` times (429 and 503 wait for
+``Retry-After``, capped at ``max_retry_after_seconds``; others back off exponentially). Every
+request is bounded by ``timeout_seconds`` and the whole read by ``total_timeout_seconds`` (for
+``prometheus-copy``, each group of requests), so a hanging source fails in bounded time. Clerk is paged with ``limit``/``offset`` and
 ``order_by=+created_at`` (new rows land on later pages); rows whose id still repeats across
 pages (the source changed while paging) are kept once (the last copy) with a warning on
 stderr. stderr goes to the PostgreSQL server log.
@@ -819,11 +828,15 @@ def take_series_map(settings: dict, key: str) -> dict[tuple[str, str], int]:
 class CopyPlan:
     """The groups of a streamed copy: inclusive (first, last) evaluation times, oldest first.
 
-    A group asks every metric for the same times and holds at most ``max_samples_per_request``
-    samples over all of them, sized by the series the previous group held (plus a margin for a
-    growing fleet; the first group by all the window's series). A group never crosses a UTC
-    midnight unless it holds whole days, so each daily partition is filled by one group, in key
-    order. The benchmark that measures Prometheus' own rate replays the same plan.
+    A group asks every metric for the same times (one request each, the reader holds the
+    group's answers at once) and sizes them so that no answer holds more than
+    ``max_samples_per_request`` samples: by the most series one metric had in the previous
+    group, plus a margin for a growing fleet (the first group: the most series one metric lists
+    for the whole window). A fleet that starts near empty would let the next group reach across
+    the rest of the window, so a group spans at most twice the points of the one before. A
+    group never crosses a UTC midnight unless it holds whole days, so each daily partition is
+    filled by one group, in key order. The benchmark that measures Prometheus' own rate
+    replays the same plan.
     """
 
     def __init__(self, settings: dict, start: int, end: int, step: int, series: int):
@@ -832,22 +845,26 @@ class CopyPlan:
         self.budget = settings["max_samples_per_request"]
         self.max_points = settings["max_points_per_request"]
         self.expected_series = max(1, series)
+        self.previous_points: int | None = None
 
     def groups(self):  # noqa: ANN201 (a generator of (first, last))
         last = self.first + (self.count - 1) * self.step
         lo = self.first
         while self.count and lo <= last:
             points = max(1, min(self.max_points, self.budget // self.expected_series))
+            if self.previous_points is not None:
+                points = min(points, 2 * self.previous_points)
             end = lo + points * self.step
             next_midnight = (lo // DAY_SECONDS + 1) * DAY_SECONDS
             if end > next_midnight:
                 end = end // DAY_SECONDS * DAY_SECONDS
             hi = min(last, (end - 1) // self.step * self.step)
+            self.previous_points = (hi - lo) // self.step + 1
             yield lo, hi
             lo = hi + self.step
 
     def held(self, series: int) -> None:
-        """The group just read held ``series`` series (over all metrics)."""
+        """The group just read held at most ``series`` series in one metric's answer."""
         self.expected_series = max(1, math.ceil(series * FLEET_GROWTH_MARGIN))
 
 
@@ -965,7 +982,8 @@ def copy_prometheus(settings: dict, start: int, end: int, step: int, metrics: li
     if end < start or start < 0:
         raise usage_error(f"window [{start}, {end}) is not a window: need 0 <= start <= end")
     ids = SeriesIds(take_series_map(settings, key))
-    plan = CopyPlan(settings, start, end, step, sum(1 for name, _ in ids.ids if name in metrics))
+    listed = [sum(1 for name, _ in ids.ids if name == metric) for metric in metrics]
+    plan = CopyPlan(settings, start, end, step, max(listed, default=1))
     if plan.count > settings["max_points_per_series"]:
         raise usage_error(f"window [{start}, {end}) at step {step}s has {plan.count} points per series, more than "
                           f"max_points_per_series={settings['max_points_per_series']}; read it in smaller windows")
@@ -980,7 +998,7 @@ def copy_prometheus(settings: dict, start: int, end: int, step: int, metrics: li
             path = range_path(metric, lo, hi, step)
             answer = answer_columns(source.get_body(path), metric, path, lo, hi, step, ids)
             answers.append(answer)
-            held += len(answer[0])
+            held = max(held, len(answer[0]))
             samples += len(answer[1])
         out.write(copy_rows(answers, ts_fields, path))
         out.flush()
