@@ -127,7 +127,7 @@ def sample_term(series: int, t: int, value: float) -> int:
 SERIES_HASH_SQL = ("('x' || substr(md5(s.metric_name || '|' || (SELECT coalesce(string_agg(key || '=' || value, ',' "
                    "ORDER BY key COLLATE \"C\"), '') FROM jsonb_each_text(s.labels))), 1, 15))::bit(60)::bigint")
 CHECKSUM_SQL = (
-    "WITH s AS (SELECT series_id, " + SERIES_HASH_SQL + " AS h FROM dwh.metric_series s) "
+    "WITH s AS MATERIALIZED (SELECT series_id, " + SERIES_HASH_SQL + " AS h FROM dwh.metric_series s) "
     "SELECT count(*), coalesce(sum((s.h + extract(epoch FROM m.ts)::bigint)::numeric "
     "* (('x' || encode(float8send(m.value), 'hex'))::bit(64)::bigint::numeric + 9223372036854775808)), 0) "
     "FROM dwh.metrics m JOIN s USING (series_id) WHERE m.ts >= %s AND m.ts < %s")

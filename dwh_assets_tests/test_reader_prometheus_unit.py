@@ -371,9 +371,9 @@ def series_ids(answer) -> r.SeriesIds:
 
 
 def rows_of(body: bytes, answer=ANSWER) -> list[tuple[int, int, float]]:
-    fields = {t: r._TS_FIELD.pack((t - r.PG_EPOCH_SECONDS) * 1_000_000, 8) for t in range(0, 7201, 3600)}
+    micros = {t: (t - r.PG_EPOCH_SECONDS) * 1_000_000 for t in range(0, 7201, 3600)}
     columns = r.answer_columns(body, "m", "/q", 0, 7200, 3600, series_ids(answer))
-    return decode_rows(r.copy_rows([columns], fields, "/q"))
+    return decode_rows(r.copy_rows([columns], micros, "/q"))
 
 
 def test_answers_become_rows_of_dwh_metrics_in_series_order_without_a_full_parse():
@@ -405,10 +405,10 @@ def test_a_sample_the_window_cannot_hold_fails_the_read(bad):
         answer[0][1][0] = (0, "x")
     else:
         answer[0][0]["zone"] = "b"
-    fields = {t: r._TS_FIELD.pack(t, 8) for t in range(0, 7201, 3600)}
+    micros = {t: t for t in range(0, 7201, 3600)}
     with pytest.raises(r.ReaderError) as failure:
         columns = r.answer_columns(matrix(answer), "m", "/q", 0, 7200, 3600, ids)
-        r.copy_rows([columns], fields, "/q")
+        r.copy_rows([columns], micros, "/q")
     expected = r.EXIT_SERIES_CHANGED if bad == "unknown_series" else r.EXIT_MALFORMED
     assert failure.value.exit_code == expected, str(failure.value)
 

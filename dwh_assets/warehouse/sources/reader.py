@@ -732,8 +732,8 @@ SERIES_LOOKBACK_SECONDS = 3600
 PG_EPOCH_SECONDS = 946_684_800
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 COPY_TRAILER = struct.pack(">h", -1)
-_ROW_HEAD = struct.Struct(">hiqi")   # 3 fields, length 8, series_id, length 8 (of ts)
-_TS_FIELD = struct.Struct(">qi")     # ts, length 8 (of value)
+# A row: 3 fields, each its length (8) and value: series_id, ts, value.
+_ROW = struct.Struct(">hiqiqid")
 # A group's requests are sized for this many more series than the previous group held (a fleet grows).
 FLEET_GROWTH_MARGIN = 1.25
 SERIES_MAP_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
@@ -830,8 +830,8 @@ class CopyPlan:
 
     A group asks every metric for the same times (one request each, the reader holds the
     group's answers at once) and sizes them so that no answer holds more than
-    ``max_samples_per_request`` samples: by the most series one metric had in the previous
-    group, plus a margin for a growing fleet (the first group: the most series one metric lists
+    ``max_samples_per_request`` samples: by the most series one metric's answer held in the
+    previous group (counted in the answer's bytes), plus a margin for a growing fleet (the first group: the most series one metric lists
     for the whole window). A fleet that starts near empty would let the next group reach across
     the rest of the window, so a group spans at most twice the points of the one before. A
     group never crosses a UTC midnight unless it holds whole days, so each daily partition is
@@ -950,29 +950,91 @@ def answer_columns(body: bytes, metric: str, path: str, lo: int, hi: int, step: 
     return series, times, values
 
 
-def copy_rows(answers: list[tuple[list[tuple[int, int]], list, list]], ts_fields: dict, path: str) -> bytes:
-    """Binary COPY rows (series_id, ts, value) of a group's answers, series by series in id order."""
-    from array import array
-
+def copy_rows(answers: list[tuple[list[tuple[int, int]], list, list]], micros: dict, path: str) -> bytes:
+    """Binary COPY rows (series_id, ts, value) of a group's answers, series by series in id order;
+    ``micros`` maps each evaluation time of the group to timestamptz's microseconds."""
     runs = []
     for series, times, values in answers:
         try:
-            fields = list(map(ts_fields.__getitem__, times))
-            column = array("d", values)
+            stamps = list(map(micros.__getitem__, times))
         except (KeyError, TypeError):
-            raise ReaderError(f"{path} returned a sample off its evaluation grid or a value that is not a number") from None
-        if sys.byteorder == "little":
-            column.byteswap()
-        raw = column.tobytes()
-        value_fields = [raw[i:i + 8] for i in range(0, len(raw), 8)]
+            raise ReaderError(f"{path} returned a sample off its evaluation grid") from None
         offset = 0
         for series_id, n in series:
-            runs.append((series_id, fields[offset:offset + n], value_fields[offset:offset + n]))
+            runs.append((series_id, stamps[offset:offset + n], values[offset:offset + n]))
             offset += n
     runs.sort(key=lambda run: run[0])
-    return b"".join(chain.from_iterable(
-        chain.from_iterable(zip(repeat(_ROW_HEAD.pack(3, 8, series_id, 8)), fields, values))
-        for series_id, fields, values in runs))
+    try:
+        # One struct.pack per row, fed by iterators: no Python loop per sample.
+        return b"".join(chain.from_iterable(
+            map(_ROW.pack, repeat(3), repeat(8), repeat(series_id), repeat(8), stamps, repeat(8), values)
+            for series_id, stamps, values in runs))
+    except struct.error:
+        raise ReaderError(f"{path} returned a value that is not a number") from None
+
+
+def fetch_groups(plan: CopyPlan, settings: dict, metrics: list, step: int):  # noqa: ANN201 (a generator)
+    """(first, last, [(metric, path, answer body)]) of each group of ``plan``, fetched by a thread
+    one group ahead of the caller, so Prometheus answers while the reader turns the previous
+    group into rows. The plan learns each group's series from the bodies themselves."""
+    import queue
+    import threading
+
+    ready: queue.Queue = queue.Queue(maxsize=1)
+
+    def fetch() -> None:
+        try:
+            for lo, hi in plan.groups():
+                # The whole read may take long; each group's requests, retries included, are bounded.
+                source = HttpSource(settings["prometheus_url"], settings)
+                bodies = [(m, range_path(m, lo, hi, step)) for m in metrics]
+                bodies = [(m, path, source.get_body(path)) for m, path in bodies]
+                plan.held(max(body.count(b'{"metric":') for _, _, body in bodies))
+                ready.put((lo, hi, bodies))
+            ready.put(None)
+        except BaseException as e:  # noqa: BLE001 (raised again in the caller's thread)
+            ready.put(e)
+
+    threading.Thread(target=fetch, name="requests to Prometheus", daemon=True).start()
+    while True:
+        group = ready.get()
+        if isinstance(group, BaseException):
+            raise group
+        if group is None:
+            return
+        yield group
+
+
+class GroupWriter:
+    """Writes one group's rows while the reader reads the next. The pipe to PostgreSQL holds
+    64 kB: a reader that wrote between two reads would leave the server idle while it read,
+    and wait itself while the server inserted. At most one group waits here."""
+
+    def __init__(self, out):  # noqa: ANN001 (a binary file)
+        import queue
+        import threading
+
+        self.out = out
+        self.pending: queue.Queue = queue.Queue(maxsize=1)
+        self.thread = threading.Thread(target=self._write, name="rows to PostgreSQL", daemon=True)
+        self.thread.start()
+
+    def _write(self) -> None:
+        # A server that stops reading ends this process by SIGPIPE (main() leaves it fatal).
+        while True:
+            data = self.pending.get()
+            if data is None:
+                return
+            self.out.write(data)
+            self.out.flush()
+
+    def write(self, data: bytes) -> None:
+        self.pending.put(data)
+
+    def close(self) -> None:
+        """Wait until everything queued is written."""
+        self.pending.put(None)
+        self.thread.join()
 
 
 def copy_prometheus(settings: dict, start: int, end: int, step: int, metrics: list, key: str, out) -> int:  # noqa: ANN001
@@ -987,23 +1049,18 @@ def copy_prometheus(settings: dict, start: int, end: int, step: int, metrics: li
     if plan.count > settings["max_points_per_series"]:
         raise usage_error(f"window [{start}, {end}) at step {step}s has {plan.count} points per series, more than "
                           f"max_points_per_series={settings['max_points_per_series']}; read it in smaller windows")
-    out.write(COPY_HEADER)
+    writer = GroupWriter(out)
+    writer.write(COPY_HEADER)
     samples = 0
-    for lo, hi in plan.groups():
-        # The whole read may take long; each group's requests, retries included, are bounded.
-        source = HttpSource(settings["prometheus_url"], settings)
-        ts_fields = {t: _TS_FIELD.pack((t - PG_EPOCH_SECONDS) * 1_000_000, 8) for t in range(lo, hi + 1, step)}
-        answers, held = [], 0
-        for metric in metrics:
-            path = range_path(metric, lo, hi, step)
-            answer = answer_columns(source.get_body(path), metric, path, lo, hi, step, ids)
-            answers.append(answer)
-            held = max(held, len(answer[0]))
-            samples += len(answer[1])
-        out.write(copy_rows(answers, ts_fields, path))
-        out.flush()
-        plan.held(held)
-    out.write(COPY_TRAILER)
+    for lo, hi, bodies in fetch_groups(plan, settings, metrics, step):
+        micros = {t: (t - PG_EPOCH_SECONDS) * 1_000_000 for t in range(lo, hi + 1, step)}
+        answers = [answer_columns(body, metric, path, lo, hi, step, ids) for metric, path, body in bodies]
+        samples += sum(len(times) for _, times, _ in answers)
+        writer.write(copy_rows(answers, micros, bodies[-1][1]))
+    # Only a read that ended well gets COPY's trailer and waits for its rows to be written; a
+    # failure exits at once and fails the COPY.
+    writer.write(COPY_TRAILER)
+    writer.close()
     return samples
 
 
