@@ -122,8 +122,11 @@ BEGIN
 END
 $$;
 
--- Upsert the staged source rows into dwh.<p_table> and delete the rows gone at the source.
--- The stage has the current table's columns; returns {inserted, updated, deleted}.
+-- Make dwh.<p_table> equal to the staged source rows: update the rows that changed, insert the
+-- new ones, delete the rows gone at the source. Three joins with the stage, so a row that did
+-- not change is not written (INSERT ... ON CONFLICT DO UPDATE ... WHERE locks, and so writes,
+-- every row it finds, changed or not) and a first load is a plain insert. The stage has the
+-- current table's columns; returns {inserted, updated, deleted}.
 CREATE OR REPLACE FUNCTION dwh.merge_dimension(p_table text, p_stage regclass, p_key text[])
 RETURNS bigint[]
 LANGUAGE plpgsql
@@ -133,31 +136,28 @@ DECLARE
     v_cols text[];
     v_set text;
     v_cmp_t text;
-    v_cmp_x text;
-    v_keys text := (SELECT string_agg(quote_ident(k), ', ') FROM unnest(p_key) k);
+    v_cmp_s text;
+    v_match text := (SELECT string_agg(format('t.%1$s = s.%1$s', quote_ident(k)), ' AND ') FROM unnest(p_key) k);
     v_ins bigint;
-    v_upd bigint;
+    v_upd bigint := 0;
     v_del bigint;
 BEGIN
     SELECT array_agg(quote_ident(attname::text) ORDER BY attnum) INTO v_cols
     FROM pg_attribute
     WHERE attrelid = ('dwh.' || p_table)::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
-    SELECT string_agg(format('%s = excluded.%s', c, c), ', '),
-           string_agg('t.' || c, ', '), string_agg('excluded.' || c, ', ')
-      INTO v_set, v_cmp_t, v_cmp_x
+    SELECT string_agg(format('%1$s = s.%1$s', c), ', '), string_agg('t.' || c, ', '), string_agg('s.' || c, ', ')
+      INTO v_set, v_cmp_t, v_cmp_s
     FROM unnest(v_cols) c WHERE c <> ALL (SELECT quote_ident(k) FROM unnest(p_key) k);
-    EXECUTE format(
-        'WITH up AS (INSERT INTO dwh.%I AS t (%s) SELECT %s FROM %s '
-        'ON CONFLICT (%s) DO UPDATE SET %s WHERE (%s) IS DISTINCT FROM (%s) '
-        'RETURNING (t.xmax = 0) AS inserted) '
-        'SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up',
-        p_table, array_to_string(v_cols, ', '), array_to_string(v_cols, ', '), p_stage,
-        v_keys, v_set, v_cmp_t, v_cmp_x)
-    INTO v_ins, v_upd;
-    EXECUTE format('DELETE FROM dwh.%I t WHERE NOT EXISTS (SELECT 1 FROM %s s WHERE (%s) = (%s))',
-        p_table, p_stage,
-        (SELECT string_agg('s.' || quote_ident(k), ', ') FROM unnest(p_key) k),
-        (SELECT string_agg('t.' || quote_ident(k), ', ') FROM unnest(p_key) k));
+    IF v_set IS NOT NULL THEN
+        EXECUTE format('UPDATE dwh.%I t SET %s FROM %s s WHERE %s AND (%s) IS DISTINCT FROM (%s)',
+                       p_table, v_set, p_stage, v_match, v_cmp_t, v_cmp_s);
+        GET DIAGNOSTICS v_upd = ROW_COUNT;
+    END IF;
+    EXECUTE format('INSERT INTO dwh.%I (%s) SELECT %s FROM %s s WHERE NOT EXISTS (SELECT 1 FROM dwh.%I t WHERE %s)',
+                   p_table, array_to_string(v_cols, ', '), (SELECT string_agg('s.' || c, ', ') FROM unnest(v_cols) c),
+                   p_stage, p_table, v_match);
+    GET DIAGNOSTICS v_ins = ROW_COUNT;
+    EXECUTE format('DELETE FROM dwh.%I t WHERE NOT EXISTS (SELECT 1 FROM %s s WHERE %s)', p_table, p_stage, v_match);
     GET DIAGNOSTICS v_del = ROW_COUNT;
     RETURN ARRAY[v_ins, v_upd, v_del];
 END

@@ -14,10 +14,18 @@ DECLARE
 BEGIN
     PERFORM dwh.check_snapshot_day('instances', p_snapshot_day);
     v_wait := dwh.lock_refresh('instances');
-    CREATE TEMP TABLE stage_instances ON COMMIT DROP AS
-    SELECT instance_id, organization_id, name, region, cpu, memory_gb, storage_gb, created_at, updated_at, deleted_at
-    FROM src_control_plane.instances;
-    GET DIAGNOSTICS v_src = ROW_COUNT;
+    CREATE TEMP TABLE stage_instances ON COMMIT DROP AS SELECT * FROM dwh.instances WITH NO DATA;
+    -- The events' bulk path where the server may run it (binary, streamed: benchmarks/README.md, B1).
+    IF dwh.setting('control_plane.transfer', 'fdw') = 'copy' THEN
+        v_src := dwh.copy_from_foreign('pg_temp.stage_instances', 'src_control_plane.instances',
+                                       ARRAY['instance_id', 'organization_id', 'name', 'region', 'cpu', 'memory_gb',
+                                             'storage_gb', 'created_at', 'updated_at', 'deleted_at'], NULL, NULL, NULL);
+    ELSE
+        INSERT INTO pg_temp.stage_instances
+        SELECT instance_id, organization_id, name, region, cpu, memory_gb, storage_gb, created_at, updated_at, deleted_at
+        FROM src_control_plane.instances;
+        GET DIAGNOSTICS v_src = ROW_COUNT;
+    END IF;
     PERFORM dwh.check_source_drop('instances', v_src, (SELECT count(*) FROM dwh.instances));
     -- The marts' days this change affects: a new or vanished instance its whole life, a changed
     -- owner, size or creation its whole life, a changed deletion time from the earlier of the two.
