@@ -56,7 +56,7 @@ from benchmarks.harness import (
 )
 from dwh_assets.local.config import CONTROL_PLANE_DB
 from dwh_assets.warehouse.defs.assets import key_of
-from dwh_assets.warehouse.defs.partitions import HISTORY_START_ENV
+from dwh_assets.warehouse.defs.settings import HISTORY_START
 from dwh_assets.local.dagster import venv_bin
 
 NAME = "B2"
@@ -118,7 +118,7 @@ def run(ctx: BenchContext) -> BenchResult:
     anchor = ctx.cfg.anchor_day
     window = Window([anchor - dt.timedelta(days=n_days - i) for i in range(n_days)])
     env = dict(os.environ) | ctx.cfg.client_env() | {
-        HISTORY_START_ENV: min(window.days[0], ctx.cfg.history_start).isoformat()
+        HISTORY_START.env_var_name: min(window.days[0], ctx.cfg.history_start).isoformat()
     }
     with ctx.superuser() as conn:
         # Partitions for the whole window exist before either method runs: neither pays for them.
@@ -136,7 +136,7 @@ def run(ctx: BenchContext) -> BenchResult:
         "window": [window.start.isoformat(), window.end.isoformat()],
         "partitions": n_days,
         "partitions_with_source_events": source_days,
-        "partitions_start": env[HISTORY_START_ENV],
+        "partitions_start": env[HISTORY_START.env_var_name],
         "events_in_window": int(source_sum.split(":")[0]),
     }
     warm_up(env)

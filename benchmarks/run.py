@@ -35,6 +35,7 @@ BENCHMARKS = {
     "B6": "benchmarks.b6_steady_hour",
     "B7": "benchmarks.b7_fleet_hour",
     "B8": "benchmarks.b8_first_load",
+    "B9": "benchmarks.b9_relay",
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

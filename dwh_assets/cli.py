@@ -3,7 +3,10 @@
 The warehouse (any PostgreSQL 15+, configured by a TOML file):
 
     dwh migrate [--config FILE] [--dry-run]    bootstrap, migrations, sources, grants, pg_cron jobs
+    dwh migrate --prerequisites [--config FILE]
+                                               print what a superuser must run first, as one SQL script
     dwh reader install [--config FILE]         install the source reader (run on the database host)
+    dwh relay install [--config FILE]          install the relay: reader + its database (run on the relay's host)
     dwh env [--config FILE]                    shell exports for Dagster and psql (no secrets)
 
 The local demo stack (``DWH_HOME``, default ``.dwh/``):
@@ -12,8 +15,8 @@ The local demo stack (``DWH_HOME``, default ``.dwh/``):
                                                start what is not running, migrate, materialise
     dwh down                                   stop everything
     dwh status                                 component, port, pid, state, log file; where the UIs are
-    dwh dashboards import                      import dashboards/ into the stack's Superset (as `dwh up` does)
-    dwh dashboards export                      write the stack's Superset dashboards back to dashboards/
+    dwh dashboards import                      import the package's dashboards into the stack's Superset (as `dwh up` does)
+    dwh dashboards export                      write the stack's Superset dashboards back to dwh_assets/warehouse/dashboards/
 
 Without --config, the warehouse commands use ``DWH_CONFIG``, else the local stack's own
 configuration (``<DWH_HOME>/dwh.toml``).
@@ -27,7 +30,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from dwh_assets.warehouse.deployment import CONFIG_ENV, DeploymentConfig, DeploymentError, DwhError
+from dwh_assets.warehouse.deployment import CONFIG_ENV, DeploymentConfig, DeploymentError
+from dwh_assets.warehouse.errors import DwhError
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -66,6 +70,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from dwh_assets.warehouse import migrate
 
     cfg = deployment(args)
+    if args.prerequisites:
+        # Progress goes to stderr: stdout is the script, for `> prerequisites.sql`.
+        script = migrate.prerequisites(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        sys.stdout.write(script.script())
+        return 0
     if args.dry_run:
         _print(f"plan for {cfg.warehouse.host}:{cfg.warehouse.port}/{cfg.warehouse.database} (nothing is changed):")
         lines = migrate.plan(cfg, progress=_print)
@@ -85,22 +94,36 @@ def cmd_reader_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relay_install(args: argparse.Namespace) -> int:
+    from dwh_assets.warehouse.sources.relay import install_relay
+
+    cfg = deployment(args)
+    schemas = install_relay(cfg)
+    _print(f"installed the relay in {cfg.relay.host}:{cfg.relay.port}/{cfg.relay.database} "
+           f"(reader in {cfg.reader.directory}); it serves {', '.join(schemas)} to {cfg.relay.user}")
+    return 0
+
+
 def cmd_env(args: argparse.Namespace) -> int:
-    """--config: that deployment's DSNs; else the local stack's whole environment (or DWH_CONFIG's)."""
+    """--config or DWH_CONFIG: that deployment's environment; else (or DWH_CONFIG naming its file) the local stack's."""
     values = None
     if not args.config:
         from dwh_assets.local.config import load_config
 
         try:
-            values = load_config().shell_env()
+            stack = load_config()
         except SystemExit:
             if not os.environ.get(CONFIG_ENV):
                 raise
+        else:
+            configured = os.environ.get(CONFIG_ENV)
+            # The stack's own shell exports DWH_CONFIG=<its dwh.toml>: that is still the stack.
+            if not configured or Path(configured).resolve() == stack.deployment_file.resolve():
+                values = stack.shell_env()
     if values is None:
-        from dwh_assets.warehouse.connect import analyst_env, dagster_env
+        from dwh_assets.warehouse.connect import shell_env
 
-        cfg = deployment(args)
-        values = dagster_env(cfg) | analyst_env(cfg)
+        values = shell_env(deployment(args), str(Path(sys.executable).parent), os.environ.get("PATH", ""))
     for key, value in values.items():
         print(f"export {key}={shlex.quote(value)}")
     return 0
@@ -178,7 +201,7 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
         _print(str(superset.import_dashboards(cfg, args.directory)))
         return 0
     changes = superset.export_dashboards(cfg, args.directory)
-    for line in changes or ["no change: dashboards/ already equals Superset"]:
+    for line in changes or ["no change: the dashboards directory already equals Superset"]:
         _print(line)
     return 0
 
@@ -193,11 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = with_config(sub.add_parser("migrate", help="bootstrap, apply migrations, sync sources and pg_cron jobs"))
     migrate.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    migrate.add_argument("--prerequisites", action="store_true",
+                         help="print what a superuser must run before migrate can (one SQL script), change nothing")
     migrate.set_defaults(func=cmd_migrate)
     reader = sub.add_parser("reader", help="the source reader of the reader backend")
     reader_sub = reader.add_subparsers(dest="reader_command", required=True)
     with_config(reader_sub.add_parser("install", help="install it for the database server (run on the database host)")
                 ).set_defaults(func=cmd_reader_install)
+    relay = sub.add_parser("relay", help="the relay backend: the source reader on a self-hosted Postgres")
+    relay_sub = relay.add_subparsers(dest="relay_command", required=True)
+    with_config(relay_sub.add_parser("install", help="install the reader and the relay's database (run on the relay's host)")
+                ).set_defaults(func=cmd_relay_install)
     with_config(sub.add_parser("env", help="print shell exports for dagster/psql (no secrets)")).set_defaults(func=cmd_env)
 
     up = sub.add_parser("up", help="start the local stack (idempotent) and materialise the warehouse")
@@ -207,12 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop every component of the local stack").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show each component of the local stack").set_defaults(func=cmd_status)
-    dashboards = sub.add_parser("dashboards", help="the Superset dashboards kept as code in dashboards/")
+    dashboards = sub.add_parser("dashboards", help="the Superset dashboards kept as code in dwh_assets/warehouse/dashboards/")
     dashboards_sub = dashboards.add_subparsers(dest="dashboards_command", required=True)
-    for name, text in (("import", "import dashboards/ into the stack's Superset (upsert by uuid)"),
-                       ("export", "write every dashboard of the stack's Superset back to dashboards/")):
+    for name, text in (("import", "import the package's dashboards into the stack's Superset (upsert by uuid)"),
+                       ("export", "write every dashboard of the stack's Superset back to the package's dashboards")):
         p = dashboards_sub.add_parser(name, help=text)
-        p.add_argument("--directory", type=Path, default=None, help="default: dashboards/ of the repository")
+        p.add_argument("--directory", type=Path, default=None, help="default: dwh_assets/warehouse/dashboards/ of the checkout")
         p.set_defaults(func=cmd_dashboards)
     return parser
 

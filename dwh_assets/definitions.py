@@ -1,11 +1,19 @@
-"""The Dagster code location (``workspace.yaml``, ``dagster ... -m dwh_assets.definitions``).
+"""The Dagster code location (``workspace.yaml``, ``dagster ... -m dwh_assets.definitions``,
+``dagster api grpc -m dwh_assets.definitions``).
 
-Everything is derived from the catalog by ``dwh_assets/warehouse/defs``. It needs only the
-environment: ``DWH_WAREHOUSE_DSN`` (the loader's libpq DSN, a passfile rather than a
-password) and ``DWH_HISTORY_START`` (the first day of history, where partitions start).
+Loaded lazily (``@dg.definitions``): importing this module builds nothing and reads no
+setting; Dagster calls ``defs`` when it loads the code location, which reads the settings
+(``dwh_assets/warehouse/defs/settings.py``: ``DWH_WAREHOUSE_DSN`` and ``DWH_HISTORY_START``
+are required) and derives everything else from the catalog. A missing or malformed setting
+fails the load with one error that names each.
 """
 
-from dwh_assets.warehouse.defs import build_definitions
-from dwh_assets.warehouse.defs.partitions import history_start
+import dagster as dg
 
-defs = build_definitions(history_start())
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    # Imported when Dagster loads the location: importing this module costs only Dagster's own import.
+    from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions
+
+    return build_definitions(CodeLocationSettings.from_environment())

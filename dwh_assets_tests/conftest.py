@@ -4,9 +4,9 @@ The session stack lives in its own DWH_HOME under /tmp (the server's OS user mus
 able to reach it) on free loopback ports, so it never collides with a demo stack.
 Scale 0.5 gives 600 Clerk users, more than one page of 500.
 
-Every test that uses a server fixture carries the ``integration`` marker (added here at
-collection, whether or not its module says so), so ``pytest -m "not integration"`` runs
-exactly the tests that need no server.
+The fixtures that start servers are declared with ``integration_fixture``: every test that
+uses them, directly or through another fixture, is in the integration tier (tiers.py).
+Superset, the slowest server to start, has its own session fixture, started on first use.
 """
 
 from __future__ import annotations
@@ -32,17 +32,16 @@ from dwh_assets.local.config import (
 )
 from dwh_assets.local.local_stack import LocalStack
 from dwh_assets.warehouse.migrate import migrate
+from dwh_assets_tests import tiers
+from dwh_assets_tests.tiers import integration_fixture
 from dwh_assets_tests.warehouse_helpers import ClerkApi
 
 TEST_SCALE = "0.5"
-# Fixtures that start or use real servers; a test using any of them (even indirectly) is integration.
-SERVER_FIXTURES = {"stack", "cfg", "loader", "owner", "reader_role", "superuser", "clerk"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.integration)
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here rather than with -p, so that it needs nothing but this directory on sys.path.
+    config.pluginmanager.register(tiers, "dwh_assets_tests.tiers")
 
 
 def make_home(prefix: str) -> Path:
@@ -62,8 +61,9 @@ def migrate_stack(cfg: StackConfig) -> str:
     return migrate(cfg.deployment(), progress=lambda _line: None).summary()
 
 
-@pytest.fixture(scope="session")
+@integration_fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
+    """Every server but Superset (the ``superset`` fixture adds it), the warehouse migrated and materialised."""
     home = make_home("dwh-test-")
     saved = dict(os.environ)
     os.environ.update(stack_env(home))
@@ -71,9 +71,7 @@ def stack() -> Iterator[LocalStack]:
     os.environ.update(cfg.client_env())
     local = LocalStack(cfg)
     try:
-        # Superset starts once per session (its virtualenv is shared: .venv-superset); a failed
-        # start is recorded in local.problems and fails only the Superset tests.
-        local.up(dagster=True, superset=True)
+        local.up(dagster=True, superset=False)
         yield local
     finally:
         local.down()
@@ -84,6 +82,17 @@ def stack() -> Iterator[LocalStack]:
 
 @pytest.fixture(scope="session")
 def cfg(stack: LocalStack) -> StackConfig:
+    return stack.cfg
+
+
+@integration_fixture(scope="session")
+def superset(stack: LocalStack) -> StackConfig:
+    """The session stack with Superset running and ``dashboards/`` imported, started by the first test that asks.
+
+    Its virtualenv is shared (.venv-superset); a failed start fails only the tests using this fixture.
+    """
+    problems = stack.start_superset()
+    assert problems == [], f"Superset did not start (log: {stack.superset.log_file}): {problems}"
     return stack.cfg
 
 

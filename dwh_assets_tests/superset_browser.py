@@ -174,7 +174,7 @@ def render_all(base_url: str, user: str, password: str, dashboards: dict[str, in
 if __name__ == "__main__":  # a look by hand: python -m dwh_assets_tests.superset_browser URL USER PASSWORD_FILE
     import sys
 
-    from dwh_assets.warehouse.dashboards import load_bundle
+    from dwh_assets.warehouse.superset_export import load_bundle
 
     bundle = load_bundle()
     wanted = {d.slug: len(d.chart_uuids) for d in bundle.dashboards.values()}

@@ -23,9 +23,8 @@ from dwh_assets.local.config import OWNER_ROLE, StackConfig, free_port
 from dwh_assets.local.process import ManagedProcess
 from dwh_assets.warehouse.sources.reader_install import install_settings, reader_program
 from dwh_assets_tests.fault_helpers import TableState, connect, failing_refresh, refresh
+from dwh_assets_tests.tiers import integration_fixture
 from dwh_assets_tests.warehouse_helpers import ClerkApi, primary_email, utc_midnight
-
-pytestmark = pytest.mark.integration
 
 D0, D1 = utc_midnight(-5), utc_midnight(-4)
 
@@ -235,7 +234,7 @@ def openmetrics_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-@pytest.fixture()
+@integration_fixture()
 def nasty_prometheus(tmp_path, marker):
     """A real Prometheus serving one memory series with hostile label values over [D0, D1)."""
     labels = {k: v.format(m=marker) for k, v in NASTY_LABELS.items()}

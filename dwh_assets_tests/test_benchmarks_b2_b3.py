@@ -16,13 +16,12 @@ import pytest
 
 from benchmarks import b2_backfill, b3_sensor
 from dwh_assets.local.config import REPO_ROOT
-
-pytestmark = pytest.mark.integration
+from dwh_assets_tests.tiers import integration_fixture
 
 SCALE = "0.02"
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench-b2-b3")
     run = subprocess.run(

@@ -23,6 +23,7 @@ from benchmarks import b6_steady_hour as b6
 from dwh_assets.warehouse import catalog
 from dwh_assets.warehouse.defs.checks import refresh_checks
 from dwh_assets.local.config import REPO_ROOT
+from dwh_assets_tests.tiers import integration_fixture
 
 SCALE = "0.01"
 THURSDAY = dt.date(2026, 12, 3)
@@ -64,7 +65,7 @@ EXPECTED_HOUR = Counter({
 })
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench-b6")
     run = subprocess.run(
@@ -75,7 +76,6 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads((out / "latest.json").read_text())
 
 
-@pytest.mark.integration
 def test_b6_replays_the_scheduled_hour(report: dict) -> None:
     b6_report = report["benchmarks"]["B6"]
     plan = b6_report["details"]["plan"]
@@ -104,7 +104,6 @@ def test_b6_replays_the_scheduled_hour(report: dict) -> None:
             assert logged["mart.org_daily_usage"] == EXPECTED_HOUR["refresh_mart_org_daily_usage"]
 
 
-@pytest.mark.integration
 def test_b6_compares_one_fleet_with_two_histories(report: dict) -> None:
     b6_report = report["benchmarks"]["B6"]
     stacks = b6_report["details"]["stacks"]

@@ -16,13 +16,12 @@ import pytest
 
 from benchmarks import b1_refresh, b4_prometheus
 from dwh_assets.local.config import REPO_ROOT
-
-pytestmark = pytest.mark.integration
+from dwh_assets_tests.tiers import integration_fixture
 
 SCALE = "0.01"
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench-results")
     run = subprocess.run(

@@ -27,8 +27,7 @@ from dwh_assets.local.generator import World, build_world
 from dwh_assets.local import secrets
 from dwh_assets.local.postgres import Postgres
 from dwh_assets.local.process import StackError
-
-pytestmark = pytest.mark.integration
+from dwh_assets_tests.tiers import integration_fixture
 
 SEED = 7
 SCALE = 0.05
@@ -67,7 +66,7 @@ EVENT_KINDS = {
 # ----- fixtures ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@integration_fixture(scope="session")
 def cluster() -> Iterator[tuple[StackConfig, Postgres]]:
     """A provisioned cluster in a temporary DWH_HOME (reachable by the server's OS user)."""
     home = Path(tempfile.mkdtemp(prefix="dwh-test-cp-"))

@@ -18,7 +18,7 @@ import pytest
 
 from dwh_assets.local.config import LOADER_ROLE, WAREHOUSE_DB
 from dwh_assets.warehouse import catalog
-from dwh_assets.warehouse.defs import build_definitions, cron_targets
+from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions, cron_targets
 from dwh_assets.warehouse.defs.assets import key_of
 from dwh_assets.warehouse.defs.checks import PG_CRON_HEALTH
 from dwh_assets.warehouse.defs.cron_sensor import CronCursor, CronRunJudge, JobTarget, build_cron_sensor
@@ -210,7 +210,7 @@ def test_missed_schedule_is_reported_once_per_tick():
 
 
 def test_code_location_maps_every_pg_cron_job_to_its_asset(cfg, superuser):
-    defs = build_definitions(cfg.history_start)
+    defs = build_definitions(CodeLocationSettings(cfg.history_start))
     jobs = {r[0] for r in superuser.execute(
         "SELECT jobname FROM cron.job WHERE username = %s AND jobname LIKE 'dwh:%%'", (LOADER_ROLE,)).fetchall()}
     targets = cron_targets()

@@ -16,7 +16,7 @@ import pytest
 
 from dwh_assets.warehouse import catalog
 from dwh_assets.local.config import REPO_ROOT
-from dwh_assets.warehouse.defs import build_definitions
+from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions
 from dwh_assets.warehouse.defs.assets import key_of
 from dwh_assets.local.dagster import venv_bin
 from dwh_assets_tests.warehouse_helpers import connect_control_plane, fact_checksum, table_checksum
@@ -36,7 +36,7 @@ def materialize(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def defs(cfg) -> dg.Definitions:
-    return build_definitions(cfg.history_start)
+    return build_definitions(CodeLocationSettings(cfg.history_start))
 
 
 @pytest.fixture()

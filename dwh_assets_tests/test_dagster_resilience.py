@@ -41,9 +41,10 @@ from psycopg import sql
 
 from dwh_assets.warehouse import catalog
 from dwh_assets.local.config import DAGSTER_DB, LOADER_ROLE, REPO_ROOT, WAREHOUSE_DB, load_config
-from dwh_assets.warehouse.defs import build_definitions, cron_targets
+from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions, cron_targets
 from dwh_assets.warehouse.defs.assets import key_of
-from dwh_assets.warehouse.defs.cron_sensor import SENSOR_INTERVAL_ENV, CronCursor
+from dwh_assets.warehouse.defs.cron_sensor import CronCursor
+from dwh_assets.warehouse.defs.settings import SENSOR_INTERVAL_SECONDS
 from dwh_assets.warehouse.defs.resources import WarehouseResource
 from dwh_assets.local.generator import METRIC_NAMES
 from dwh_assets.local.dagster import venv_bin
@@ -59,8 +60,7 @@ from dwh_assets_tests.warehouse_helpers import (
     primary_email,
     prometheus_samples,
 )
-
-pytestmark = pytest.mark.integration
+from dwh_assets_tests.tiers import integration_fixture
 
 UTC = dt.timezone.utc
 SENSOR = "pg_cron_runs"
@@ -70,13 +70,13 @@ DIMENSIONS = [s.name for s in catalog.CATALOG if s.kind is catalog.Kind.DIMENSIO
 FACTS = [s.name for s in catalog.CATALOG if s.kind is catalog.Kind.FACT]
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def own_stack():
     """A full stack on free ports; the env points at it (as the ``stack`` fixture does) until teardown."""
     home = make_home("dwh-resilience-")
     saved = dict(os.environ)
     os.environ.update(stack_env(home))
-    os.environ[SENSOR_INTERVAL_ENV] = "5"  # the daemon's processes inherit it
+    os.environ[SENSOR_INTERVAL_SECONDS.env_var_name] = "5"  # the daemon's processes inherit it
     local = None
     try:
         cfg = load_config(create=True)
@@ -181,7 +181,7 @@ class Soak:
     def __init__(self, cfg, instance: dg.DagsterInstance):
         self.cfg = cfg
         self.instance = instance
-        self.defs = build_definitions(cfg.history_start)
+        self.defs = build_definitions(CodeLocationSettings(cfg.history_start))
         self.warehouse = WarehouseResource(dsn=cfg.dsn(WAREHOUSE_DB, LOADER_ROLE))
         self.dagster_lock = threading.Lock()
         self.local = threading.local()

@@ -24,7 +24,7 @@ import yaml
 from PIL import Image
 
 from dwh_assets.local.config import REPO_ROOT
-from dwh_assets.warehouse.defs import build_definitions
+from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -82,7 +82,7 @@ def location_name() -> str:
 
 @pytest.fixture(scope="module")
 def defs(cfg):
-    return build_definitions(cfg.history_start)
+    return build_definitions(CodeLocationSettings(cfg.history_start))
 
 
 def expected_graph(defs) -> dict[tuple[str, ...], dict[str, Any]]:

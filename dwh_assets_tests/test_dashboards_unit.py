@@ -1,6 +1,6 @@
 """Dashboards as code, without a server: the YAML bundle, its checks, and the lineage derived from it.
 
-- ``dashboards/`` parses, holds the four dashboards, and every chart reads a relation the
+- the package's ``dashboards/`` parses, holds the four dashboards, and every chart reads a relation the
   catalog declares (a mart or a view), so every dashboard lands in the asset graph;
 - each dashboard is an external asset (group ``dashboards``, kind ``superset``, its URL in
   the metadata) downstream of those relations, and the lineage reaches back to the sources;
@@ -24,10 +24,10 @@ import yaml
 from dwh_assets.local import superset
 from dwh_assets.local.config import StackConfig
 from dwh_assets.warehouse import catalog
-from dwh_assets.warehouse.dashboards import BundleError, dashboards_dir, load_bundle
-from dwh_assets.warehouse.defs import build_definitions
+from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions
 from dwh_assets.warehouse.defs.metadata import key_of
-from dwh_assets.warehouse.defs.dashboards import DASHBOARDS_GROUP, dashboard_key, dashboard_specs
+from dwh_assets.warehouse.defs.dashboard_assets import DASHBOARDS_GROUP, dashboard_key, dashboard_specs
+from dwh_assets.warehouse.superset_export import PACKAGED_DASHBOARDS, BundleError, load_bundle
 from dwh_assets_tests.test_layering import load_code_location
 
 SLUGS = {"usage-by-organization", "growth", "fleet", "warehouse-health"}
@@ -40,7 +40,7 @@ def bundle():
 
 @pytest.fixture(scope="module")
 def graph():
-    return build_definitions(dt.date(2026, 1, 1)).resolve_asset_graph()
+    return build_definitions(CodeLocationSettings(dt.date(2026, 1, 1))).resolve_asset_graph()
 
 
 def test_the_repository_holds_the_four_dashboards(bundle):
@@ -51,7 +51,7 @@ def test_the_repository_holds_the_four_dashboards(bundle):
 
 
 def test_every_chart_reads_a_declared_mart_or_view(bundle):
-    declared = {mart.relation for mart in catalog.MARTS} | set(catalog.VIEWS)
+    declared = {view.relation for view in catalog.PRODUCT.all_views()}
     read = {bundle.datasets[c.dataset_uuid].relation for c in bundle.charts.values()}
     assert read <= declared, f"datasets over relations the catalog does not declare: {read - declared}"
 
@@ -85,19 +85,23 @@ def test_the_lineage_runs_from_the_sources_to_each_dashboard(graph):
 
 
 def test_views_are_observed_not_materialised(graph):
-    for view, reads in catalog.VIEWS.items():
-        node = graph.get(key_of(view))
+    for view in catalog.PRODUCT.views:
+        node = graph.get(key_of(view.relation))
         assert not node.is_materializable and "view" in node.kinds
-        assert node.parent_keys == {key_of(r) for r in reads}
+        assert node.parent_keys == {key_of(r) for r in view.reads}
 
 
-def test_dashboard_url_comes_from_the_superset_address(bundle, monkeypatch):
-    monkeypatch.setenv("DWH_SUPERSET_URL", "http://127.0.0.1:18088/")
-    specs = {s.key: s for s in dashboard_specs(bundle)}
+def test_dashboard_url_comes_from_the_superset_address(monkeypatch):
+    for name, value in (("DWH_WAREHOUSE_DSN", "host=db.example"), ("DWH_HISTORY_START", "2026-01-01"),
+                        ("DWH_SUPERSET_URL", "http://127.0.0.1:18088/")):
+        monkeypatch.setenv(name, value)
+    settings = CodeLocationSettings.from_environment()
+    specs = {s.key: s for s in dashboard_specs(settings.dashboards_dir, settings.superset_url)}
     url = specs[dashboard_key("growth")].metadata["url"]
     assert url == dg.MetadataValue.url("http://127.0.0.1:18088/superset/dashboard/growth/")
 
 
+@pytest.mark.integration  # loads the code location in a Python of its own
 def test_the_code_location_loads_the_dashboards_with_only_its_environment():
     done = load_code_location({"DWH_WAREHOUSE_DSN": "host=db.example port=5432 dbname=warehouse user=dwh_loader",
                                "DWH_HISTORY_START": "2026-01-01"})
@@ -113,7 +117,7 @@ def test_the_code_location_loads_the_dashboards_with_only_its_environment():
 @pytest.fixture()
 def copy(tmp_path) -> Path:
     root = tmp_path / "dashboards"
-    shutil.copytree(dashboards_dir(), root)
+    shutil.copytree(PACKAGED_DASHBOARDS, root)
     return root
 
 
@@ -183,6 +187,25 @@ def test_the_import_zip_points_at_the_stack_and_carries_no_password(bundle):
     assert db["sqlalchemy_uri"] == "postgresql+psycopg2://dwh_reader@127.0.0.1:61234/warehouse"
     assert meta["type"] == "SqlaTable"
     assert len(names) == len(bundle.files) and all(n.startswith("export/") for n in names)
+
+
+def test_dataset_descriptions_come_from_the_catalog_at_import_and_leave_at_export(bundle):
+    for rel, text in bundle.files.items():
+        if rel.startswith("datasets/"):
+            data = yaml.safe_load(text)
+            assert data["description"] is None, f"{rel}: descriptions live in the catalog only"
+            assert all(c["description"] is None for c in data["columns"]), rel
+    with zipfile.ZipFile(io.BytesIO(superset.bundle_zip(bundle, _cfg(61234), "SqlaTable"))) as zf:
+        sent = yaml.safe_load(zf.read("export/datasets/warehouse/mart_daily_signups.yaml"))
+    mart = catalog.MART_BY_NAME["daily_signups"]
+    assert sent["description"] == mart.description
+    assert {c["column_name"]: c["description"] for c in sent["columns"]} == {c.name: c.comment for c in mart.columns}
+    exported = dict(sent, columns=[dict(c) for c in reversed(sent["columns"])])
+    assert superset._normalise(Path("datasets/warehouse/mart_daily_signups.yaml"), exported)
+    assert exported["description"] is None and {c["description"] for c in exported["columns"]} == {None}
+    # Columns in name order, whatever order Superset exports them in: the repository's file comes back.
+    text = (PACKAGED_DASHBOARDS / "datasets" / "warehouse" / "mart_daily_signups.yaml").read_text()
+    assert yaml.safe_dump(exported, sort_keys=False, allow_unicode=True) == text
 
 
 def test_the_export_keeps_the_canonical_uri_and_no_instance_ids():

@@ -7,7 +7,6 @@ code versions that follow the SQL files, links to them, owners, and no beta warn
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import pytest
 
 from dwh_assets.local.config import REPO_ROOT
 from dwh_assets.warehouse import catalog, sql_files
-from dwh_assets.warehouse.defs import build_definitions, cron_targets
+from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions, cron_targets
 from dwh_assets.warehouse.defs.metadata import key_of
 
 START = dt.date(2026, 1, 1)
@@ -24,7 +23,7 @@ START = dt.date(2026, 1, 1)
 
 @pytest.fixture(scope="module")
 def graph():
-    return build_definitions(START).resolve_asset_graph()
+    return build_definitions(CodeLocationSettings(START)).resolve_asset_graph()
 
 
 def test_lineage_runs_from_every_source_through_its_copy_to_the_marts(graph):
@@ -84,29 +83,27 @@ def test_each_asset_names_its_table_its_sql_its_owner_and_its_pg_cron_job(graph)
         meta = node.metadata
         assert meta["dagster/table_name"] == relation
         reference = meta["dagster/code_references"].code_references[0]
-        assert reference.file_path == str(sql_files.routine_path(spec.routine_file))
-        assert (REPO_ROOT / "sql" / "routines" / spec.routine_file).exists()
+        assert reference.file_path == str(REPO_ROOT / "sql" / "routines" / spec.routine_file)
         assert node.owners == list(catalog.OWNERS)
         assert spec.cron_job_name in node.description and meta["pg_cron_job"] == spec.cron_job_name
-        assert node.code_version == sql_files.code_version(spec.routine_file)
+        assert node.code_version == sql_files.code_version(REPO_ROOT / "sql" / "routines" / spec.routine_file)
+        # The columns are the catalog's, shown before anything ran.
+        columns = spec.columns
+        assert [(c.name, c.type, c.description) for c in meta["dagster/column_schema"].columns] == [
+            (c.name, c.type, c.comment) for c in columns]
 
 
-def code_versions() -> dict[dg.AssetKey, str | None]:
-    graph = build_definitions(START).resolve_asset_graph()
+def code_versions(entries: catalog.Catalog = catalog.PRODUCT) -> dict[dg.AssetKey, str | None]:
+    graph = build_definitions(CodeLocationSettings(START), entries).resolve_asset_graph()
     return {key: graph.get(key).code_version for key in graph.get_all_asset_keys()}
 
 
-def test_changing_a_routines_sql_changes_that_assets_code_version_only(tmp_path, monkeypatch):
+def test_changing_a_routines_sql_changes_that_assets_code_version_only(tmp_path):
     before = code_versions()
-    routines = tmp_path / "routines"
-    shutil.copytree(sql_files.ROUTINES_DIR, routines)
-    (routines / "refresh_events.sql").write_text((routines / "refresh_events.sql").read_text() + "\n-- changed\n")
-    monkeypatch.setattr(sql_files, "ROUTINES_DIR", routines)
-    sql_files.code_version.cache_clear()
-    try:
-        after = code_versions()
-    finally:
-        sql_files.code_version.cache_clear()
+    (tmp_path / "refresh_events.sql").write_text(
+        (sql_files.ROUTINES_DIR / "refresh_events.sql").read_text() + "\n-- changed\n")
+    # A directory searched first shadows the product's file, as a deployment's own SQL would.
+    after = code_versions(catalog.PRODUCT.extended(sql_dirs=(tmp_path,)))
     changed = {k.to_user_string() for k in before if before[k] != after[k]}
     assert changed == {"dwh/events"}
 
@@ -122,10 +119,11 @@ def test_every_pg_cron_job_of_an_asset_has_a_sensor_target():
         assert targets[mart.cron_job_name].log_table == mart.relation
 
 
+@pytest.mark.integration  # loads the code location in a Python of its own
 def test_loading_the_code_location_prints_no_warning():
     """Every CLI call and daemon reload loads it: no BetaWarning (or any other) on the way."""
     probe = ("import warnings; warnings.simplefilter('error'); import dwh_assets.definitions as d; "
-             "d.defs.resolve_asset_graph(); print('ok')")
+             "d.defs().resolve_asset_graph(); print('ok')")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd="/",
                           env={"DWH_WAREHOUSE_DSN": "host=db.example", "DWH_HISTORY_START": "2026-01-01",
                                "PATH": "/usr/bin:/bin"})

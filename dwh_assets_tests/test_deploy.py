@@ -43,6 +43,7 @@ from dwh_assets.warehouse.defs import cron_targets
 from dwh_assets.warehouse.defs.cron_sensor import CronRunJudge, evaluate_cron_runs
 from dwh_assets.warehouse.defs.resources import WarehouseResource
 from dwh_assets_tests.plain_clusters import PlainCluster, private_file
+from dwh_assets_tests.tiers import integration_fixture
 from dwh_assets_tests.warehouse_helpers import (
     ClerkApi,
     fact_checksum,
@@ -60,7 +61,7 @@ CP_DB = "cp_prod"
 LOGINS = {"admin": "dba", "owner": "acme_dwh_owner", "loader": "acme_dwh_loader", "reader": "acme_dwh_reader"}
 CP_LOGIN = "acme_cp_ro"
 HISTORY_DAYS = 2
-NO_OP = "done: 0 new migration(s); sources unchanged; pg_cron: jobs unchanged"
+NO_OP = "done: 0 new migration(s); tables unchanged; sources unchanged; pg_cron: jobs unchanged"
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -129,7 +130,7 @@ start = {start.isoformat()}
 {extra}"""
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def deployment(cfg: StackConfig) -> Iterator[Deployment]:
     cp = PlainCluster("control-plane").init().start()
     wh = PlainCluster("warehouse", settings={
@@ -183,10 +184,13 @@ def dagster_env(deployment: Deployment, tmp: Path) -> dict[str, str]:
     done = deployment.dwh("env")
     assert done.returncode == 0, done.stderr
     values = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in done.stdout.splitlines())
-    assert set(values) == {"DWH_WAREHOUSE_DSN", "DWH_HISTORY_START", "DWH_READER_DSN", *DAGSTER_INSTANCE_ENV}
+    assert set(values) == {"DWH_WAREHOUSE_DSN", "DWH_HISTORY_START", "DWH_READER_DSN", "DAGSTER_HOME",
+                           "DWH_DAGSTER_PG_URL", "PGPASSFILE", "PATH", *DAGSTER_INSTANCE_ENV}
     assert "password" not in values["DWH_WAREHOUSE_DSN"] and "passfile=" in values["DWH_WAREHOUSE_DSN"]
+    assert values["PATH"].split(":")[0] == str(VENV_BIN)
+    # Dagster's instance: a throwaway home here (the runbook test sets up the configured one).
     (tmp / "dagster_home").mkdir(exist_ok=True)
-    return clean_env(DAGSTER_HOME=str(tmp / "dagster_home"), **values)
+    return clean_env(**{**values, "DAGSTER_HOME": str(tmp / "dagster_home")})
 
 
 def materialize(env: dict[str, str], *args: str) -> None:
@@ -236,7 +240,9 @@ def test_roles_are_the_configured_logins_in_the_project_roles(deployment, migrat
 def test_jobs_live_in_the_cron_database_and_run_in_the_warehouse(deployment, migrated):
     with deployment.connect(dbname="postgres") as conn:
         jobs = conn.execute("SELECT jobname, database, username FROM cron.job ORDER BY 1, 3").fetchall()
-    assert {db for _, db, _ in jobs} == {WAREHOUSE_DB}
+    # Refreshes and maintenance run in the warehouse; the history purges where pg_cron's tables are.
+    assert {db for name, db, _ in jobs if name != "dwh:purge_cron_history"} == {WAREHOUSE_DB}
+    assert {db for name, db, _ in jobs if name == "dwh:purge_cron_history"} == {"postgres"}
     assert ("dwh:refresh_users", WAREHOUSE_DB, "acme_dwh_loader") in jobs
     assert ("dwh:partman_maintenance", WAREHOUSE_DB, "acme_dwh_owner") in jobs
     assert {user for _, _, user in jobs} == {"acme_dwh_loader", "acme_dwh_owner"}, "no job runs as a superuser"
@@ -384,13 +390,20 @@ def test_an_admin_without_privileges_changes_nothing_and_says_what_it_needs(depl
         config = tmp_path / "weak.toml"
         text = d.config.read_text().replace(f'database = "{WAREHOUSE_DB}"', 'database = "weak_target"', 1)
         text = text.replace('user = "dba"', 'user = "weak_admin"').replace(f'"{d.secrets / "admin"}"', f'"{tmp_path / "weak"}"')
+        # The logins' passfile names the new database too, as a team's would: only the admin's privileges are missing.
+        lines = (d.secrets / "pgpass").read_text().splitlines(keepends=True)
+        private_file(tmp_path / "pgpass", "".join(lines + [line.replace(f":{WAREHOUSE_DB}:", ":weak_target:", 1)
+                                                           for line in lines if f":{WAREHOUSE_DB}:" in line]))
+        text = text.replace(f'"{d.secrets / "pgpass"}"', f'"{tmp_path / "pgpass"}"')
         config.write_text(text)
         done = subprocess.run([str(VENV_BIN / "dwh"), "migrate", "--config", str(config)], cwd="/", env=clean_env(),
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 1, done.stdout + done.stderr
         assert "nothing was changed; the warehouse needs:" in done.stderr
         assert "the admin role cannot create extension pg_partman" in done.stderr
-        assert "the reader backend needs a server that lets the owner run programs (pg_execute_server_program" in done.stderr
+        assert "the admin role cannot grant itself dwh_owner: it needs CREATEROLE" in done.stderr
+        # Roles are cluster-wide: the first migrate gave dwh_owner pg_execute_server_program, which still holds.
+        assert "pg_execute_server_program" not in done.stderr
         assert "Traceback" not in done.stderr
         with d.connect(dbname="weak_target") as su:
             after = su.execute("SELECT (SELECT array_agg(nspname::text ORDER BY 1) FROM pg_namespace), "

@@ -86,6 +86,7 @@ def test_a_secret_in_the_file_is_refused(tmp_path, section, key, variable):
 def test_secrets_come_from_files_or_the_environment(tmp_path, monkeypatch):
     secret = tmp_path / "cp.password"
     secret.write_text("from-the-file\n")
+    secret.chmod(0o600)
     path = write(tmp_path, f'[history]\nstart = 2026-01-01\n[control_plane]\npassword_file = "{secret}"\n')
     assert DeploymentConfig.load(path).control_plane.secret() == "from-the-file"
     monkeypatch.setenv("DWH_CONTROL_PLANE__PASSWORD", "from-the-environment")
@@ -110,7 +111,7 @@ def test_a_missing_secret_file_names_the_file(tmp_path):
     ("[retention_days]\nmetricz = 30\n", r"no table named metricz"),
     ("[prometheus]\nstep_seconds = 7\n", r"must divide a day"),
     ("[prometheus.metrics]\ncpu = 'cpu; DROP TABLE x'\n", r"not a Prometheus metric name"),
-    ("[clerk]\nbackend = 'clerk_fdw'\n", r"clerk\.backend: Input should be 'reader' or 'tembo'"),
+    ("[clerk]\nbackend = 'clerk_fdw'\n", r"clerk\.backend: Input should be 'reader', 'tembo' or 'relay'"),
     ("[warehouse]\nhots = 'typo'\n", r"warehouse\.hots: Extra inputs are not permitted"),
 ])
 def test_bad_values_are_refused_with_their_location(tmp_path, text, problem):

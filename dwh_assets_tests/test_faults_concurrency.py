@@ -33,8 +33,6 @@ from dwh_assets_tests.warehouse_helpers import (
     utc_midnight,
 )
 
-pytestmark = pytest.mark.integration
-
 D0, D1, D2, D3 = (utc_midnight(n) for n in (-6, -5, -4, -3))
 HOLD_SECONDS = 1.0
 JOBS = {

@@ -33,9 +33,8 @@ from dwh_assets_tests.fault_helpers import (
     wait_for,
     waiting_on,
 )
+from dwh_assets_tests.tiers import integration_fixture
 from dwh_assets_tests.warehouse_helpers import connect_control_plane, fact_checksum, utc_midnight
-
-pytestmark = pytest.mark.integration
 
 W0, W1 = utc_midnight(-40), utc_midnight(-3)  # 37 days of events
 LAST_DAY = W1 - dt.timedelta(days=1)
@@ -52,7 +51,7 @@ class Crash:
     source: tuple         # the source's checksum of the window (with the late events)
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def crashed() -> Iterator[Crash]:
     home = make_home("dwh-test-crash-")
     saved = dict(os.environ)

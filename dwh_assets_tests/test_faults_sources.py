@@ -25,9 +25,8 @@ from dwh_assets.local.process import StackError
 from dwh_assets.warehouse.deployment import DeploymentError
 from dwh_assets.warehouse.sources.reader_install import install_reader, reader_settings
 from dwh_assets_tests.fault_helpers import FAST_READER_ENV, TableState, connect, failing_refresh, reader_env, refresh
+from dwh_assets_tests.tiers import integration_fixture
 from dwh_assets_tests.warehouse_helpers import utc_midnight
-
-pytestmark = pytest.mark.integration
 
 D0, D1 = utc_midnight(-5), utc_midnight(-4)
 CLERK_TABLES = ("users", "organizations", "organization_memberships")
@@ -159,7 +158,7 @@ def dead_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture()
+@integration_fixture()
 def silent_port():
     """A loopback port that accepts TCP connections and never says a word (a hung server)."""
     with socket.socket() as s:

@@ -1,8 +1,9 @@
 """Two wings, imports one way: the warehouse never imports the local demo stack.
 
 - The Dagster code location loads with nothing but its documented environment and pulls
-  in none of the local stack, the emulators, the generator, yoyo or the migrate code.
-- No module of ``dwh_assets/warehouse`` imports ``dwh_assets.local`` (read from the source).
+  in none of the local stack, the emulators, the generator, yoyo or the migrate code
+  (in a Python of its own: the integration tier).
+- No module of ``dwh_assets/warehouse`` imports ``dwh_assets.local`` (read from the source: fast).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dwh_assets.local.config import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "dwh_assets"
@@ -24,7 +27,7 @@ FORBIDDEN = ("dwh_assets.local", "yoyo", "dwh_assets.warehouse.migrate", "dwh_as
 PROBE = """
 import json, sys
 import dwh_assets.definitions as d
-keys = sorted("/".join(k.path) for k in d.defs.resolve_asset_graph().get_all_asset_keys())
+keys = sorted("/".join(k.path) for k in d.defs().resolve_asset_graph().get_all_asset_keys())
 print(json.dumps({"modules": sorted(sys.modules), "keys": keys}))
 """
 
@@ -36,6 +39,7 @@ def load_code_location(env: dict[str, str]) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.integration  # loads the code location in a Python of its own
 def test_the_code_location_needs_only_its_environment_and_imports_nothing_local():
     done = load_code_location({"DWH_WAREHOUSE_DSN": "host=db.example port=5432 dbname=warehouse user=dwh_loader",
                                "DWH_HISTORY_START": "2026-01-01"})
@@ -46,6 +50,7 @@ def test_the_code_location_needs_only_its_environment_and_imports_nothing_local(
     assert {"dwh/users", "dwh/metrics", "src_clerk/users", "mart/org_daily_usage"} <= set(loaded["keys"])
 
 
+@pytest.mark.integration  # loads the code location in a Python of its own
 def test_without_the_history_start_the_code_location_says_what_to_set():
     done = load_code_location({"DWH_WAREHOUSE_DSN": "host=db.example"})
     assert done.returncode != 0

@@ -23,8 +23,6 @@ from dwh_assets.warehouse.defs.partitions import daily_partitions
 from dwh_assets.warehouse.defs.resources import WarehouseResource
 from dwh_assets_tests.warehouse_helpers import connect_control_plane
 
-pytestmark = pytest.mark.integration
-
 JOBS = (catalog.get("instances").cron_job_name, catalog.MART_BY_NAME["org_daily_usage"].cron_job_name)
 WAIT_SECONDS = 240  # two pg_cron minutes for the copy, then the mart's next minute
 

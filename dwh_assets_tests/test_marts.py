@@ -24,8 +24,6 @@ import pytest
 from dwh_assets.local.config import LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB, StackConfig
 from dwh_assets_tests.warehouse_helpers import connect_control_plane, refresh, utc_midnight
 
-pytestmark = pytest.mark.integration
-
 STORAGE_METRIC = "dwh_instance_storage_bytes"
 # Marts round to 3 decimals.
 TOLERANCE = 0.0011

@@ -27,9 +27,7 @@ from dwh_assets.local.generator import METRIC_NAMES, build_world, usage_at
 from dwh_assets.local.prometheus_backfill import SCRAPE_INSTANCE, SCRAPE_JOB, backfill, read_marker
 from dwh_assets.local.process import StackError, wait_until
 from dwh_assets.local.prometheus import PrometheusServer, UsageExporter, prometheus_config
-
-# Debian's prometheus package (prometheus + promtool) is installed by .ci/setup.
-pytestmark = pytest.mark.integration
+from dwh_assets_tests.tiers import integration_fixture
 
 UTC = dt.timezone.utc
 SEED = 7
@@ -64,9 +62,11 @@ def world() -> generator.World:
     return build_world(SEED, SCALE, ANCHOR)
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def stack(tmp_path_factory, world):
-    """Exporter + Prometheus (back-filled hourly), scraping every 2 s instead of 60 s."""
+    """Exporter + Prometheus (back-filled hourly), scraping every 2 s instead of 60 s.
+
+    Debian's prometheus package (prometheus + promtool) is installed by .ci/setup."""
     cfg = make_config(tmp_path_factory.mktemp("dwh_home"))
     exporter, server = UsageExporter(cfg), PrometheusServer(cfg, scrape_interval="2s")
     try:
@@ -250,7 +250,7 @@ READER_DAYS = 8  # 8 days at 60 s = 11,520 points per series: more than one requ
 LOOKBACK = 300  # Prometheus' default lookback delta
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def fine_prometheus(tmp_path_factory):
     """A second Prometheus whose history has a sample every 60 s over 9 days (10 instances)."""
     if not READER.exists():

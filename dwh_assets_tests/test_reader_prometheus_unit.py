@@ -1,6 +1,7 @@
 """Pure parts of the source reader: window alignment and splitting, CSV quoting, argument
-validation and shell quoting of the file_fdw program (real ``sh -c``). The reader against
-a real Prometheus is tested elsewhere."""
+validation, Retry-After; the streamed metrics copy's request plan and row encoding. The
+reader as a program (a stub Prometheus, a real ``sh -c``) is test_reader_program.py, its retries test_reader_retries.py, against a real Prometheus
+test_prometheus_source.py."""
 
 from __future__ import annotations
 
@@ -8,24 +9,14 @@ import ast
 import datetime as dt
 import io
 import json
-import os
-import pwd
 import random
-import shutil
 import struct
-import subprocess
 import sys
-import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from dwh_assets_tests.deployments import offline_deployment
 from dwh_assets.warehouse.sources import reader as r
-from dwh_assets.warehouse.sources.reader_install import install_reader, reader_program
 
 READER_SOURCE = Path(r.__file__)
 DAY = 86_400
@@ -132,168 +123,6 @@ def test_reader_is_stdlib_only_and_python_39_syntax():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported - {"__future__"} <= sys.stdlib_module_names
-
-
-# ----- splitting against a stub query_range ---------------------------------------------------------
-
-class StubPrometheus(BaseHTTPRequestHandler):
-    """Answers query_range with ``series`` series (instance i-1, i-2, ...) valued t/10 + k at
-    every evaluation time (NaN at 0)."""
-
-    requests: list[dict] = []
-    series = 1
-
-    def do_GET(self):  # noqa: N802
-        q = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
-        self.requests.append(q)
-        start, end, step = int(q["start"]), int(q["end"]), int(q["step"])
-        result = [
-            {"metric": {"__name__": q["query"], "instance_id": f"i-{k}", "zone": "a"},
-             "values": [[t, "NaN" if t == 0 else str(t / 10 + k - 1)] for t in range(start, end + 1, step)]}
-            for k in range(1, self.series + 1)]
-        body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-def test_reader_splits_requests_and_returns_each_sample_once(tmp_path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StubPrometheus)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    StubPrometheus.requests, StubPrometheus.series = [], 1
-    config = tmp_path / "reader.json"
-    config.write_text(json.dumps({"prometheus_url": f"http://127.0.0.1:{server.server_port}",
-                                  "max_points_per_request": 4}))
-    try:
-        result = subprocess.run(
-            ["/usr/bin/python3", str(READER_SOURCE), "--config", str(config), "prometheus",
-             "--start", "0", "--end", "151", "--step", "15", "--metric", "m_a", "--metric", "m_b"],
-            capture_output=True, text=True, timeout=60,
-        )
-    finally:
-        server.shutdown()
-    assert result.returncode == 0, result.stderr
-    expected_times = list(range(0, 151, 15))  # 11 points: 4 + 4 + 3
-    assert [(q["query"], int(q["start"]), int(q["end"])) for q in StubPrometheus.requests] == [
-        (m, s, e) for m in ("m_a", "m_b") for s, e in ((0, 45), (60, 105), (120, 150))
-    ]
-    lines = result.stdout.splitlines()
-    assert lines[0] == '"m_a","{""instance_id"":""i-1"",""zone"":""a""}",0,NaN'
-    assert lines[1] == '"m_a","{""instance_id"":""i-1"",""zone"":""a""}",15,1.5'
-    assert [int(line.split(",")[-2]) for line in lines] == expected_times * 2
-
-
-# ----- shell safety of the file_fdw program ----------------------------------------------------------
-
-@pytest.fixture()
-def installed(tmp_path, monkeypatch):
-    monkeypatch.delenv("CLERK_SECRET_KEY", raising=False)
-    home = Path(tempfile.mkdtemp(prefix="dwh-reader-unit-", dir="/tmp"))
-    home.chmod(0o755)
-    user = "postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
-    cfg = offline_deployment(home, reader={"directory": str(home / "reader"), "os_user": user})
-    install_reader(cfg)
-    yield cfg
-    shutil.rmtree(home, ignore_errors=True)
-
-
-PAYLOADS = ["$(touch {m})", "`touch {m}`", "x; touch {m}", "x' ; touch {m}; '", 'x" ; touch {m}; "', "x\ntouch {m}",
-            "x && touch {m}", "x | touch {m}"]
-
-
-@pytest.mark.parametrize("payload", PAYLOADS)
-@pytest.mark.parametrize("position", ["metric", "start", "table"])
-def test_program_string_cannot_run_a_payload(installed, tmp_path, payload, position):
-    marker = tmp_path / "pwned"
-    value = payload.format(m=marker)
-    args = {
-        "metric": ["prometheus", "--start", "0", "--end", "60", "--step", "15", "--metric", value],
-        "start": ["prometheus", "--start", value, "--end", "60", "--step", "15"],
-        "table": ["clerk", value],
-    }[position]
-    program = reader_program(installed, *args)
-    result = subprocess.run(["/bin/sh", "-c", program], capture_output=True, text=True, timeout=60)
-    assert not marker.exists(), program
-    assert result.returncode == 2, result.stderr  # the reader itself refuses the value
-    assert result.stdout == "" and result.stderr.count("\n") == 1 and result.stderr.startswith("dwh reader")
-
-
-def test_program_string_runs_the_installed_reader(installed):
-    program = reader_program(installed, "prometheus", "--start", "0", "--end", "0", "--step", "15",
-                             "--metric", "up")
-    assert program.startswith("/usr/bin/python3 -I ") and str(installed.reader.directory) in program
-    result = subprocess.run(["/bin/sh", "-c", program], capture_output=True, text=True, timeout=60)
-    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")  # an empty window reads nothing
-
-
-def test_bad_windows_and_settings_are_usage_errors(installed, tmp_path):
-    def run(*args: str, config: Path | None = None) -> subprocess.CompletedProcess:
-        conf = config or installed.reader.directory / "reader.json"
-        return subprocess.run(["/usr/bin/python3", str(READER_SOURCE), "--config", str(conf), *args],
-                              capture_output=True, text=True, timeout=60)
-
-    for args in (["--start", "100", "--end", "50", "--step", "15"], ["--start", "0", "--end", "60", "--step", "0"],
-                 ["--start", "0", "--end", str(10**12), "--step", "1"]):
-        result = run("prometheus", *args)
-        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"page_size": 501}))
-    assert "page_size" in run("clerk", "users", config=bad).stderr
-    bad.write_text(json.dumps({"clerk_secret_key": "sk_on_the_wrong_file"}))
-    result = run("clerk", "users", config=bad)
-    assert result.returncode == 2 and "unknown setting" in result.stderr and "sk_on_the_wrong_file" not in result.stderr
-
-
-def run_stub_reader(tmp_path, settings: dict, *args: str, series: int) -> subprocess.CompletedProcess:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StubPrometheus)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    StubPrometheus.requests, StubPrometheus.series = [], series
-    config = tmp_path / "reader.json"
-    config.write_text(json.dumps({"prometheus_url": f"http://127.0.0.1:{server.server_port}", **settings}))
-    try:
-        return subprocess.run(["/usr/bin/python3", str(READER_SOURCE), "--config", str(config), "prometheus", *args],
-                              capture_output=True, text=True, timeout=60)
-    finally:
-        server.shutdown()
-
-
-def test_requests_shrink_to_the_sample_budget_once_the_series_are_known(tmp_path):
-    """The first request assumes ASSUMED_SERIES; later ones hold at most the budget (points x series)."""
-    budget = r.ASSUMED_SERIES * 3  # first request: 3 points
-    result = run_stub_reader(tmp_path, {"max_samples_per_request": budget}, "--start", "0", "--end", "3600",
-                             "--step", "60", "--metric", "m", series=2000, )
-    assert result.returncode == 0, result.stderr
-    spans = [(int(q["start"]), int(q["end"])) for q in StubPrometheus.requests]
-    points = [(end - start) // 60 + 1 for start, end in spans]
-    assert points[0] == 3 and set(points[1:-1]) == {budget // 2000} and points[-1] <= budget // 2000
-    assert [start for start, _ in spans] == [0] + [end + 60 for _, end in spans[:-1]], "gaps or overlaps"
-    assert spans[-1][1] == 3540 and sum(points) == 60
-    assert len(result.stdout.splitlines()) == 60 * 2000
-
-
-def test_series_rows_send_each_label_set_once_then_numbered_samples(tmp_path):
-    args = ("--start", "0", "--end", "151", "--step", "15", "--metric", "m_a", "--metric", "m_b")
-    compact = run_stub_reader(tmp_path, {"max_points_per_request": 4}, *args, "--series-rows", series=2)
-    full = run_stub_reader(tmp_path, {"max_points_per_request": 4}, *args, series=2)
-    assert compact.returncode == 0 and full.returncode == 0, compact.stderr + full.stderr
-    lines = compact.stdout.splitlines()
-    heads = [line for line in lines if line.startswith('"s",')]
-    assert heads == [
-        '"s",1,"m_a","{""instance_id"":""i-1"",""zone"":""a""}",,',
-        '"s",2,"m_a","{""instance_id"":""i-2"",""zone"":""a""}",,',
-        '"s",3,"m_b","{""instance_id"":""i-1"",""zone"":""a""}",,',
-        '"s",4,"m_b","{""instance_id"":""i-2"",""zone"":""a""}",,',
-    ]
-    # Every sample once, numbered by its series; together the same rows as the full shape.
-    labels = {line.split(",", 2)[1]: line.split(",", 2)[2].rsplit(",,", 1)[0] for line in heads}
-    rebuilt = sorted(f"{labels[n]},{t},{v}" for n, t, v in
-                     (line[2:].replace(",,,", ",", 1).split(",") for line in lines if line.startswith("v,")))
-    assert rebuilt == sorted(full.stdout.splitlines())
-    assert lines.index(heads[2]) > lines.index(heads[1]), "a series is announced before its samples"
 
 
 # ----- the metrics refresh's streamed copy ------------------------------------------------------------

@@ -10,10 +10,8 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from dwh_assets.warehouse import catalog
+from dwh_assets.warehouse import catalog, cron_jobs
 from dwh_assets.local.config import LOADER_ROLE, READER_ROLE, WAREHOUSE_DB
-
-pytestmark = pytest.mark.integration
 
 LOCAL_COPIES = [spec.local_table for spec in catalog.CATALOG] + [
     spec.snapshot_table for spec in catalog.CATALOG if spec.snapshot_table
@@ -38,20 +36,28 @@ MARTS = [relation for mart in catalog.MARTS for relation in (mart.relation, mart
 
 
 @pytest.fixture(scope="module", autouse=True)
-def marts_built(cfg):
-    """The marts hold rows: the queued days of each are refreshed, as their pg_cron jobs do."""
+def filled(cfg):
+    """Every local copy and mart holds rows: each copy's pg_cron job runs once, then each mart's."""
+    commands = {job.name: job.command for job in cron_jobs.desired_jobs(cfg.deployment()) if job.runner == "loader"}
     with psycopg.connect(cfg.dsn(WAREHOUSE_DB, LOADER_ROLE), autocommit=True) as conn:
-        conn.execute("SELECT dwh.refresh_users()")
-        for mart in catalog.MARTS:
-            conn.execute("SELECT dwh.refresh_pending_mart(%s)", (mart.name,))
+        for job_name in [spec.cron_job_name for spec in catalog.CATALOG] + [mart.cron_job_name for mart in catalog.MARTS]:
+            conn.execute(commands[job_name])
 
 
 # ----- the reader ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("table", [*MARTS, *LOCAL_COPIES])
-def test_reader_selects_marts_and_local_copies(reader_role, table):
-    reader_role.execute(sql.SQL("SELECT count(*) FROM {}").format(relation(table))).fetchone()
+def test_reader_selects_marts_and_local_copies(reader_role, owner, table):
+    """The reader reads every row the owner does, counted in one snapshot (pg_cron keeps refreshing)."""
+    count = sql.SQL("SELECT count(*) FROM {}").format(relation(table))
+    reader_role.isolation_level = owner.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    with owner.transaction(), reader_role.transaction():
+        snapshot = owner.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        reader_role.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        read = reader_role.execute(count).fetchone()[0]
+        owned = owner.execute(count).fetchone()[0]
+    assert read == owned > 0, f"{table}: the reader read {read} rows, the owner sees {owned}"
 
 
 @pytest.mark.parametrize("table", FOREIGN_TABLES)

@@ -22,8 +22,6 @@ from dwh_assets.local.config import LOADER_ROLE, OWNER_ROLE, READER_ROLE, StackC
 from dwh_assets.local import secrets
 from dwh_assets_tests.fault_helpers import FAST_READER_ENV, children, connect, failing_refresh, reader_env, wait_for
 
-pytestmark = pytest.mark.integration
-
 
 def all_secrets(cfg: StackConfig) -> dict[str, str]:
     found = {f"password of {role}": pw for role, pw in secrets.passwords(cfg).items()}
@@ -83,7 +81,7 @@ def stack_files(home: Path) -> list[Path]:
     return files
 
 
-def test_no_secret_in_any_log_or_file_of_the_stack_home(cfg, loader, clerk):
+def test_no_secret_in_any_log_or_file_of_the_stack_home(cfg, superset, loader, clerk):
     # Exercise the paths that could log a key or a password: failed reads, a failed fdw connection.
     with reader_env(cfg, **FAST_READER_ENV):
         for fault in ({"status": 401}, {"status": 500}, {"malformed_json": True}):
@@ -133,7 +131,7 @@ def cmdlines() -> dict[int, bytes]:
     return found
 
 
-def test_no_secret_on_any_process_command_line(stack, cfg, loader, clerk):
+def test_no_secret_on_any_process_command_line(stack, cfg, superset, loader, clerk):
     """Scanned while the source reader runs (a hanging Clerk keeps it alive), with every component up."""
     clerk.request("POST", "/_admin/faults", {"delay_seconds": 300})
     errors: list[psycopg.Error] = []
@@ -207,7 +205,7 @@ def is_loopback(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return (mapped or ip).is_loopback
 
 
-def test_every_listening_socket_of_the_stack_is_on_loopback(stack, cfg):
+def test_every_listening_socket_of_the_stack_is_on_loopback(stack, cfg, superset):
     pids = children({c.pid() for c in stack.components if c.pid()})
     sockets = bound_sockets()
     mine = {(pid, *sockets[inode]) for pid in pids for inode in socket_inodes(pid) if inode in sockets}

@@ -18,8 +18,6 @@ from dwh_assets.local.config import CONTROL_PLANE_DB, DAGSTER_DB, DAGSTER_ROLE, 
 from dwh_assets.local import secrets
 from dwh_assets_tests.conftest import make_home, stack_env
 
-pytestmark = pytest.mark.integration
-
 
 def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, headers=headers or {})
@@ -27,7 +25,7 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, byte
         return resp.status, resp.read()
 
 
-def test_every_component_answers(stack, cfg):
+def test_every_component_answers(stack, cfg, superset):
     assert all(s.state == "running" for s in stack.status()), stack.status()
     with stack.postgres.connect(WAREHOUSE_DB) as conn:
         assert conn.execute("SELECT current_setting('cron.database_name')").fetchone() == (WAREHOUSE_DB,)
@@ -77,7 +75,7 @@ def _listening_addresses(ports: set[int]) -> dict[int, set[str]]:
     return found
 
 
-def test_servers_listen_on_loopback_only(stack, cfg):
+def test_servers_listen_on_loopback_only(stack, cfg, superset):
     ports = {p for p in cfg.ports.values()}
     found = _listening_addresses(ports)
     assert set(found) == ports, f"not listening: {ports - set(found)}"
@@ -86,7 +84,7 @@ def test_servers_listen_on_loopback_only(stack, cfg):
         assert addrs == {loopback_v4}, f"port {port} listens on {addrs}"
 
 
-def test_no_secret_on_any_command_line(stack, cfg):
+def test_no_secret_on_any_command_line(stack, cfg, superset):
     secret_values = list(secrets.passwords(cfg).values()) + [secrets.clerk_secret_key(cfg)]
     for pid_dir in Path("/proc").glob("[0-9]*"):
         try:
@@ -111,6 +109,7 @@ def _rows(status_stdout: str) -> list[list[str]]:
         [line.split() for line in lines if line.strip()]
 
 
+@pytest.mark.integration  # runs `dwh up` on a stack of its own
 def test_up_is_idempotent_and_down_stops_everything():
     """The README's first command, minus materialisation, on a stack of its own."""
     home = make_home("dwh-lifecycle-")
@@ -142,6 +141,7 @@ def test_up_is_idempotent_and_down_stops_everything():
         shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.mark.integration  # runs `dwh status`
 def test_status_without_a_stack_says_what_to_do(tmp_path):
     result = _dwh({"DWH_HOME": str(tmp_path / "nothing")}, "status")
     assert result.returncode != 0

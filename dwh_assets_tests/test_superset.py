@@ -1,7 +1,7 @@
 """Superset in the session stack: dashboards as code, in a real browser, read-only on the warehouse.
 
-The session ``stack`` started Superset once (``LocalStack.up(superset=True)``) and imported
-``dashboards/``. Here:
+The session fixture ``superset`` starts Superset once, on first use (``LocalStack.start_superset``),
+and imports ``dashboards/``. Here:
 
 - headless Chromium logs in through Superset's login form, opens each dashboard, waits for
   every chart and fails on a chart error or an empty chart (screenshots in test-artifacts/);
@@ -30,18 +30,11 @@ from dwh_assets.local import secrets
 from dwh_assets.local.config import LOADER_ROLE, READER_ROLE, REPO_ROOT, SUPERSET_ADMIN, WAREHOUSE_DB, StackConfig
 from dwh_assets.local.superset import SupersetApi, export_dashboards, import_dashboards
 from dwh_assets.warehouse import catalog
-from dwh_assets.warehouse.dashboards import BundleError, dashboards_dir, load_bundle
+from dwh_assets.warehouse.superset_export import PACKAGED_DASHBOARDS, BundleError, load_bundle
 from dwh_assets_tests.superset_browser import drawn_share, render_all
 from dwh_assets_tests.warehouse_helpers import utc_midnight
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-
-
-@pytest.fixture(scope="module")
-def superset(stack) -> StackConfig:
-    assert not [p for p in stack.problems if "superset" in p], stack.problems
-    assert stack.superset.is_running(), f"superset is not running; see {stack.superset.log_file}"
-    return stack.cfg
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +128,7 @@ def test_importing_again_duplicates_nothing(superset: StackConfig, api):
 @pytest.fixture()
 def copy(tmp_path) -> Path:
     root = tmp_path / "dashboards"
-    shutil.copytree(dashboards_dir(), root)
+    shutil.copytree(PACKAGED_DASHBOARDS, root)
     return root
 
 
@@ -175,7 +168,7 @@ def test_export_writes_back_exactly_the_repository_files(superset: StackConfig, 
     import_dashboards(superset)
     assert export_dashboards(superset, copy) == []
     for path in copy.rglob("*.yaml"):
-        assert path.read_text() == (dashboards_dir() / path.relative_to(copy)).read_text(), path
+        assert path.read_text() == (PACKAGED_DASHBOARDS / path.relative_to(copy)).read_text(), path
 
 
 # ----- the warehouse connection is read-only -------------------------------------------------------

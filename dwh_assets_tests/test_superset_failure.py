@@ -32,7 +32,7 @@ def broken_venv(tmp_path) -> Path:
     return venv
 
 
-def test_a_superset_that_cannot_start_leaves_the_stack_usable(stack, broken_venv, monkeypatch):
+def test_a_superset_that_cannot_start_leaves_the_stack_usable(stack, superset, broken_venv, monkeypatch):
     cfg = stack.cfg
     stack.superset.stop()
     monkeypatch.setenv(VENV_ENV, str(broken_venv))

@@ -148,22 +148,24 @@ def test_each_source_gets_the_tables_of_its_backend(tmp_path, monkeypatch, clerk
 
 
 def test_the_default_source_layer_is_the_reader_layer(offline_cfg):
-    """Nothing tembo in the default: the control plane and the reader's tables only."""
+    """Nothing tembo in the default: the control plane and the reader's tables only (and no relay server)."""
     ddl = foreign_tables.source_ddl(offline_cfg)
     assert ddl.superuser == [] and foreign_tables.tembo_superuser_ddl(offline_cfg) == []
     expected = foreign_tables.control_plane_ddl(offline_cfg).statements + foreign_tables.reader_ddl(offline_cfg).statements
+    expected += foreign_tables.relay_ddl(offline_cfg).statements
     assert render(ddl.statements) == render(expected)
+    assert render(foreign_tables.relay_ddl(offline_cfg).statements) == ['DROP SERVER IF EXISTS "dwh_relay" CASCADE']
 
 
 @pytest.mark.parametrize("section", ["clerk", "prometheus"])
 def test_an_unknown_backend_is_refused_before_anything_runs(tmp_path, monkeypatch, section):
     monkeypatch.setenv(f"DWH_{section.upper()}__BACKEND", "clerk_fdw")
-    with pytest.raises(DeploymentError, match=rf"{section}\.backend: Input should be 'reader' or 'tembo'"):
+    with pytest.raises(DeploymentError, match=rf"{section}\.backend: Input should be 'reader', 'tembo' or 'relay'"):
         offline_deployment(tmp_path)
     path = tmp_path / "dwh.toml"
     path.write_text(f'[history]\nstart = 2026-01-01\n[{section}]\nbackend = "reader"\n')
     # The environment overrides the file, and is checked before any connection is tried.
-    with pytest.raises(DeploymentError, match=rf"{section}\.backend: Input should be 'reader' or 'tembo'"):
+    with pytest.raises(DeploymentError, match=rf"{section}\.backend: Input should be 'reader', 'tembo' or 'relay'"):
         DeploymentConfig.load(path)
 
 

@@ -19,8 +19,6 @@ from dwh_assets.warehouse import catalog, cron_jobs
 from dwh_assets.local.config import LOADER_ROLE, OWNER_ROLE, WAREHOUSE_DB
 from dwh_assets_tests.warehouse_helpers import connect_control_plane, fact_checksum, utc_midnight
 
-pytestmark = pytest.mark.integration
-
 DAY = dt.timedelta(days=1)
 # pg_cron starts jobs at the top of a minute; allow the rest of this one and the next.
 CRON_WAIT_SECONDS = 130

@@ -8,28 +8,25 @@ objects, and a re-run on either is a no-op down to the oids.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from dwh_assets.local import control_plane, secrets
-from dwh_assets.local.config import CONTROL_PLANE_DB, LOADER_ROLE, WAREHOUSE_DB, StackConfig, free_port
+from dwh_assets.local.config import LOADER_ROLE, WAREHOUSE_DB, StackConfig
 from dwh_assets.local.generator import METRIC_NAMES
 from dwh_assets.local.postgres import Postgres
-from dwh_assets.warehouse import catalog, cron_jobs
+from dwh_assets.warehouse import catalog, catalog_ddl, cron_jobs
 from dwh_assets.warehouse.migrate import MIGRATIONS_DIR
 from dwh_assets.warehouse.sources import foreign_tables, reader
-from dwh_assets.warehouse.sources.reader_install import install_reader
-from dwh_assets_tests.conftest import make_home, migrate_stack
+from dwh_assets_tests.conftest import migrate_stack
+from dwh_assets_tests.tiers import integration_fixture
+from dwh_assets_tests.warehouse_helpers import LEGACY_MIGRATIONS, apply_legacy_migrations, scratch_warehouse
 
 METRICS_STEP_SECONDS = 3600  # the deployment's default prometheus.step_seconds
 
-pytestmark = pytest.mark.integration
-
-NO_OP = "0 new migration(s); sources unchanged; pg_cron: jobs unchanged"
+NO_OP = "0 new migration(s); tables unchanged; sources unchanged; pg_cron: jobs unchanged"
 OUR_SCHEMAS = ["src_control_plane", "src_clerk", "src_prometheus", "dwh", "mart"]
 EXPECTED_FOREIGN_TABLES = {
     ("src_control_plane", "organizations"), ("src_control_plane", "instances"),
@@ -148,32 +145,22 @@ def test_reader_rejects_ambiguous_prometheus_windows(args, problem):
 # ----- an empty database ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def fresh(cfg: StackConfig) -> Iterator[tuple[StackConfig, str]]:
     """A new cluster with empty databases (the control plane has its schema, no rows), migrated once."""
-    home = make_home("dwh-test-migrate-")
-    ports = {name: free_port() for name in cfg.ports}
-    fresh_cfg = StackConfig(home=home, ports=ports, anchor_day=cfg.anchor_day, seed=cfg.seed, scale=0.05,
-                            server_user=cfg.server_user)
-    pg = Postgres(fresh_cfg)
-    try:
-        pg.start()
-        pg.provision()
-        with pg.connect(CONTROL_PLANE_DB) as conn:
-            control_plane.apply_schema(conn)
-        secrets.clerk_secret_key(fresh_cfg)
-        install_reader(fresh_cfg.deployment())
+    with scratch_warehouse("dwh-test-migrate-") as fresh_cfg:
         yield fresh_cfg, migrate_stack(fresh_cfg)
-    finally:
-        pg.stop(mode="immediate")
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_migrate_on_an_empty_database_creates_everything(fresh, superuser):
     fresh_cfg, summary = fresh
     n_migrations = len(list(MIGRATIONS_DIR.glob("*.sql")))
     n_jobs = len(cron_jobs.desired_jobs(fresh_cfg.deployment()))
-    assert summary == f"{n_migrations} new migration(s); sources rebuilt; pg_cron: {n_jobs} scheduled, 0 updated, 0 unscheduled"
+    tables = catalog.PRODUCT.all_tables()
+    created = (f"{len(tables)} table(s) created, {sum(bool(t.partition_by) for t in tables)} partitioned, "
+               f"{len(catalog_ddl.comments(catalog.PRODUCT))} comment(s) written")
+    assert summary == (f"{n_migrations} new migration(s); {created}; sources rebuilt; "
+                       f"pg_cron: {n_jobs} scheduled, 0 updated, 0 unscheduled")
     with Postgres(fresh_cfg).connect(WAREHOUSE_DB) as conn:
         created = inventory(conn)
         listed = set(conn.execute(
@@ -192,4 +179,31 @@ def test_migrate_on_the_fresh_database_is_then_a_no_op(fresh):
     with Postgres(fresh_cfg).connect(WAREHOUSE_DB) as conn:
         before = identities(conn)
         assert migrate_stack(fresh_cfg) == NO_OP
+        assert identities(conn) == before
+
+
+# ----- a warehouse migrated before the catalog created its tables ------------------------------------
+
+
+@integration_fixture(scope="module")
+def legacy(cfg: StackConfig) -> Iterator[tuple[StackConfig, list[str], str]]:
+    """A new cluster migrated the old way (0001-0009, 0020), then by this version's migrate."""
+    with scratch_warehouse("dwh-test-legacy-") as legacy_cfg:
+        applied = apply_legacy_migrations(legacy_cfg)
+        yield legacy_cfg, applied, migrate_stack(legacy_cfg)
+
+
+def test_a_warehouse_migrated_before_the_catalog_migrates_forward_to_the_same_objects(legacy, superuser):
+    legacy_cfg, applied, summary = legacy
+    assert applied == [p.stem for p in sorted(LEGACY_MIGRATIONS.glob("*.sql"))]
+    new = [p.stem for p in sorted(MIGRATIONS_DIR.glob("*.sql")) if p.stem not in applied]
+    # Its tables stay (none created, none partitioned again); only comments the catalog words anew change.
+    assert summary.startswith(f"{len(new)} new migration(s); 0 table(s) created, 0 partitioned, ")
+    with Postgres(legacy_cfg).connect(WAREHOUSE_DB) as conn:
+        assert inventory(conn) == inventory(superuser), "the same objects as a warehouse built by this version"
+        comments = {key: catalog_ddl.database_comment(conn, relation, column)
+                    for key in catalog_ddl.comments(catalog.PRODUCT) for _, relation, column in [key]}
+        assert comments == catalog_ddl.comments(catalog.PRODUCT)
+        before = identities(conn)
+        assert migrate_stack(legacy_cfg) == NO_OP
         assert identities(conn) == before

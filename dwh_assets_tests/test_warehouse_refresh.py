@@ -30,8 +30,6 @@ from dwh_assets_tests.warehouse_helpers import (
     utc_midnight,
 )
 
-pytestmark = pytest.mark.integration
-
 DIMENSIONS = ("users", "organizations", "organization_memberships", "instances")
 D0, D1, D2, D3 = (utc_midnight(n) for n in (-6, -5, -4, -3))
 HOUR = dt.timedelta(hours=1)

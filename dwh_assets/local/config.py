@@ -82,10 +82,13 @@ def server_psql() -> str:
     return shutil.which("psql") or "/usr/bin/psql"
 
 
+def checkout_root() -> Path | None:
+    """The repository this package runs from, or None for an installed package (no checkout)."""
+    return REPO_ROOT if (REPO_ROOT / "pyproject.toml").exists() else None
+
+
 def _default_home() -> Path:
-    if (REPO_ROOT / "pyproject.toml").exists():
-        return REPO_ROOT / ".dwh"
-    return Path.cwd() / ".dwh"
+    return (checkout_root() or Path.cwd()) / ".dwh"
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -273,6 +276,9 @@ class StackConfig:
             "prometheus": {"url": self.prometheus_url},
             "reader": {"directory": str(self.reader_dir), "os_user": self.server_user, "psql": server_psql()},
             "history": {"start": self.history_start},
+            # pg_cron runs the stack's jobs over its private socket, which this module sets up;
+            # a probe would add up to a minute to every fresh `dwh up` (and test stack).
+            "refresh": {"probe_cron": False},
             **({"retention_days": self.retention_days()} if self.retention_days() else {}),
         }
 
@@ -293,6 +299,8 @@ class StackConfig:
 
     def client_env(self) -> dict[str, str]:
         """Environment for Dagster processes and shell sessions (no secrets: passfile)."""
+        from dwh_assets.warehouse.defs.settings import SUPERSET_URL  # loads Dagster: only where Dagster runs
+
         deployment = self.deployment()
         return {
             "DAGSTER_HOME": str(self.dagster_home),
@@ -304,8 +312,8 @@ class StackConfig:
             **dagster_env(deployment),
             **analyst_env(deployment),
             "DWH_DAGSTER_PG_URL": f"postgresql+psycopg2://{DAGSTER_ROLE}@{self.host}:{self.pg_port}/{DAGSTER_DB}",
-            # The dashboards' URLs in Dagster's asset metadata (warehouse/defs/dashboards.py).
-            "DWH_SUPERSET_URL": self.superset_url,
+            # The dashboards' URLs in Dagster's asset metadata.
+            SUPERSET_URL.env_var_name: self.superset_url,
         }
 
     def shell_env(self) -> dict[str, str]:

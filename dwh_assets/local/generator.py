@@ -56,7 +56,7 @@ ORG_SUFFIXES = ["Labs", "Inc", "GmbH", "Systems", "Data", "Cloud", "AB", "S.A.",
 PLANS = ["free", "hobby", "pro", "enterprise"]
 REGIONS = ["us-east-1", "us-west-2", "eu-central-1", "ap-southeast-1"]
 CPU_CHOICES = [1, 2, 4, 8, 16]
-INSTANCE_STATES = ("creating", "running", "stopping", "stopped", "starting", "deleted")
+INSTANCE_STATES = catalog.INSTANCE_STATES.values  # the warehouse checks them: one list, the catalog's
 
 DAY = 86_400
 GIB = 1024**3

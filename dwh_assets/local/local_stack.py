@@ -11,13 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from dwh_assets.local.config import StackConfig
+from dwh_assets.local.config import StackConfig, checkout_root
 from dwh_assets.local.clerk import ClerkEmulator
 from dwh_assets.local.dagster import DagsterDaemon, DagsterWebserver, prepare_dagster_home
 from dwh_assets.local.postgres import Postgres
+from dwh_assets.local.process import StackError
 from dwh_assets.local.prometheus import PrometheusServer, UsageExporter
 from dwh_assets.local.superset import Superset, import_dashboards
-from dwh_assets.warehouse.deployment import DwhError
+from dwh_assets.warehouse.errors import DwhError
 
 
 class Component(Protocol):
@@ -112,6 +113,10 @@ class LocalStack:
 
     def up(self, *, dagster: bool = True, superset: bool = False) -> list[str]:
         """Start what is not running; returns the problems of optional steps (Superset: `dwh up` asks for it)."""
+        if checkout_root() is None:
+            raise StackError("the demo stack runs from a checkout of the repository (it uses dagster.yaml, "
+                             "workspace.yaml and superset/ there), and this dwh_assets is an installed package; "
+                             "to deploy it onto your own Postgres, run `dwh migrate --config FILE` (README)")
         from dwh_assets.local.control_plane import ensure_control_plane
         from dwh_assets.warehouse.migrate import migrate
         from dwh_assets.warehouse.sources.reader_install import install_reader
@@ -137,10 +142,20 @@ class LocalStack:
                 ("dagster daemon", self.daemon.start),
             ]
         if superset:
-            steps += [
-                (f"superset on {self.cfg.superset_url}", self._start_superset),
-                ("superset dashboards (dashboards/)", self._import_dashboards),
-            ]
+            steps += self._superset_steps()
+        return self._run(steps)
+
+    def start_superset(self) -> list[str]:
+        """Superset and its dashboards on a stack that is up; returns the problems, as ``up`` does."""
+        return self._run(self._superset_steps())
+
+    def _superset_steps(self) -> list[tuple[str, Callable[[], object]]]:
+        return [
+            (f"superset on {self.cfg.superset_url}", self._start_superset),
+            ("superset dashboards (dashboards/)", self._import_dashboards),
+        ]
+
+    def _run(self, steps: list[tuple[str, Callable[[], object]]]) -> list[str]:
         self.problems = []
         for i, (label, fn) in enumerate(steps, 1):
             self._step(i, len(steps), label, fn)

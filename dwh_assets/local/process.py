@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dwh_assets.warehouse.deployment import DwhError
+from dwh_assets.warehouse.errors import DwhError
 
 
 class StackError(DwhError):

@@ -13,11 +13,11 @@
 - **First start** (once per metadata database and Superset version, remembered in
   ``<home>/superset/initialized``): ``superset db upgrade``, ``superset init``, the admin login.
 - **Webserver**: gunicorn on 127.0.0.1 (``DWH_SUPERSET_PORT``, default 8088).
-- **Dashboards as code**: ``import_dashboards`` checks ``dashboards/`` (``load_bundle``),
+- **Dashboards as code**: ``import_dashboards`` checks the package's dashboards (``load_bundle``),
   points its database file at this stack's warehouse as ``dwh_reader`` and posts the bundle
   to Superset's import API with overwrite, kind by kind (``IMPORT_STEPS``), which upserts by
   uuid: re-importing changes what changed and duplicates nothing. A broken file stops the
-  import before Superset sees anything. ``export_dashboards`` writes what is in Superset back to ``dashboards/``.
+  import before Superset sees anything. ``export_dashboards`` writes what is in Superset back to them (in a checkout).
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ from dwh_assets.local.config import (
     SUPERSET_ROLE,
     WAREHOUSE_DB,
     StackConfig,
+    checkout_root,
 )
 from dwh_assets.local.process import ManagedProcess, StackError, tail
-from dwh_assets.warehouse.dashboards import Bundle, BundleError, dashboards_dir, load_bundle
+from dwh_assets.warehouse.superset_export import PACKAGED_DASHBOARDS, Bundle, BundleError, describe_dataset, load_bundle
 
 SUPERSET_VERSION = "6.1.0"
 SUPERSET_FILES = REPO_ROOT / "superset"
@@ -218,10 +219,12 @@ def bundle_zip(bundle: Bundle, cfg: StackConfig, model_type: str = "Dashboard") 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for rel, text in sorted(bundle.files.items()):
-            if rel.startswith("databases/") or rel == "metadata.yaml":
+            if rel.startswith(("databases/", "datasets/")) or rel == "metadata.yaml":
                 data = yaml.safe_load(text)
                 if rel == "metadata.yaml":
                     data["type"] = model_type
+                elif rel.startswith("datasets/"):
+                    data = describe_dataset(data)
                 else:
                     data["sqlalchemy_uri"] = reader_uri(cfg)
                 text = yaml.safe_dump(data, sort_keys=False)
@@ -240,7 +243,7 @@ class ImportResult:
 
 
 def import_dashboards(cfg: StackConfig, root: Path | None = None) -> ImportResult:
-    """Check ``dashboards/``, then import it into the running Superset (upsert by uuid)."""
+    """Check the dashboards directory (default: the package's), then import it into the running Superset (upsert by uuid)."""
     bundle = load_bundle(root)  # BundleError names the broken file; Superset is not touched
     api = SupersetApi(cfg)
     for resource, model_type in IMPORT_STEPS:
@@ -270,13 +273,15 @@ _EXPORT_ID_SUFFIX = re.compile(r"_\d+$")
 
 
 def export_dashboards(cfg: StackConfig, root: Path | None = None) -> list[str]:
-    """Write every dashboard in Superset (with its charts, datasets, database) to ``dashboards/``.
+    """Write every dashboard in Superset (with its charts, datasets, database) to ``root``.
+
+    ``root`` defaults to the checkout's ``dwh_assets/warehouse/dashboards/``.
 
     Files keep their names where the uuid is already in the directory; new ones get
     Superset's name without its instance-specific id. The database file gets the canonical
     URI back. Files of objects Superset no longer has are removed. Returns the changes.
     """
-    root = (root or dashboards_dir()).resolve()
+    root = (root or _editable_dashboards()).resolve()
     api = SupersetApi(cfg)
     ids = [d["id"] for d in api.list_all("dashboard", ["id"])]
     if not ids:
@@ -323,6 +328,14 @@ def export_dashboards(cfg: StackConfig, root: Path | None = None) -> list[str]:
     return changes
 
 
+def _editable_dashboards() -> Path:
+    """The package's dashboards, when they are a checkout's files (an installed package's are not to be edited)."""
+    if checkout_root() is None:
+        raise StackError(f"dwh dashboards export: the dashboards at {PACKAGED_DASHBOARDS} belong to an installed "
+                         f"package, not to a checkout; give --directory DIR to write the export there")
+    return PACKAGED_DASHBOARDS
+
+
 def _normalise(rel: Path, data: object) -> bool:
     """Drop what only names this Superset's own ids (the import sets them again from the uuids)."""
     if not isinstance(data, dict):
@@ -332,6 +345,14 @@ def _normalise(rel: Path, data: object) -> bool:
     elif rel.parts[0] == "charts" and isinstance(data.get("params"), dict):
         for key in ("datasource", "dashboards", "slice_id"):
             data["params"].pop(key, None)
+    elif rel.parts[0] == "datasets":
+        # Descriptions come from the catalog at every import: the repository keeps none. Columns
+        # in name order: Superset exports them in an order of its own, which an import changes.
+        data["description"] = None
+        columns = [c for c in data.get("columns") or [] if isinstance(c, dict)]
+        for column in columns:
+            column["description"] = None
+        data["columns"] = sorted(columns, key=lambda c: str(c.get("column_name")))
     elif rel.parts[0] == "dashboards" and isinstance(data.get("position"), dict):
         for item in data["position"].values():
             if isinstance(item, dict) and item.get("type") == "CHART":

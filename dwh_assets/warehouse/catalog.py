@@ -1,16 +1,27 @@
-"""The catalog: one declaration per warehouse table, and the other facts stated once.
+"""The catalog: every table, mart and view of the warehouse, each declared once.
 
-pg_cron jobs (``warehouse.cron_jobs``), the grants of ``dwh migrate`` and the Dagster
-assets (``warehouse.defs``) are all derived from it. Adding a table = one entry here + its
-refresh routine in ``sql/routines/`` + its local table in a migration.
+Start here. Each entry states what its relation holds (columns with types, comments and
+lineage; key; partition column), when it is refreshed (pg_cron schedule, freshness), what
+must hold of it (references, accepted values, window checks) and which SQL file refreshes
+it. Everything else is derived (docs/catalog.md):
 
-Refresh routines (SQL, in ``sql/routines/refresh_<name>.sql``) share one signature per kind
-(``ROUTINE_ARGUMENTS``):
+- ``dwh migrate`` creates the tables a database lacks, registers their daily partitions with
+  pg_partman, writes every ``COMMENT``, the grants, ``dwh.mart_inputs``, ``dwh.refresh_jobs``
+  and the pg_cron jobs (``warehouse.catalog_ddl``, ``warehouse.cron_jobs``);
+- the Dagster definitions (``warehouse.defs``) build one asset per entry, with its checks,
+  column schema and lineage, and the sensor's job -> asset mapping;
+- the dashboards' dataset descriptions (Superset) and ``docs/catalog.md``.
+
+Adding a table or a mart is one entry here plus one SQL file (docs/adding-a-table.md). The
+grammar (``TableSpec``, ``MartSpec``, ``ViewSpec``, ``Column``) is ``catalog_model``.
+
+Refresh routines share one signature per kind (``ROUTINE_ARGUMENTS``):
 
 - facts: ``dwh.refresh_<name>(p_start timestamptz, p_end timestamptz) RETURNS dwh.refresh_log``
   replaces exactly the closed-open window ``[p_start, p_end)``;
 - dimensions: ``dwh.refresh_<name>(p_snapshot_day date DEFAULT current_date) RETURNS dwh.refresh_log``
-  makes the current table equal to the source and writes that day's snapshot;
+  makes the current table equal to the source and writes that day's snapshot (through
+  ``dwh.refresh_dimension``, which takes the routine's staging query);
 - marts: ``dwh.refresh_mart_<name>(p_start timestamptz, p_end timestamptz) RETURNS dwh.refresh_log``
   replaces the whole UTC days of ``[p_start, p_end)``; ``dwh.refresh_pending_mart(p_mart text)``
   refreshes the days the copies' refreshes queued (what the mart's pg_cron job runs).
@@ -18,13 +29,27 @@ Refresh routines (SQL, in ``sql/routines/refresh_<name>.sql``) share one signatu
 
 from __future__ import annotations
 
-import datetime as dt
 import re
-from dataclasses import dataclass
-from enum import Enum
 
-# Every pg_cron job this project owns carries this prefix; the sync never touches others.
-CRON_JOB_PREFIX = "dwh:"
+from dwh_assets.warehouse.catalog_model import (  # noqa: F401 (the grammar, re-exported for readers of the catalog)
+    CRON_JOB_PREFIX,
+    PENDING_MART_ROUTINE,
+    PENDING_MART_ROUTINE_ARGUMENTS,
+    ROUTINE_ARGUMENTS,
+    AcceptedValues,
+    Catalog,
+    Column,
+    Group,
+    Index,
+    Kind,
+    MartSpec,
+    SourceSystem,
+    Table,
+    TableSpec,
+    ViewSpec,
+    WindowCheck,
+)
+from dwh_assets.warehouse.sql_files import ROUTINES_DIR, VIEWS_DIR
 
 # The project's privilege roles, named in the migrations' grants. Each deployment's login
 # roles (the configuration's warehouse.owner / loader / reader) are members of them, or are them.
@@ -46,331 +71,470 @@ METRIC_NAME_PATTERN = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 # the tables to import (None: all). The refresh routines read these relations.
 CONTROL_PLANE_IMPORTS: dict[str, tuple[str, ...] | None] = {"public": None, "pgmq": ("a_instance_events",)}
 
+# The control plane's contract: the relations the refresh routines read, each column they
+# read and its type as information_schema.columns.data_type names it (docs/source-contract.md).
+# `dwh migrate` checks the real source against it, through the warehouse server, before it
+# changes anything. Other tables and columns are allowed; a missing or mistyped one is not.
+CONTROL_PLANE_CONTRACT: dict[str, dict[str, str]] = {
+    "public.organizations": {"organization_id": "text", "plan": "text"},
+    "public.instances": {
+        "instance_id": "uuid", "organization_id": "text", "name": "text", "region": "text", "cpu": "integer",
+        "memory_gb": "integer", "storage_gb": "integer", "created_at": "timestamp with time zone",
+        "updated_at": "timestamp with time zone", "deleted_at": "timestamp with time zone",
+    },
+    "public.instance_state_history": {
+        "id": "bigint", "instance_id": "uuid", "state": "text", "changed_at": "timestamp with time zone",
+    },
+    "pgmq.a_instance_events": {
+        "msg_id": "bigint", "read_ct": "integer", "enqueued_at": "timestamp with time zone",
+        "archived_at": "timestamp with time zone", "vt": "timestamp with time zone", "message": "jsonb",
+    },
+}
+# Source types the copies accept for a contract type (they convert on insert without loss).
+CONTRACT_COMPATIBLE_TYPES: dict[str, tuple[str, ...]] = {
+    "text": ("text", "character varying"),
+    "integer": ("integer", "smallint"),
+    "bigint": ("bigint", "integer", "smallint"),
+}
 
-class Kind(str, Enum):
-    FACT = "fact"
-    DIMENSION = "dimension"
-
-
-class SourceSystem(str, Enum):
-    CLERK = "clerk"
-    CONTROL_PLANE = "control_plane"
-    PROMETHEUS = "prometheus"
-
-
-# Who answers for the warehouse's assets (Dagster owners), and the domains its groups follow.
+# Who answers for the warehouse's assets (Dagster owners).
 OWNERS = ("team:data-platform",)
 
+# The states an instance moves through at the control plane (the demo's generator uses them too).
+INSTANCE_STATES = AcceptedValues("instance_states", ("creating", "running", "stopping", "stopped", "starting", "deleted"))
 
-class Group(str, Enum):
-    """Dagster asset groups follow the data: a source sits in the group of the copy it feeds."""
+TS = "timestamp with time zone"
+ATTRS = "'{}'::jsonb"
 
-    ACCOUNTS = "accounts"      # who: users, organizations, memberships
-    FLEET = "fleet"            # what they run: instances, their states and events
-    USAGE = "usage"            # how much: metrics
-    MARTS = "marts"
-    WAREHOUSE = "warehouse"    # the warehouse's own bookkeeping
+# ----- accounts (Clerk) ----------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class TableSpec:
-    name: str
-    kind: Kind
-    system: SourceSystem
-    group: Group
-    # Foreign tables (schema.table) the refresh reads; the first is the primary source.
-    sources: tuple[str, ...]
-    key: tuple[str, ...]
-    description: str
-    # pg_cron schedule (GMT) of the routine's recurring job.
-    schedule: str
-    # Column lineage the names don't tell: copy column -> source columns (schema.table.column).
-    # Columns named like a column of a source come from it.
-    derived_columns: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    # Other relations the same refresh writes (each an asset of its own).
-    also_writes: tuple[str, ...] = ()
-    # Facts: the column the table is partitioned by, and how far back the cron job
-    # re-reads for late data (whole days, ending with today).
-    time_column: str | None = None
-    lookback_days: int = 0
-    # pg_partman retention of daily partitions (facts, and dimension snapshots).
-    retention_days: int = 400
-    # How stale the local copy may get before Dagster calls it overdue.
-    freshness: dt.timedelta = dt.timedelta(hours=2)
-
-    @property
-    def local_table(self) -> str:
-        return f"dwh.{self.name}"
-
-    @property
-    def snapshot_table(self) -> str | None:
-        return f"dwh.{self.name}_snapshot" if self.kind is Kind.DIMENSION else None
-
-    @property
-    def routine(self) -> str:
-        return f"dwh.refresh_{self.name}"
-
-    @property
-    def routine_arguments(self) -> str:
-        return ROUTINE_ARGUMENTS[self.kind]
-
-    @property
-    def routine_file(self) -> str:
-        """The routine's SQL file under sql/routines (its content is the asset's code version)."""
-        return f"refresh_{self.name}.sql"
-
-    @property
-    def key_needs_check(self) -> bool:
-        """A fact's primary key includes its time column; the catalog key alone is then unenforced."""
-        return self.kind is Kind.FACT and self.time_column not in self.key
-
-    @property
-    def cron_job_name(self) -> str:
-        return f"{CRON_JOB_PREFIX}refresh_{self.name}"
-
-    def cron_command(self) -> str:
-        """The SQL pg_cron runs: the same routine Dagster calls."""
-        if self.kind is Kind.FACT:
-            return (
-                f"SELECT {self.routine}(date_trunc('day', now()) - interval '{int(self.lookback_days)} days', "
-                f"date_trunc('day', now()) + interval '1 day')"
-            )
-        return f"SELECT {self.routine}(current_date)"
-
-
-CATALOG: tuple[TableSpec, ...] = (
-    TableSpec(
-        name="users",
-        kind=Kind.DIMENSION,
-        system=SourceSystem.CLERK,
-        group=Group.ACCOUNTS,
-        sources=("src_clerk.users",),
-        key=("user_id",),
-        description="Clerk users, with the primary email address.",
-        schedule="*/15 * * * *",
+USERS = TableSpec(
+    name="users",
+    kind=Kind.DIMENSION,
+    system=SourceSystem.CLERK,
+    group=Group.ACCOUNTS,
+    sources=("src_clerk.users",),
+    key=("user_id",),
+    description="Clerk users, with the primary email address, kept equal to the source.",
+    schedule="*/15 * * * *",
+    columns=(
+        Column("user_id", "text", "Clerk user id (user_...)."),
+        Column("first_name", "text", "First name."),
+        Column("last_name", "text", "Last name."),
+        Column("email", "text", "The primary email address (the one primary_email_address_id names), NULL when there is none."),
+        Column("gender", "text", "Gender, as Clerk holds it (often NULL)."),
+        Column("created_at", TS, "When the user signed up.", not_null=True),
+        Column("updated_at", TS, "When Clerk last changed the user.", not_null=True),
+        Column("last_sign_in_at", TS, "Last sign-in, NULL if never."),
+        Column("phone_numbers", "integer", "How many phone numbers the user has (the numbers are in attrs).",
+               not_null=True, default="0"),
+        Column("username", "text", "Username, if the Clerk instance uses them."),
+        Column("attrs", "jsonb", "The whole Clerk user object, as JSON (fields without a column of their own).",
+               not_null=True, default=ATTRS),
     ),
-    TableSpec(
-        name="organizations",
-        kind=Kind.DIMENSION,
-        system=SourceSystem.CLERK,
-        group=Group.ACCOUNTS,
-        sources=("src_clerk.organizations", "src_control_plane.organizations"),
-        key=("organization_id",),
-        description="Clerk organizations, with the plan from the control plane.",
-        schedule="*/15 * * * *",
-        derived_columns=(("plan", ("src_control_plane.organizations.plan",)),),
-    ),
-    TableSpec(
-        name="organization_memberships",
-        kind=Kind.DIMENSION,
-        system=SourceSystem.CLERK,
-        group=Group.ACCOUNTS,
-        sources=("src_clerk.organization_memberships",),
-        key=("organization_id", "user_id"),
-        description="Who belongs to which organization, with their role.",
-        schedule="*/15 * * * *",
-        derived_columns=(("created_at", ("src_clerk.organization_memberships.attrs",)),),
-    ),
-    TableSpec(
-        name="instances",
-        kind=Kind.DIMENSION,
-        system=SourceSystem.CONTROL_PLANE,
-        group=Group.FLEET,
-        sources=("src_control_plane.instances",),
-        key=("instance_id",),
-        description="Database instances of the control plane (size, owner, lifetime).",
-        schedule="*/10 * * * *",
-    ),
-    TableSpec(
-        name="instance_state",
-        kind=Kind.FACT,
-        system=SourceSystem.CONTROL_PLANE,
-        group=Group.FLEET,
-        sources=("src_control_plane.instance_state_history",),
-        key=("id",),
-        description="Instance state transitions (creating, running, stopped, ...).",
-        schedule="*/10 * * * *",
-        time_column="changed_at",
-        lookback_days=1,
-    ),
-    TableSpec(
-        name="events",
-        kind=Kind.FACT,
-        system=SourceSystem.CONTROL_PLANE,
-        group=Group.FLEET,
-        sources=("src_control_plane.a_instance_events",),
-        key=("msg_id",),
-        description="The control plane's event queue archive (pgmq shape).",
-        schedule="*/10 * * * *",
-        time_column="enqueued_at",
-        lookback_days=1,
-        derived_columns=(("event_type", ("src_control_plane.a_instance_events.message",)),),
-    ),
-    TableSpec(
-        name="metrics",
-        kind=Kind.FACT,
-        system=SourceSystem.PROMETHEUS,
-        group=Group.USAGE,
-        sources=("src_prometheus.metrics",),
-        key=("series_id", "ts"),
-        description="Per-instance usage samples (cpu seconds, memory and storage bytes), normalised.",
-        schedule="5 * * * *",
-        time_column="ts",
-        lookback_days=1,
-        retention_days=180,
-        derived_columns=(
-            ("series_id", ("src_prometheus.metrics.metric_name", "src_prometheus.metrics.metric_labels")),
-            ("ts", ("src_prometheus.metrics.metric_time",)),
-            ("value", ("src_prometheus.metrics.metric_value",)),
-        ),
-        also_writes=("dwh.metric_series",),
+    indexes=(Index(("created_at",), "users_created_at"),),
+)
+
+ORGANIZATIONS = TableSpec(
+    name="organizations",
+    kind=Kind.DIMENSION,
+    system=SourceSystem.CLERK,
+    group=Group.ACCOUNTS,
+    sources=("src_clerk.organizations", "src_control_plane.organizations"),
+    key=("organization_id",),
+    description="Clerk organizations, with the plan from the control plane, kept equal to the sources.",
+    schedule="*/15 * * * *",
+    columns=(
+        Column("organization_id", "text", "Clerk organization id (org_...)."),
+        Column("name", "text", "Organization name.", not_null=True),
+        Column("slug", "text", "URL slug, NULL when unset."),
+        Column("plan", "text", "Billing plan, from the control plane's organizations (free, hobby, pro, enterprise).",
+               lineage=("src_control_plane.organizations.plan",)),
+        Column("created_by", "text", "The user who created it, NULL when unknown."),
+        Column("created_at", TS, "When it was created.", not_null=True),
+        Column("updated_at", TS, "When Clerk last changed it.", not_null=True),
+        Column("attrs", "jsonb", "The whole Clerk organization object, as JSON.", not_null=True, default=ATTRS),
     ),
 )
 
-ROUTINE_ARGUMENTS = {Kind.FACT: "timestamptz, timestamptz", Kind.DIMENSION: "date"}
-
-
-@dataclass(frozen=True)
-class MartSpec:
-    """An incremental mart: per-day measures in ``mart.<name>_days`` (partitioned by day), read
-    through the view ``mart.<name>``; refreshed per window by ``dwh.refresh_mart_<name>``."""
-
-    name: str
-    # Local copies it reads (lineage); the first ones listed in stale_when also queue its days.
-    reads: tuple[str, ...]
-    # Catalog tables whose refreshes queue the days they changed for this mart (dwh.mart_inputs).
-    stale_when: tuple[str, ...]
-    key: tuple[str, ...]
-    description: str
-    # pg_cron schedule of the job that refreshes the queued days (dwh.refresh_pending_mart).
-    # Column lineage: mart column -> columns of the relations it reads (schema.table.column).
-    column_lineage: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    schedule: str = "2-59/5 * * * *"  # a few minutes after the copies (*/10, */15), every 5 minutes
-    # Days of partitions pg_partman keeps; None keeps them all.
-    retention_days: int | None = 400
-    freshness: dt.timedelta = dt.timedelta(hours=2)
-
-    @property
-    def routine_file(self) -> str:
-        return f"refresh_mart_{self.name}.sql"
-
-    @property
-    def relation(self) -> str:
-        """The view people and dashboards read."""
-        return f"mart.{self.name}"
-
-    @property
-    def table(self) -> str:
-        """The partitioned table the refresh writes."""
-        return f"mart.{self.name}_days"
-
-    @property
-    def routine(self) -> str:
-        return f"dwh.refresh_mart_{self.name}"
-
-    routine_arguments = ROUTINE_ARGUMENTS[Kind.FACT]
-
-    @property
-    def cron_job_name(self) -> str:
-        return f"{CRON_JOB_PREFIX}refresh_mart_{self.name}"
-
-    def cron_command(self) -> str:
-        return f"SELECT {PENDING_MART_ROUTINE}('{self.name}')"
-
-
-PENDING_MART_ROUTINE = "dwh.refresh_pending_mart"
-PENDING_MART_ROUTINE_ARGUMENTS = "text"
-
-MARTS: tuple[MartSpec, ...] = (
-    MartSpec(
-        name="org_daily_usage",
-        reads=("dwh.organizations", "dwh.instances", "dwh.metrics", "dwh.metric_series", "dwh.organization_memberships"),
-        # Organization names are joined at read time: a rename queues nothing.
-        stale_when=("instances", "metrics", "organization_memberships"),
-        key=("organization_id", "day"),
-        description="Per organization and UTC day: instances alive, vCPU-hours, storage GB-days, members.",
-        column_lineage=(
-            ("organization_id", ("dwh.instances.organization_id", "dwh.metric_series.organization_id")),
-            ("day", ("dwh.instances.created_at", "dwh.instances.deleted_at", "dwh.metrics.ts")),
-            ("organization_name", ("dwh.organizations.name",)),
-            ("instances", ("dwh.instances.instance_id", "dwh.instances.created_at", "dwh.instances.deleted_at")),
-            ("vcpu_hours", ("dwh.instances.cpu", "dwh.instances.created_at", "dwh.instances.deleted_at")),
-            ("storage_gb_days", ("dwh.metrics.value", "dwh.metric_series.metric_name")),
-            ("members", ("dwh.organization_memberships.user_id", "dwh.organization_memberships.created_at")),
-        ),
+ORGANIZATION_MEMBERSHIPS = TableSpec(
+    name="organization_memberships",
+    kind=Kind.DIMENSION,
+    system=SourceSystem.CLERK,
+    group=Group.ACCOUNTS,
+    sources=("src_clerk.organization_memberships",),
+    key=("organization_id", "user_id"),
+    description="Who belongs to which organization, with their role.",
+    schedule="*/15 * * * *",
+    columns=(
+        Column("organization_id", "text", "The organization.", references="dwh.organizations.organization_id"),
+        Column("user_id", "text", "The member.", references="dwh.users.user_id"),
+        Column("role", "text", "The member's role (org:admin, org:member, ...).", not_null=True),
+        Column("created_at", TS, "When the membership began (from the Clerk object), NULL when unknown.",
+               lineage=("src_clerk.organization_memberships.attrs",)),
+        Column("attrs", "jsonb", "The whole Clerk membership object, as JSON.", not_null=True, default=ATTRS),
     ),
-    MartSpec(
-        name="daily_signups",
-        reads=("dwh.users",),
-        stale_when=("users",),
-        key=("day",),
-        description="Clerk sign-ups per UTC day (with an email), and the running total of users.",
-        # One row a day, and the running total needs every day since the first user.
-        retention_days=None,
-        column_lineage=(
-            ("day", ("dwh.users.created_at",)),
-            ("signups", ("dwh.users.user_id",)),
-            ("with_email", ("dwh.users.email",)),
-            ("total_users", ("dwh.users.user_id", "dwh.users.created_at")),
-        ),
+    indexes=(Index(("user_id",), "organization_memberships_user"),),
+)
+
+# ----- fleet (control plane) -----------------------------------------------------------------------
+
+INSTANCES = TableSpec(
+    name="instances",
+    kind=Kind.DIMENSION,
+    system=SourceSystem.CONTROL_PLANE,
+    group=Group.FLEET,
+    sources=("src_control_plane.instances",),
+    key=("instance_id",),
+    description="Database instances of the control plane (size, owner, lifetime), kept equal to the source.",
+    schedule="*/10 * * * *",
+    columns=(
+        Column("instance_id", "uuid", "Instance id."),
+        Column("organization_id", "text", "The Clerk organization that owns it.", not_null=True,
+               references="dwh.organizations.organization_id"),
+        Column("name", "text", "Instance name.", not_null=True),
+        Column("region", "text", "Cloud region.", not_null=True),
+        Column("cpu", "integer", "Provisioned vCPUs.", not_null=True),
+        Column("memory_gb", "integer", "Provisioned memory, GB.", not_null=True),
+        Column("storage_gb", "integer", "Provisioned storage, GB.", not_null=True),
+        Column("created_at", TS, "When it was created.", not_null=True),
+        Column("updated_at", TS, "When the control plane last changed it.", not_null=True),
+        Column("deleted_at", TS, "When it was deleted, NULL while it exists."),
+    ),
+    indexes=(Index(("organization_id",), "instances_organization"),),
+)
+
+INSTANCE_STATE = TableSpec(
+    name="instance_state",
+    kind=Kind.FACT,
+    system=SourceSystem.CONTROL_PLANE,
+    group=Group.FLEET,
+    sources=("src_control_plane.instance_state_history",),
+    key=("id",),
+    description="Instance state transitions (" + ", ".join(INSTANCE_STATES.values) + ").",
+    schedule="*/10 * * * *",
+    time_column="changed_at",
+    lookback_days=1,
+    columns=(
+        Column("id", "bigint", "Transition id at the control plane.", not_null=True),
+        Column("instance_id", "uuid", "The instance.", not_null=True),
+        Column("state", "text", "The state entered (accepted_values.instance_states).", not_null=True,
+               accepted=INSTANCE_STATES),
+        Column("changed_at", TS, "When it entered it (the partition key).", not_null=True),
+    ),
+    indexes=(Index(("instance_id", "changed_at")),),
+)
+
+EVENTS = TableSpec(
+    name="events",
+    kind=Kind.FACT,
+    system=SourceSystem.CONTROL_PLANE,
+    group=Group.FLEET,
+    sources=("src_control_plane.a_instance_events",),
+    key=("msg_id",),
+    description="The control plane's event queue archive (pgmq shape).",
+    schedule="*/10 * * * *",
+    time_column="enqueued_at",
+    lookback_days=1,
+    columns=(
+        Column("msg_id", "bigint", "Queue message id.", not_null=True),
+        Column("read_ct", "integer", "How often the message was read before it was archived.", not_null=True),
+        Column("enqueued_at", TS, "When the message was enqueued (the partition key).", not_null=True),
+        Column("archived_at", TS, "When it was archived.", not_null=True),
+        Column("vt", TS, "Visibility timeout at archive time.", not_null=True),
+        Column("message", "jsonb", "The message, as JSON.", not_null=True),
+        Column("event_type", "text", "message->>'event', stored for filtering.", generated="message ->> 'event'",
+               lineage=("src_control_plane.a_instance_events.message",)),
     ),
 )
-MARTS += (
-    MartSpec(
-        name="instance_state_daily",
-        reads=("dwh.instance_state",),
-        stale_when=("instance_state",),
-        key=("day", "state"),
-        description="Per UTC day and state: the instance state transitions into it, and the instances that made them.",
-        column_lineage=(
-            ("day", ("dwh.instance_state.changed_at",)),
-            ("state", ("dwh.instance_state.state",)),
-            ("transitions", ("dwh.instance_state.id",)),
-            ("instances", ("dwh.instance_state.instance_id",)),
-        ),
+
+# ----- usage (Prometheus) --------------------------------------------------------------------------
+
+METRIC_SERIES = Table(
+    "dwh.metric_series",
+    "Each Prometheus label set once: the metric name and its labels; written by the refresh of dwh.metrics.",
+    (
+        Column("series_id", "bigint", "Identity of the series, referenced by dwh.metrics.", identity=True,
+               lineage=("src_prometheus.metrics.metric_name", "src_prometheus.metrics.metric_labels")),
+        Column("metric_name", "text", "Prometheus metric name.", not_null=True,
+               lineage=("src_prometheus.metrics.metric_name",)),
+        Column("labels", "jsonb", "The series labels (without __name__), as JSON.", not_null=True,
+               lineage=("src_prometheus.metrics.metric_labels",)),
+        Column("instance_id", "text", "labels->>'instance_id'.", generated="labels ->> 'instance_id'"),
+        Column("organization_id", "text", "labels->>'organization_id'.", generated="labels ->> 'organization_id'"),
+    ),
+    primary_key=("series_id",),
+    unique=(("metric_name", "labels"),),
+)
+
+METRICS = TableSpec(
+    name="metrics",
+    kind=Kind.FACT,
+    system=SourceSystem.PROMETHEUS,
+    group=Group.USAGE,
+    sources=("src_prometheus.metrics",),
+    key=("series_id", "ts"),
+    description="Per-instance usage samples (cpu seconds, memory and storage bytes) at the metrics step, normalised.",
+    schedule="5 * * * *",
+    time_column="ts",
+    lookback_days=1,
+    retention_days=180,
+    columns=(
+        Column("series_id", "bigint", "The series (dwh.metric_series).",
+               lineage=("src_prometheus.metrics.metric_name", "src_prometheus.metrics.metric_labels")),
+        Column("ts", TS, "Sample time, on the step grid (the partition key).",
+               lineage=("src_prometheus.metrics.metric_time",)),
+        Column("value", "double precision", "Sample value (counters as they are: seconds, bytes).", not_null=True,
+               lineage=("src_prometheus.metrics.metric_value",)),
+    ),
+    # No index on ts alone: every reader asks for whole days, which the daily partitions narrow
+    # to; it was nearly half the cost of inserting a sample (benchmarks/README.md, B8).
+    also_writes=(METRIC_SERIES,),
+    checks=(
+        # One scan of the window with its bounds as values, so the planner keeps only the window's
+        # partitions (a per-day correlated subquery opened every partition of the history each day).
+        WindowCheck("samples_complete", "Every full past day of the window holds every sample time of the metrics step.", """
+            SELECT count(*) FILTER (WHERE coalesce(s.stamps, 0) < 86400 / dwh.setting('metrics.step_seconds', '3600')::int) AS bad,
+                   count(*) AS days_checked,
+                   coalesce(string_agg(d::date || ': ' || coalesce(s.stamps, 0), ', ' ORDER BY d)
+                       FILTER (WHERE coalesce(s.stamps, 0) < 86400 / dwh.setting('metrics.step_seconds', '3600')::int), 'none')
+                       AS incomplete_days
+            FROM generate_series(date_trunc('day', %(start)s::timestamptz, 'UTC'), %(end)s::timestamptz - interval '1 day',
+                                 interval '1 day') d
+            LEFT JOIN (SELECT date_trunc('day', m.ts, 'UTC') AS day, count(DISTINCT m.ts) AS stamps FROM dwh.metrics m
+                       WHERE m.ts >= %(start)s AND m.ts < %(end)s GROUP BY 1) s ON s.day = d
+            WHERE d >= %(start)s AND d + interval '1 day' <= least(%(end)s, date_trunc('day', now(), 'UTC'))"""),
     ),
 )
-MART_BY_NAME = {mart.name: mart for mart in MARTS}
 
-# Plain views the dashboards read (sql/migrations/0020.dashboard_views.sql): computed when
-# read, so nothing refreshes them, no pg_cron job and no Dagster run; Dagster shows them as
-# external assets downstream of what they read (view -> relations it reads). A snapshot
-# table (dwh.<name>_snapshot) is part of its dimension's asset, so the dimension is named.
-VIEWS: dict[str, tuple[str, ...]] = {
-    "mart.growth_daily": ("dwh.organizations", "dwh.instances"),
-    "mart.instance_current_state": ("dwh.instances", "dwh.instance_state"),
-    "mart.cron_job_runs": ("cron.job_run_details",),
-    "mart.refresh_health_hourly": ("dwh.refresh_log", "mart.cron_job_runs"),
-    "mart.refresh_latest": ("dwh.refresh_log", "mart.cron_job_runs"),
-}
-# Relations the views read that no refresh produces (dwh.refresh_log is an asset of its own,
-# written by every refresh): pg_cron's history, an external asset so the lineage is complete.
-BOOKKEEPING: dict[str, str] = {
-    "cron.job_run_details": "pg_cron's run history of the warehouse's jobs (read through dwh.cron_job_runs()).",
-}
+# ----- marts -----------------------------------------------------------------------------------------
 
-BY_NAME = {spec.name: spec for spec in CATALOG}
+DAY = Column("day", "date", "The UTC day (the partition key of the stored table).")
+
+ORG_DAILY_USAGE = MartSpec(
+    name="org_daily_usage",
+    reads=("dwh.organizations", "dwh.instances", "dwh.metrics", "dwh.metric_series", "dwh.organization_memberships"),
+    # Organization names are joined at read time (the view): a rename queues nothing.
+    stale_when=("instances", "metrics", "organization_memberships"),
+    view_reads=("dwh.organizations",),
+    key=("organization_id", "day"),
+    description="Per organization and UTC day: instances alive, vCPU-hours, storage GB-days and members.",
+    columns=(
+        Column("organization_id", "text", "The organization.", references="dwh.organizations.organization_id",
+               lineage=("dwh.instances.organization_id", "dwh.metric_series.organization_id")),
+        Column("day", "date", DAY.comment, lineage=("dwh.instances.created_at", "dwh.instances.deleted_at", "dwh.metrics.ts")),
+        Column("organization_name", "text", "The organization's current name (joined at read time).", stored=False,
+               lineage=("dwh.organizations.name",)),
+        Column("instances", "bigint", "Instances alive at some time of the day.", not_null=True,
+               lineage=("dwh.instances.instance_id", "dwh.instances.created_at", "dwh.instances.deleted_at")),
+        Column("vcpu_hours", "numeric", "Provisioned vCPU-hours of the day (cpu x hours alive), 3 decimals.", not_null=True,
+               lineage=("dwh.instances.cpu", "dwh.instances.created_at", "dwh.instances.deleted_at")),
+        Column("storage_gb_days", "numeric", "Storage in use, GB-days (the storage samples of the day), 3 decimals.",
+               not_null=True, lineage=("dwh.metrics.value", "dwh.metric_series.metric_name")),
+        Column("members", "bigint", "Members as of the end of the day.", not_null=True,
+               lineage=("dwh.organization_memberships.user_id", "dwh.organization_memberships.created_at")),
+    ),
+    checks=(
+        WindowCheck("usage_is_not_negative", "No negative instances, vCPU-hours, storage or members on the refreshed days.",
+                    "SELECT count(*) AS bad FROM mart.org_daily_usage_days WHERE day >= %(first_day)s "
+                    "AND day < %(end_day)s AND least(instances, vcpu_hours, storage_gb_days, members) < 0"),
+    ),
+)
+
+DAILY_SIGNUPS = MartSpec(
+    name="daily_signups",
+    reads=("dwh.users",),
+    stale_when=("users",),
+    key=("day",),
+    description="Clerk sign-ups per UTC day (with an email), and the running total of users.",
+    # One row a day, and the running total needs every day since the first user.
+    retention_days=None,
+    columns=(
+        Column("day", "date", DAY.comment, lineage=("dwh.users.created_at",)),
+        Column("signups", "bigint", "Users created that day.", not_null=True, lineage=("dwh.users.user_id",)),
+        Column("with_email", "bigint", "Of them, users with a primary email address.", not_null=True,
+               lineage=("dwh.users.email",)),
+        Column("total_users", "bigint", "Users created up to the end of the day (computed at read time).", stored=False,
+               lineage=("dwh.users.user_id", "dwh.users.created_at")),
+    ),
+    checks=(
+        WindowCheck("signups_match_users", "The refreshed days' sign-ups equal the users created on them.", """
+            SELECT count(*) AS bad,
+                   (SELECT coalesce(sum(signups), 0) FROM mart.daily_signups_days
+                     WHERE day >= %(first_day)s AND day < %(end_day)s) AS mart_signups,
+                   (SELECT count(*) FROM dwh.users WHERE created_at >= %(start)s AND created_at < %(end)s) AS users_created
+            FROM generate_series(%(first_day)s::date, %(end_day)s::date - 1, interval '1 day') d
+            WHERE coalesce((SELECT signups FROM mart.daily_signups_days WHERE day = d::date), 0)
+               <> (SELECT count(*) FROM dwh.users
+                    WHERE created_at >= d::date::timestamp AT TIME ZONE 'UTC'
+                      AND created_at < (d::date + 1)::timestamp AT TIME ZONE 'UTC')"""),
+    ),
+)
+
+INSTANCE_STATE_DAILY = MartSpec(
+    name="instance_state_daily",
+    reads=("dwh.instance_state",),
+    stale_when=("instance_state",),
+    key=("day", "state"),
+    description="Per UTC day and state: the instance state transitions into it, and the instances that made them.",
+    columns=(
+        Column("day", "date", DAY.comment, lineage=("dwh.instance_state.changed_at",)),
+        Column("state", "text", "The state entered (accepted_values.instance_states).", accepted=INSTANCE_STATES,
+               lineage=("dwh.instance_state.state",)),
+        Column("transitions", "bigint", "State changes into it that day.", not_null=True,
+               lineage=("dwh.instance_state.id",)),
+        Column("instances", "bigint", "Distinct instances that entered it that day.", not_null=True,
+               lineage=("dwh.instance_state.instance_id",)),
+    ),
+)
+
+# ----- plain views (dashboards) ------------------------------------------------------------------------
+
+GROWTH_DAILY = ViewSpec(
+    "mart.growth_daily",
+    "Organizations and live instances per UTC day: the dimension snapshot where one was taken, else reconstructed "
+    "from lifetimes.",
+    (
+        Column("day", "date", "The UTC day, from the history start through today."),
+        Column("organizations", "bigint", "Organizations that existed at the end of the day."),
+        Column("instances", "bigint", "Instances alive at the end of the day."),
+        Column("source", "text", "snapshot: counted from that day's dimension snapshots; reconstructed: from "
+                                 "created_at / deleted_at of the current tables."),
+    ),
+    reads=("dwh.organizations", "dwh.instances", "dwh.organizations_snapshot", "dwh.instances_snapshot"),
+    sql_file="growth_daily.sql",
+)
+
+INSTANCE_CURRENT_STATE = ViewSpec(
+    "mart.instance_current_state",
+    "Each instance with region, size and its latest state.",
+    (
+        Column("instance_id", "uuid", "The instance."),
+        Column("organization_id", "text", "The organization that owns it."),
+        Column("region", "text", "Cloud region."),
+        Column("cpu", "integer", "Provisioned vCPUs."),
+        Column("memory_gb", "integer", "Provisioned memory, GB."),
+        Column("size", "text", "vCPUs and memory, as one label."),
+        Column("state", "text", "Its latest state; deleted once deleted_at has passed, unknown without a transition "
+                                "in the retained history."),
+        Column("state_since", TS, "When it entered that state."),
+    ),
+    reads=("dwh.instances", "dwh.instance_state"),
+    sql_file="instance_current_state.sql",
+)
+
+CRON_JOB_RUNS = ViewSpec(
+    "mart.cron_job_runs",
+    "pg_cron jobs of the warehouse and their runs (14 days): status, duration, failures.",
+    (
+        Column("jobname", "text", "The pg_cron job (dwh:...)."),
+        Column("table_name", "text", "What its runs refresh, named as dwh.refresh_log names it (a maintenance job: its own name)."),
+        Column("schedule", "text", "Its schedule (GMT)."),
+        Column("active", "boolean", "Whether pg_cron runs it."),
+        Column("runid", "bigint", "The run (NULL: the job has not run in 14 days)."),
+        Column("status", "text", "pg_cron's status of the run."),
+        Column("started_at", TS, "When the run started."),
+        Column("hour", TS, "The hour it started in."),
+        Column("finished_at", TS, "When it ended."),
+        Column("duration_ms", "double precision", "How long it ran, in milliseconds."),
+        Column("failed", "integer", "1 for a failed run, else 0."),
+        Column("return_message", "text", "pg_cron's message, cut to 300 characters."),
+    ),
+    reads=("cron.job_run_details",),
+    sql_file="cron_job_runs.sql",
+    group=Group.WAREHOUSE,
+)
+
+REFRESH_HEALTH_HOURLY = ViewSpec(
+    "mart.refresh_health_hourly",
+    "Per table and hour (the last 48 hours complete): committed refreshes, rows, duration, lock waits, failed "
+    "pg_cron runs.",
+    (
+        Column("hour", TS, "The hour."),
+        Column("table_name", "text", "What was refreshed, as dwh.refresh_log names it."),
+        Column("refreshes", "bigint", "Committed refreshes (pg_cron's and Dagster's alike)."),
+        Column("failures", "bigint", "Failed pg_cron runs."),
+        Column("rows_written", "bigint", "Rows inserted, updated and deleted."),
+        Column("rows_read", "bigint", "Rows read from the sources."),
+        Column("avg_duration_ms", "numeric", "Mean refresh duration, milliseconds."),
+        Column("max_duration_ms", "numeric", "Longest refresh duration, milliseconds."),
+        Column("lock_wait_ms", "numeric", "Time spent waiting for a concurrent refresh, milliseconds."),
+        Column("refreshes_that_waited", "bigint", "Refreshes that waited for a lock."),
+    ),
+    reads=("dwh.refresh_log", "mart.cron_job_runs"),
+    sql_file="refresh_health_hourly.sql",
+    group=Group.WAREHOUSE,
+)
+
+REFRESH_LATEST = ViewSpec(
+    "mart.refresh_latest",
+    "Each refreshed table: its last committed refresh, age in minutes, refreshes and failed pg_cron runs in 24 hours.",
+    (
+        Column("table_name", "text", "What was refreshed, as dwh.refresh_log names it."),
+        Column("last_refresh", TS, "When its last committed refresh finished."),
+        Column("minutes_ago", "numeric", "Its age, in minutes."),
+        Column("refreshes_24h", "bigint", "Committed refreshes in the last 24 hours."),
+        Column("failures_24h", "bigint", "Failed pg_cron runs in the last 24 hours."),
+    ),
+    reads=("dwh.refresh_log", "mart.cron_job_runs"),
+    sql_file="refresh_latest.sql",
+    group=Group.WAREHOUSE,
+)
+
+METRIC_SAMPLES = ViewSpec(
+    "dwh.metric_samples",
+    "dwh.metrics with its series' name and labels: the denormalised shape prometheus_fdw returns.",
+    (
+        Column("metric_name", "text", "Prometheus metric name."),
+        Column("labels", "jsonb", "The series labels, as JSON."),
+        Column("instance_id", "text", "labels->>'instance_id'."),
+        Column("organization_id", "text", "labels->>'organization_id'."),
+        Column("ts", TS, "Sample time."),
+        Column("value", "double precision", "Sample value."),
+    ),
+    reads=("dwh.metrics", "dwh.metric_series"),
+    sql_file="metric_samples.sql",
+    group=Group.USAGE,
+)
+
+# Relations the views read that no entry creates: pg_cron's history (an external asset, so the
+# lineage is complete; the views read it through the SECURITY DEFINER function named here).
+CRON_HISTORY = "cron.job_run_details"
+READ_THROUGH = {"dwh.cron_job_runs": CRON_HISTORY}
+
+PRODUCT = Catalog(
+    tables=(USERS, ORGANIZATIONS, ORGANIZATION_MEMBERSHIPS, INSTANCES, INSTANCE_STATE, EVENTS, METRICS),
+    marts=(ORG_DAILY_USAGE, DAILY_SIGNUPS, INSTANCE_STATE_DAILY),
+    views=(GROWTH_DAILY, INSTANCE_CURRENT_STATE, CRON_JOB_RUNS, REFRESH_HEALTH_HOURLY, REFRESH_LATEST, METRIC_SAMPLES),
+    sql_dirs=(ROUTINES_DIR, VIEWS_DIR),
+    external=((CRON_HISTORY, "pg_cron's run history of the warehouse's jobs (read through dwh.cron_job_runs())."),),
+)
+
+# Configuration tables `dwh migrate` writes (not data: no lineage, no asset).
+CONFIGURATION = ("dwh.settings", "dwh.refresh_jobs", "dwh.mart_inputs", "dwh.mart_pending", "dwh.cron_probe")
+# The refresh log every refresh writes (an asset of its own; created by migration 0002).
+REFRESH_LOG = "dwh.refresh_log"
 
 # Maintenance jobs: name -> default schedule. Their commands live in warehouse.cron_jobs.
 PARTMAN_MAINTENANCE_JOB = f"{CRON_JOB_PREFIX}partman_maintenance"
 PURGE_CRON_HISTORY_JOB = f"{CRON_JOB_PREFIX}purge_cron_history"
 MAINTENANCE_SCHEDULES = {PARTMAN_MAINTENANCE_JOB: "7 * * * *", PURGE_CRON_HISTORY_JOB: "30 3 * * *"}
 
+# The product catalog's entries by the names the rest of the code has always used.
+CATALOG = PRODUCT.tables
+MARTS = PRODUCT.marts
+BY_NAME = {spec.name: spec for spec in CATALOG}
+MART_BY_NAME = {mart.name: mart for mart in MARTS}
 
-def schedulable_jobs() -> dict[str, str]:
+
+def schedulable_jobs(catalog: Catalog = PRODUCT) -> dict[str, str]:
     """Every pg_cron job the project declares, by the name a configuration's [schedules] uses.
 
     Tables and marts are named without prefix (``users``, ``org_daily_usage``); maintenance
     jobs by their job name without the prefix (``partman_maintenance``). Values are the defaults.
     """
-    jobs = {spec.name: spec.schedule for spec in CATALOG}
-    jobs.update({mart.name: mart.schedule for mart in MARTS})
-    jobs.update({job.removeprefix(CRON_JOB_PREFIX): schedule for job, schedule in MAINTENANCE_SCHEDULES.items()})
-    return jobs
+    return catalog.schedulable_jobs(MAINTENANCE_SCHEDULES)
 
 
 def get(name: str) -> TableSpec:
-    try:
-        return BY_NAME[name]
-    except KeyError:
-        raise KeyError(f"no table {name!r} in the catalog; known: {', '.join(sorted(BY_NAME))}") from None
+    return PRODUCT.get(name)

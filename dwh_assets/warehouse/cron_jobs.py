@@ -11,7 +11,10 @@ username) show each role its own jobs:
 - refresh jobs run as the loader (the Dagster sensor reads their history as the loader),
   among them one per mart that refreshes the days the copies' refreshes queued;
 - pg_partman maintenance runs as the owner (it creates and drops partitions);
-- each of them purges its own run history daily (pg_cron keeps it forever otherwise).
+- each of them purges its own run history daily (pg_cron keeps it forever otherwise), in
+  the database pg_cron lives in, where ``cron.job_run_details`` is.
+
+After a sync, ``cron_probe`` proves that pg_cron can run a job as each role in each database.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Literal
 import psycopg
 
 from dwh_assets.warehouse import catalog
-from dwh_assets.warehouse.catalog import CRON_JOB_PREFIX
+from dwh_assets.warehouse.catalog import CRON_JOB_PREFIX, Catalog
 from dwh_assets.warehouse.connect import connect
 from dwh_assets.warehouse.deployment import DeploymentConfig
 
@@ -36,6 +39,11 @@ class CronJob:
     schedule: str
     command: str
     runner: Runner  # the role that owns and runs the job
+    # Runs in the database pg_cron lives in (its own tables) instead of the warehouse.
+    in_cron_database: bool = False
+
+    def database(self, warehouse: str, cron_database: str) -> str:
+        return cron_database if self.in_cron_database else warehouse
 
 
 @dataclass
@@ -61,16 +69,17 @@ def purge_command(days: int) -> str:
     return f"DELETE FROM cron.job_run_details WHERE coalesce(end_time, start_time) < now() - interval '{int(days)} days'"
 
 
-def desired_jobs(cfg: DeploymentConfig) -> list[CronJob]:
-    jobs = [CronJob(spec.cron_job_name, cfg.schedule(spec.name), spec.cron_command(), "loader") for spec in catalog.CATALOG]
-    jobs += [CronJob(mart.cron_job_name, cfg.schedule(mart.name), mart.cron_command(), "loader") for mart in catalog.MARTS]
+def desired_jobs(cfg: DeploymentConfig, entries: Catalog = catalog.PRODUCT) -> list[CronJob]:
+    """A refresh job per catalog table and mart (the loader's), pg_partman maintenance, the purges."""
+    jobs = [CronJob(entry.cron_job_name, cfg.schedules.get(entry.name) or entry.schedule, entry.cron_command(), "loader")
+            for entry in entries.refreshed()]
     maintenance = catalog.PARTMAN_MAINTENANCE_JOB
     jobs.append(CronJob(maintenance, cfg.schedule(maintenance.removeprefix(CRON_JOB_PREFIX)),
                         "CALL partman.run_maintenance_proc()", "owner"))
     purge = catalog.PURGE_CRON_HISTORY_JOB
     for runner in ("owner", "loader"):
         jobs.append(CronJob(purge, cfg.schedule(purge.removeprefix(CRON_JOB_PREFIX)),
-                            purge_command(cfg.refresh.cron_history_days), runner))
+                            purge_command(cfg.refresh.cron_history_days), runner, in_cron_database=True))
     return jobs
 
 
@@ -84,9 +93,12 @@ def _current(conn: psycopg.Connection) -> dict[str, tuple]:
     return {row[0]: tuple(row[1:]) for row in rows}
 
 
-def _diff(current: dict[str, tuple], wanted: Iterable[CronJob], database: str, role: str,
+def _diff(current: dict[str, tuple], wanted: Iterable[CronJob], databases: tuple[str, str], role: str,
           result: SyncResult) -> tuple[list, list]:
-    """(jobids to unschedule, jobs to schedule), recording ``<job> (<role>)`` in ``result``."""
+    """(jobids to unschedule, jobs to schedule), recording ``<job> (<role>)`` in ``result``.
+
+    ``databases``: (the warehouse, the database pg_cron lives in).
+    """
     wanted = {job.name: job for job in wanted}
     drop, add = [], []
     for name, (jobid, schedule, command, db, active) in current.items():
@@ -94,7 +106,7 @@ def _diff(current: dict[str, tuple], wanted: Iterable[CronJob], database: str, r
         if job is None:
             drop.append(jobid)
             result.unscheduled.append(f"{name} ({role})")
-        elif (schedule, command, db, active) != (job.schedule, job.command, database, True):
+        elif (schedule, command, db, active) != (job.schedule, job.command, job.database(*databases), True):
             drop.append(jobid)
             add.append(job)
             result.updated.append(f"{name} ({role})")
@@ -114,35 +126,40 @@ def _by_runner(jobs: list[CronJob]) -> dict[Runner, list[CronJob]]:
     return grouped
 
 
+def schedule(conn: psycopg.Connection, job: CronJob, database: str, cron_database: str) -> int:
+    """Schedule ``job`` as the connected role (connected to ``cron_database``) to run in ``database``; its jobid."""
+    if database == cron_database:
+        return conn.execute("SELECT cron.schedule(%s, %s, %s)", (job.name, job.schedule, job.command)).fetchone()[0]
+    # username NULL: the job runs as the caller (naming any user needs a superuser).
+    return conn.execute("SELECT cron.schedule_in_database(%s, %s, %s, %s, NULL, true)",
+                        (job.name, job.schedule, job.command, database)).fetchone()[0]
+
+
 def sync(cfg: DeploymentConfig, cron_database: str, jobs: list[CronJob] | None = None) -> SyncResult:
     """Make each role's ``dwh:`` jobs equal to ``jobs`` (default: ``desired_jobs``)."""
     jobs = desired_jobs(cfg) if jobs is None else jobs
-    target_db = cfg.warehouse.database
+    databases = (cfg.warehouse.database, cron_database)
     result = SyncResult()
     for runner, wanted in _by_runner(jobs).items():
         with connect(cfg, runner, cron_database) as conn:
-            drop, add = _diff(_current(conn), wanted, target_db, cfg.logins()[runner].user, result)
+            drop, add = _diff(_current(conn), wanted, databases, cfg.logins()[runner].user, result)
             with conn.transaction():
                 for jobid in drop:
                     conn.execute("SELECT cron.unschedule(%s)", (jobid,))
                 for job in add:
-                    if cron_database == target_db:
-                        conn.execute("SELECT cron.schedule(%s, %s, %s)", (job.name, job.schedule, job.command))
-                    else:
-                        # username NULL: the job runs as the caller (naming any user needs a superuser).
-                        conn.execute("SELECT cron.schedule_in_database(%s, %s, %s, %s, NULL, true)",
-                                     (job.name, job.schedule, job.command, target_db))
+                    schedule(conn, job, job.database(*databases), cron_database)
     return result
 
 
-def plan(cfg: DeploymentConfig, cron_database: str, existing_roles: Iterable[str] = ()) -> SyncResult:
+def plan(cfg: DeploymentConfig, cron_database: str, existing_roles: Iterable[str] = (),
+         jobs: list[CronJob] | None = None) -> SyncResult:
     """What ``sync`` would do, read as each role (a role that does not exist yet has no jobs)."""
     result = SyncResult()
     existing = set(existing_roles)
-    for runner, wanted in _by_runner(desired_jobs(cfg)).items():
+    for runner, wanted in _by_runner(desired_jobs(cfg) if jobs is None else jobs).items():
         current: dict[str, tuple] = {}
         if cfg.logins()[runner].user in existing:
             with connect(cfg, runner, cron_database) as conn:
                 current = _current(conn)
-        _diff(current, wanted, cfg.warehouse.database, cfg.logins()[runner].user, result)
+        _diff(current, wanted, (cfg.warehouse.database, cron_database), cfg.logins()[runner].user, result)
     return result

@@ -28,20 +28,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from dwh_assets.warehouse import catalog
+from dwh_assets.warehouse import catalog, catalog_model
+from dwh_assets.warehouse.errors import DwhError
 
 CONFIG_ENV = "DWH_CONFIG"
 ENV_PREFIX = "DWH_"
 # Keys that hold a secret: allowed from the environment, refused in the file.
 SECRET_KEYS = ("password", "secret_key")
 
-Backend = Literal["reader", "tembo"]
+# reader: file_fdw + the source reader on the warehouse's server; tembo: clerk_fdw /
+# prometheus_fdw; relay: the reader on a small self-hosted Postgres the warehouse reads
+# through postgres_fdw and dblink (a managed warehouse, where no program may run).
+Backend = Literal["reader", "tembo", "relay"]
 # How dwh.refresh_events reads the control plane's event archive (see ControlPlaneSettings).
 Transfer = Literal["auto", "fdw", "copy"]
-
-
-class DwhError(RuntimeError):
-    """An error whose message is a sentence for the user: what failed and what to do."""
 
 
 class DeploymentError(DwhError):
@@ -121,6 +121,9 @@ class ControlPlaneSettings(Section):
     # in a passfile `dwh reader install` writes next to the reader); "auto": copy where the
     # server runs the source reader (the reader backend), else fdw.
     transfer: Transfer = "auto"
+    # Read the control plane through the relay ([relay]) instead of directly: for a managed
+    # warehouse that may not reach the control plane's network (one more postgres_fdw hop).
+    via_relay: bool = False
 
     def secret(self) -> str:
         if self.password is not None:
@@ -198,6 +201,60 @@ class ReaderSettings(Section):
         return self.model_dump(exclude={"directory", "python", "os_user", "psql"})
 
 
+class RelaySettings(Section):
+    """The ``relay`` backend: a self-hosted Postgres next to Dagster that runs the source reader.
+
+    ``dwh relay install`` (on the relay's host) installs the reader there and, as ``admin``
+    (a superuser of the relay), its foreign tables and window function in ``database``;
+    the warehouse then reads them as ``user`` through postgres_fdw (tables) and dblink
+    (Prometheus windows). The relay holds no data.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 5432
+    database: str = "dwh_relay"
+    sslmode: str = "prefer"
+    # The login the warehouse's foreign server uses: reads the relay's sources, nothing else.
+    user: str = "dwh_relay"
+    password_file: Path | None = None
+    password: SecretStr | None = None  # environment only
+    admin: AdminLogin = AdminLogin()
+
+    def secret(self) -> str:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return read_secret_file(self.password_file, f"the password of the relay login {self.user}")
+        raise DeploymentError(
+            f"relay: no password for the relay login {self.user}: set relay.password_file or DWH_RELAY__PASSWORD "
+            "(the warehouse's postgres_fdw and dblink connections need one)."
+        )
+
+
+class DagsterSettings(Section):
+    """Dagster's own storage and instance directory, for ``dwh env --config`` (runs, events, schedules).
+
+    ``dagster.yaml`` of the repository, copied into ``home``, reads the storage URL from
+    ``DWH_DAGSTER_PG_URL``, which ``dwh env`` builds from these values (no password: libpq
+    takes it from the passfile, ``PGPASSFILE``).
+    """
+
+    # DAGSTER_HOME: where dagster.yaml lives (and Dagster's local artifacts).
+    home: Path = Path("/var/lib/dwh/dagster_home")
+    # The Postgres holding Dagster's storage; host and port default to the warehouse's.
+    host: str | None = None
+    port: int | None = None
+    database: str = "dagster"
+    user: str = "dagster"
+
+    def url(self, warehouse: WarehouseSettings) -> str:
+        from urllib.parse import quote
+
+        host, port = self.host or warehouse.host, self.port or warehouse.port
+        return (f"postgresql+psycopg2://{quote(self.user, safe='')}@{host}:{port}/{quote(self.database, safe='')}"
+                f"?sslmode={warehouse.sslmode}")
+
+
 class HistorySettings(Section):
     # The first day the warehouse holds; Dagster's partitions start here (DWH_HISTORY_START).
     start: dt.date
@@ -208,6 +265,9 @@ class RefreshSettings(Section):
     max_drop_fraction: float = Field(0.5, ge=0, le=1)
     # pg_cron's run history older than this is purged daily.
     cron_history_days: int = Field(14, ge=1)
+    # After scheduling, prove with a one-shot job that pg_cron can run jobs as each role (costs
+    # up to a minute when a role's jobs changed or its last probe failed; see warehouse/cron_probe.py).
+    probe_cron: bool = True
 
 
 class DeploymentConfig(BaseSettings):
@@ -222,12 +282,17 @@ class DeploymentConfig(BaseSettings):
     clerk: ClerkSettings = ClerkSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
     reader: ReaderSettings = ReaderSettings()
+    relay: RelaySettings = RelaySettings()
+    dagster: DagsterSettings = DagsterSettings()
     history: HistorySettings
     refresh: RefreshSettings = RefreshSettings()
     # pg_cron schedules (GMT) by job: a catalog table, a mart, or a maintenance job.
     schedules: dict[str, str] = {}
     # Days of daily partitions pg_partman keeps, by catalog table.
     retention_days: dict[str, int] = {}
+    # A closed set of values the catalog checks (e.g. instance_states), where this deployment's
+    # sources know others: the whole set, replacing the catalog's.
+    accepted_values: dict[str, tuple[str, ...]] = {}
 
     @classmethod
     def settings_customise_sources(
@@ -262,12 +327,26 @@ class DeploymentConfig(BaseSettings):
             raise ValueError(f"retention must be at least one day: {bad}")
         return value
 
+    @field_validator("accepted_values")
+    @classmethod
+    def _known_value_sets(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        known = {accepted.name for accepted in catalog.PRODUCT.accepted_values()}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"no set of accepted values named {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        for name, values in value.items():
+            bad = [v for v in values if not v or "," in v]
+            if not values or bad:
+                raise ValueError(f"{name}: list at least one value, none empty or with a comma (found {list(values)})")
+        return value
+
     @model_validator(mode="after")
     def _copy_needs_the_reader(self) -> DeploymentConfig:
-        if self.control_plane.transfer == "copy" and not self.uses_reader():
+        if self.control_plane.transfer == "copy" and (not self.uses_reader() or self.control_plane.via_relay):
             raise ValueError(
                 "control_plane.transfer = \"copy\" runs psql on the database server, which needs a server that runs "
-                "programs (the reader backend for clerk or prometheus); use \"fdw\" or \"auto\"")
+                "programs (the reader backend for clerk or prometheus) and reaches the control plane directly; "
+                "use \"fdw\" or \"auto\"")
         return self
 
     @model_validator(mode="after")
@@ -286,11 +365,23 @@ class DeploymentConfig(BaseSettings):
         spec = catalog.BY_NAME.get(table) or catalog.MART_BY_NAME[table]
         return self.retention_days.get(table) or spec.retention_days
 
+    def accepted(self, accepted: catalog_model.AcceptedValues) -> tuple[str, ...]:
+        """The values this deployment accepts: its own set, or the catalog's."""
+        return tuple(self.accepted_values.get(accepted.name) or accepted.values)
+
     def backends(self) -> dict[str, str]:
         return {"clerk": self.clerk.backend, "prometheus": self.prometheus.backend}
 
     def uses_reader(self) -> bool:
         return "reader" in self.backends().values()
+
+    def relay_sources(self) -> list[str]:
+        """The sources read through the relay: clerk, prometheus (by backend), control_plane (via_relay)."""
+        sources = [source for source, backend in self.backends().items() if backend == "relay"]
+        return sources + (["control_plane"] if self.control_plane.via_relay else [])
+
+    def uses_relay(self) -> bool:
+        return bool(self.relay_sources())
 
     def control_plane_transfer(self) -> Literal["fdw", "copy"]:
         """control_plane.transfer with "auto" decided: copy where the server runs the reader."""
@@ -356,8 +447,20 @@ def refuse_secrets(raw: dict[str, Any], path: Path, where: str = "") -> None:
             )
 
 
+def check_private(path: Path, what: str) -> None:
+    """A file holding a secret must be readable by its owner only, as ssh and libpq demand of theirs."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError as e:
+        raise DeploymentError(f"cannot read {what} from {path}: {e.strerror}") from None
+    if mode & 0o077:
+        raise DeploymentError(
+            f"{path} ({what}) is readable by its group or others (mode {mode:04o}): run `chmod 600 {path}`")
+
+
 def read_secret_file(path: Path, what: str) -> str:
     path = Path(path).expanduser()
+    check_private(path, what)
     try:
         value = path.read_text().strip()
     except OSError as e:

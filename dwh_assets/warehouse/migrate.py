@@ -5,17 +5,28 @@ Against any PostgreSQL 15+ the deployment configuration points at, over TCP:
 1. **bootstrap**, as the admin role (``warehouse.bootstrap``): roles, extensions, grants.
    Tried first in transactions that are rolled back; if anything is refused, migrate
    stops there, having changed nothing, and says what the admin role would need;
-2. **migrations**, as the owner (``sql/migrations``, yoyo-migrations, tracked in the
-   database) and the repeatable routines (``sql/routines``, re-applied every time);
+2. **migrations and the catalog**, as the owner: the migrations (``sql/migrations``,
+   yoyo-migrations, tracked in the database), then what ``catalog_ddl`` derives from the
+   catalog: the tables a database lacks with their pg_partman partitions, the repeatable SQL
+   (framework, routines, views: re-applied every time) and the comments;
 3. **settings and sources**, as the owner: ``dwh.settings``, foreign servers, user mappings
    and foreign tables for the configured backends, rebuilt only when their definition changed;
-4. **grants and retention**, as the owner, derived from the catalog; as the admin, the
-   loader login gets the functions that read its own pg_cron history (``LOADER_DEFINER_FUNCTIONS``);
-5. **pg_cron jobs** (``warehouse.cron_jobs``), each scheduled by the role that runs it.
+4. **grants, retention, ``dwh.mart_inputs`` and ``dwh.refresh_jobs``**, as the owner, derived
+   from the catalog; as the admin, the loader login gets the functions that read its own
+   pg_cron history (``LOADER_DEFINER_FUNCTIONS``);
+5. **pg_cron jobs** (``warehouse.cron_jobs``), each scheduled by the role that runs it, then
+   a one-shot probe job per role and database (``warehouse.cron_probe``) proves pg_cron runs them.
+
+Before step 1 changes anything, a preflight reads what later steps rely on: secret files
+(private, readable), the passfile the DSNs name, and, in the bootstrap's rolled-back trial,
+each Postgres source through the warehouse server (reach, login, contract: ``sources.contract``)
+and the installed reader. Everything it finds is reported at once; what only a superuser
+may do is one SQL script (``prerequisites``, ``dwh migrate --prerequisites``).
 
 A second run changes nothing: the bootstrap is idempotent, yoyo skips applied migrations,
-routines are ``CREATE OR REPLACE``, the source layer carries a fingerprint and the pg_cron
-sync compares before it schedules. ``plan`` (``dwh migrate --dry-run``) reports what a run
+existing tables and matching comments are left alone, routines and views are ``CREATE OR
+REPLACE``, the source layer carries a fingerprint and the pg_cron sync compares before it
+schedules. ``plan`` (``dwh migrate --dry-run``) reports what a run
 would do without doing it.
 """
 
@@ -31,11 +42,20 @@ from yoyo import read_migrations
 from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
 from yoyo.connections import parse_uri
 
-from dwh_assets.warehouse import bootstrap, catalog, cron_jobs
-from dwh_assets.warehouse.connect import connect
+from dwh_assets.warehouse import bootstrap, catalog_ddl, cron_jobs, cron_probe
+from dwh_assets.warehouse.catalog import (
+    LOADER_GROUP,
+    OWNER_GROUP,
+    PENDING_MART_ROUTINE,
+    PENDING_MART_ROUTINE_ARGUMENTS,
+    PRODUCT,
+    READER_GROUP,
+    Catalog,
+)
+from dwh_assets.warehouse.connect import check_passfile, connect, login_password
 from dwh_assets.warehouse.deployment import DeploymentConfig, DeploymentError
-from dwh_assets.warehouse.sources import foreign_tables, reader_install
-from dwh_assets.warehouse.sql_files import MIGRATIONS_DIR, ROUTINES_DIR
+from dwh_assets.warehouse.sources import contract, foreign_tables, reader_install
+from dwh_assets.warehouse.sql_files import MIGRATIONS_DIR
 
 Progress = Callable[[str], None]
 
@@ -43,8 +63,8 @@ Progress = Callable[[str], None]
 def _owner_connect(cfg: DeploymentConfig, autocommit: bool = True) -> psycopg.Connection:
     """The owner's login acting as the owner's privilege role, so every object belongs to it."""
     conn = connect(cfg, "owner", autocommit=autocommit)
-    if cfg.warehouse.owner.user != catalog.OWNER_GROUP:
-        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(catalog.OWNER_GROUP)))
+    if cfg.warehouse.owner.user != OWNER_GROUP:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(OWNER_GROUP)))
         if not autocommit:
             conn.commit()
     return conn
@@ -75,23 +95,34 @@ def pending_migrations(cfg: DeploymentConfig) -> list[str]:
     return [m.id for m in backend.to_apply(read_migrations(str(MIGRATIONS_DIR)))]
 
 
-def apply_migrations(cfg: DeploymentConfig) -> int:
-    """Versioned migrations (once each) and routines (every time); returns how many were new."""
+def apply_migrations(cfg: DeploymentConfig, catalog: Catalog = PRODUCT) -> catalog_ddl.TableSync:
+    """Versioned migrations (once each), then the catalog's tables, repeatable SQL and comments."""
     if not MIGRATIONS_DIR.is_dir():
-        raise DeploymentError(f"no SQL migrations at {MIGRATIONS_DIR}: run dwh from a checkout of the repository")
+        raise DeploymentError(f"no SQL migrations at {MIGRATIONS_DIR}: the dwh_assets package is incomplete; reinstall it")
     backend = _backend(cfg)
     migrations = read_migrations(str(MIGRATIONS_DIR))
-    routines = read_migrations(str(ROUTINES_DIR))
     with backend.lock():
-        pending = backend.to_apply(migrations)
-        backend.apply_migrations(pending)
-        # Repeatable objects: CREATE OR REPLACE, applied without being marked.
-        for routine in routines:
-            backend.apply_one(routine, mark=False, force=True)
-    return len(pending)
+        backend.apply_migrations(backend.to_apply(migrations))
+        with _owner_connect(cfg) as conn:
+            # The framework first (it registers partitions), the tables, then what reads them.
+            catalog_ddl.apply_sql_files(conn, catalog_ddl.framework_files(catalog))
+            tables = catalog_ddl.sync_tables(conn, catalog)
+            catalog_ddl.apply_sql_files(conn, catalog_ddl.entry_files(catalog))
+            tables.comments = catalog_ddl.sync_comments(conn, catalog)
+    return tables
 
 
-def settings(cfg: DeploymentConfig, cron_database: str) -> dict[str, str]:
+def source_layer(cfg: DeploymentConfig, cron_database: str) -> foreign_tables.SourceDDL:
+    """Every foreign server and table of the warehouse: the sources, and pg_cron's tables where it lives elsewhere."""
+    ddl = foreign_tables.source_ddl(cfg)
+    passwords = {}
+    if cron_database != cfg.warehouse.database:
+        passwords = {cfg.logins()[p].user: login_password(cfg, p, cron_database) for p in ("owner", "loader")}
+    ddl += foreign_tables.cron_history_ddl(cfg, cron_database, passwords)
+    return ddl
+
+
+def settings(cfg: DeploymentConfig, cron_database: str, catalog: Catalog = PRODUCT) -> dict[str, str]:
     """dwh.settings: what the routines and Dagster read from the database. No secrets."""
     metrics = cfg.prometheus.metrics.as_dict()
     values = {
@@ -109,6 +140,8 @@ def settings(cfg: DeploymentConfig, cron_database: str) -> dict[str, str]:
         "cron.database": cron_database,
     }
     values.update({f"metrics.{purpose}": name for purpose, name in metrics.items()})
+    # The checks read the deployment's accepted values here (it may know more instance states).
+    values.update({accepted.setting: ",".join(cfg.accepted(accepted)) for accepted in catalog.accepted_values()})
     return values
 
 
@@ -117,19 +150,21 @@ def _source_fingerprint(conn: psycopg.Connection, ddl: foreign_tables.SourceDDL)
     return hashlib.sha256(rendered.encode()).hexdigest()
 
 
-def sources_changed(conn: psycopg.Connection, cfg: DeploymentConfig, cron_database: str) -> tuple[bool, bool]:
+def sources_changed(conn: psycopg.Connection, cfg: DeploymentConfig, cron_database: str,
+                    catalog: Catalog = PRODUCT) -> tuple[bool, bool]:
     """(settings differ, source DDL differs) from what the database holds."""
-    wanted = settings(cfg, cron_database) | {"sources.fingerprint": _source_fingerprint(conn, foreign_tables.source_ddl(cfg))}
+    wanted = settings(cfg, cron_database, catalog) | {"sources.fingerprint": _source_fingerprint(conn, source_layer(cfg, cron_database))}
     exists = conn.execute("SELECT to_regclass('dwh.settings') IS NOT NULL").fetchone()[0]
     current = dict(conn.execute("SELECT key, value FROM dwh.settings").fetchall()) if exists else {}
     return current != wanted, current.get("sources.fingerprint") != wanted["sources.fingerprint"]
 
 
-def sync_sources(conn: psycopg.Connection, cfg: DeploymentConfig, cron_database: str) -> bool:
+def sync_sources(conn: psycopg.Connection, cfg: DeploymentConfig, cron_database: str,
+                 catalog: Catalog = PRODUCT) -> bool:
     """Write settings and (re)build the source layer when its definition changed."""
-    ddl = foreign_tables.source_ddl(cfg)
+    ddl = source_layer(cfg, cron_database)
     fingerprint = _source_fingerprint(conn, ddl)
-    wanted = settings(cfg, cron_database) | {"sources.fingerprint": fingerprint}
+    wanted = settings(cfg, cron_database, catalog) | {"sources.fingerprint": fingerprint}
     current = dict(conn.execute("SELECT key, value FROM dwh.settings").fetchall())
     if current == wanted:
         return False
@@ -147,65 +182,83 @@ def sync_sources(conn: psycopg.Connection, cfg: DeploymentConfig, cron_database:
     return True
 
 
-def grant_routines(conn: psycopg.Connection) -> None:
-    loader = sql.Identifier(catalog.LOADER_GROUP)
-    routines = [(spec.routine, spec.routine_arguments) for spec in (*catalog.CATALOG, *catalog.MARTS)]
-    routines.append((catalog.PENDING_MART_ROUTINE, catalog.PENDING_MART_ROUTINE_ARGUMENTS))
-    # Dagster's checks read settings (the metrics step, the cron database); settings hold no secrets.
-    routines.append(("dwh.setting", "text, text"))
+def grant_catalog(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> None:
+    """The loader runs the catalog's routines; the loader and the reader read its relations."""
+    loader = sql.Identifier(LOADER_GROUP)
     with conn.transaction():
-        for routine, arguments in routines:
-            conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {}({}) TO {}").format(
-                sql.Identifier(*routine.split(".")), sql.SQL(arguments), loader))
+        for statement in catalog_ddl.grants(catalog, LOADER_GROUP, READER_GROUP):
+            conn.execute(statement)
+        conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {}({}) TO {}").format(
+            catalog_ddl.ident(PENDING_MART_ROUTINE), sql.SQL(PENDING_MART_ROUTINE_ARGUMENTS), loader))
+        # Dagster's checks read settings (the metrics step, the cron database); settings hold no secrets.
+        conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION dwh.setting(text, text) TO {}").format(loader))
 
 
 # SECURITY DEFINER functions that must run as the loader login: pg_cron's history is
-# row-level-secured by username, and the refresh jobs are the loader's (0020.dashboard_views).
+# row-level-secured by username, and the refresh jobs are the loader's (migration 0002).
 LOADER_DEFINER_FUNCTIONS = ("dwh.cron_job_runs()",)
 
 
 def hand_functions_to_loader(cfg: DeploymentConfig) -> list[str]:
-    """As the admin: make the loader login own LOADER_DEFINER_FUNCTIONS; returns what it could not."""
-    loader = cfg.logins()["loader"].user
+    """As the admin: make the loader login own LOADER_DEFINER_FUNCTIONS; returns what it could not.
+
+    A new owner needs CREATE on the function's schema, which the loader never has: it is
+    granted and revoked around the ALTER in one transaction, so no superuser is needed (the
+    admin is a member of the owner's role and of the loader login, from the bootstrap).
+    """
+    loader = sql.Identifier(cfg.logins()["loader"].user)
     refused = []
     with connect(cfg, "admin") as admin:
         for function in LOADER_DEFINER_FUNCTIONS:
             owner = admin.execute("SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = to_regprocedure(%s)",
                                   (function,)).fetchone()
-            if owner is None or owner[0] == loader:
+            if owner is None or owner[0] == cfg.logins()["loader"].user:
                 continue
+            schema = sql.Identifier(function.split(".")[0])
             try:
                 with admin.transaction():
-                    admin.execute(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(sql.SQL(function), sql.Identifier(loader)))
+                    admin.execute(sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(schema, loader))
+                    admin.execute(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(sql.SQL(function), loader))
+                    admin.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(schema, loader))
             except psycopg.Error as e:
                 refused.append(f"{function} stays owned by {owner[0]}, so the health dashboard shows no pg_cron runs "
-                               f"(the admin role cannot hand it to {loader}: {e.diag.message_primary})")
+                               f"(the admin role cannot hand it to {cfg.logins()['loader'].user}: {e.diag.message_primary})")
     return refused
 
 
-def sync_mart_inputs(conn: psycopg.Connection) -> None:
-    """dwh.mart_inputs: which copies' refreshes queue days of which marts, from the catalog."""
-    wanted = {(mart.name, copy) for mart in catalog.MARTS for copy in mart.stale_when}
-    current = set(conn.execute("SELECT mart, copy FROM dwh.mart_inputs").fetchall())
-    if current == wanted:
+def _sync_rows(conn: psycopg.Connection, table: str, columns: tuple[str, str], wanted: set[tuple[str, str]]) -> None:
+    """Make a two-column table of the catalog's facts hold exactly ``wanted``."""
+    select = sql.SQL("SELECT {}, {} FROM {}").format(*map(sql.Identifier, columns), catalog_ddl.ident(table))
+    if set(conn.execute(select).fetchall()) == wanted:
         return
     with conn.transaction():
-        conn.execute("DELETE FROM dwh.mart_inputs")
+        conn.execute(sql.SQL("DELETE FROM {}").format(catalog_ddl.ident(table)))
         with conn.cursor() as cur:
-            cur.executemany("INSERT INTO dwh.mart_inputs (mart, copy) VALUES (%s, %s)", sorted(wanted))
+            cur.executemany(sql.SQL("INSERT INTO {} ({}, {}) VALUES (%s, %s)").format(
+                catalog_ddl.ident(table), *map(sql.Identifier, columns)), sorted(wanted))
 
 
-def sync_retention(conn: psycopg.Connection, cfg: DeploymentConfig) -> None:
-    tables = [(spec.local_table if spec.kind is catalog.Kind.FACT else spec.snapshot_table, cfg.retention(spec.name))
-              for spec in catalog.CATALOG]
-    tables += [(mart.table, cfg.retention(mart.name)) for mart in catalog.MARTS]
+def sync_mart_inputs(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> None:
+    """dwh.mart_inputs: which copies' refreshes queue days of which marts."""
+    _sync_rows(conn, "dwh.mart_inputs", ("mart", "copy"),
+               {(mart.name, copy) for mart in catalog.marts for copy in mart.stale_when})
+
+
+def sync_refresh_jobs(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> None:
+    """dwh.refresh_jobs: the table each refresh job refreshes, as dwh.refresh_log names it."""
+    _sync_rows(conn, "dwh.refresh_jobs", ("jobname", "table_name"),
+               {(entry.cron_job_name, entry.log_table) for entry in catalog.refreshed()})
+
+
+def sync_retention(conn: psycopg.Connection, cfg: DeploymentConfig, catalog: Catalog = PRODUCT) -> None:
     with conn.transaction():
-        for table, retention in tables:
+        for entry in catalog.refreshed():
+            retention = cfg.retention_days.get(entry.name) or entry.retention_days
             days = f"{retention} days" if retention else None
             conn.execute(
                 "UPDATE partman.part_config SET retention = %s, retention_keep_table = false "
                 "WHERE parent_table = %s AND retention IS DISTINCT FROM %s",
-                (days, table, days),
+                (days, entry.partitioned_table, days),
             )
 
 
@@ -213,56 +266,123 @@ def sync_retention(conn: psycopg.Connection, cfg: DeploymentConfig) -> None:
 class MigrateReport:
     bootstrap: list[str] = field(default_factory=list)
     migrations: list[str] = field(default_factory=list)
+    tables: catalog_ddl.TableSync = field(default_factory=catalog_ddl.TableSync)
     sources: str = "unchanged"
     cron: cron_jobs.SyncResult = field(default_factory=cron_jobs.SyncResult)
 
     def summary(self) -> str:
-        return (f"{len(self.migrations)} new migration(s); sources {self.sources}; "
+        return (f"{len(self.migrations)} new migration(s); {self.tables.summary()}; sources {self.sources}; "
                 f"pg_cron: {self.cron.summary()}")
 
 
-def _prepare(cfg: DeploymentConfig, progress: Progress) -> tuple[bootstrap.BootstrapPlan, list[str]]:
+def preflight(cfg: DeploymentConfig, cron_database: str) -> list[str]:
+    """What later steps read on this host, checked before anything changes: secrets, the passfile."""
+    problems = check_passfile(cfg)
+    secrets = [login.secret for login in cfg.logins().values()]
+    if not cfg.control_plane.via_relay:
+        secrets.append(cfg.control_plane.secret)
+    if cfg.uses_relay():
+        secrets.append(cfg.relay.secret)
+    if "tembo" in cfg.backends().values() and cfg.clerk.backend == "tembo":
+        secrets.append(cfg.clerk.secret)
+    if cron_database != cfg.warehouse.database:
+        # The warehouse reads pg_cron's history there as the owner and loader logins (foreign_tables.cron_history_ddl).
+        secrets += [lambda p=p: login_password(cfg, p, cron_database) for p in ("owner", "loader")]
+    for secret in secrets:
+        try:
+            secret()
+        except DeploymentError as e:
+            problems.append(str(e))
+    return list(dict.fromkeys(problems))
+
+
+def _owner_checks(cfg: DeploymentConfig) -> list[bootstrap.OwnerCheck]:
+    """What the trial checks as the owner, through the warehouse server: the reader, each Postgres source."""
+    checks: list[bootstrap.OwnerCheck] = []
+    if cfg.uses_reader():
+        checks.append(lambda conn: bootstrap.check_reader(conn, reader_install.check_command(cfg), cfg))
+    checks.append(lambda conn: contract.check_all(conn, cfg))
+    return checks
+
+
+def _prepare(cfg: DeploymentConfig, progress: Progress) -> tuple[bootstrap.BootstrapPlan, bootstrap.Trial]:
     with connect(cfg, "admin") as admin:
         plan = bootstrap.plan_bootstrap(cfg, bootstrap.inspect(admin), bootstrap.password_verifier(admin))
-    check = reader_install.check_command(cfg) if cfg.uses_reader() else None
     progress(f"checking what {plan.facts.admin} may do on {cfg.warehouse.host}:{cfg.warehouse.port} "
              f"(cron.database_name = {plan.cron_db}) ...")
-    return plan, bootstrap.try_bootstrap(cfg, plan, check)
+    problems = preflight(cfg, plan.cron_db)
+    trial = bootstrap.try_bootstrap(cfg, plan, _owner_checks(cfg))
+    trial.problems = list(dict.fromkeys(problems + trial.problems))
+    return plan, trial
 
 
-def migrate(cfg: DeploymentConfig, progress: Progress = print) -> MigrateReport:
+def prerequisites(cfg: DeploymentConfig, progress: Progress = print) -> bootstrap.Prerequisites:
+    """What a superuser must do before `dwh migrate` can run as the admin role (``--prerequisites``)."""
+    _plan, trial = _prepare(cfg, progress)
+    return trial.prerequisites
+
+
+def migrate(cfg: DeploymentConfig, progress: Progress = print, catalog: Catalog = PRODUCT) -> MigrateReport:
     """Bootstrap, migrate, sync sources, grants, retention and pg_cron; refuses early, changing nothing."""
-    plan, problems = _prepare(cfg, progress)
-    if problems:
-        raise bootstrap.refuse(problems)
+    plan, trial = _prepare(cfg, progress)
+    refusal = trial.refusal()
+    if refusal is not None:
+        raise refusal
     report = MigrateReport()
-    report.bootstrap = bootstrap.apply_bootstrap(cfg, plan)
+    report.bootstrap = bootstrap.apply_bootstrap(cfg, plan, trial.already)
     progress(f"bootstrap: {len(report.bootstrap)} statement(s) as {plan.facts.admin} (roles, extensions, grants)")
     report.migrations = pending_migrations(cfg)
-    apply_migrations(cfg)
-    progress(f"migrations: {len(report.migrations)} new ({', '.join(report.migrations) or 'none'}); routines re-applied")
+    report.tables = apply_migrations(cfg, catalog)
+    progress(f"migrations: {len(report.migrations)} new ({', '.join(report.migrations) or 'none'}); "
+             f"catalog: {report.tables.summary()}; routines and views re-applied")
     with _owner_connect(cfg) as conn:
-        rebuilt = sync_sources(conn, cfg, plan.cron_db)
+        rebuilt = sync_sources(conn, cfg, plan.cron_db, catalog)
         report.sources = "rebuilt" if rebuilt else "unchanged"
         progress(f"settings and source foreign tables: {report.sources}")
-        grant_routines(conn)
-        sync_mart_inputs(conn)
-        sync_retention(conn, cfg)
+        grant_catalog(conn, catalog)
+        sync_mart_inputs(conn, catalog)
+        sync_refresh_jobs(conn, catalog)
+        sync_retention(conn, cfg, catalog)
     for warning in hand_functions_to_loader(cfg):
         progress(f"warning: {warning}")
-    report.cron = cron_jobs.sync(cfg, plan.cron_db)
+    jobs = cron_jobs.desired_jobs(cfg, catalog)
+    report.cron = cron_jobs.sync(cfg, plan.cron_db, jobs)
     for line in report.cron.lines():
         progress(f"pg_cron: {line}")
+    if cfg.refresh.probe_cron:
+        probe_cron(cfg, plan.cron_db, progress, jobs)
     progress(f"done: {report.summary()}")
     return report
 
 
-def plan(cfg: DeploymentConfig, progress: Progress = print) -> list[str]:
+def probe_cron(cfg: DeploymentConfig, cron_database: str, progress: Progress,
+               jobs: list[cron_jobs.CronJob] | None = None) -> None:
+    """Run a one-shot job as each role whose jobs changed (or whose last probe failed); a sentence if one fails."""
+    with _owner_connect(cfg) as conn:
+        todo = cron_probe.due(conn, cron_probe.probes(cfg, cron_database, jobs))
+    if not todo:
+        progress("pg_cron: jobs run as probed before (no probe needed)")
+        return
+    progress(f"pg_cron: probing {', '.join(f'{p.role} in {p.database}' for p in todo)} with a one-shot job "
+             "(pg_cron starts it on the next minute) ...")
+    outcomes = cron_probe.run(cfg, cron_database, todo)
+    with _owner_connect(cfg) as conn:
+        cron_probe.record(conn, outcomes)
+    for o in outcomes:
+        if o.succeeded:
+            progress(f"pg_cron: ran a job as {o.probe.role} in {o.probe.database}")
+    failed = [cron_probe.explain(o) for o in outcomes if not o.succeeded]
+    if failed:
+        raise DeploymentError("everything else is in place, but " + "\n".join(failed))
+
+
+def plan(cfg: DeploymentConfig, progress: Progress = print, catalog: Catalog = PRODUCT) -> list[str]:
     """What ``migrate`` would do (``dwh migrate --dry-run``); changes nothing."""
-    bootstrap_plan, problems = _prepare(cfg, progress)
+    bootstrap_plan, trial = _prepare(cfg, progress)
     lines = [f"bootstrap: {line}" for line in bootstrap_plan.describe()]
-    if problems:
-        lines += [f"REFUSED: {p}" for p in problems]
+    refused = trial.problems + (trial.prerequisites.reasons() if trial.prerequisites else [])
+    if refused:
+        lines += [f"REFUSED: {p}" for p in refused]
         return lines
     owner_exists = cfg.warehouse.owner.user in bootstrap_plan.facts.roles
     if not owner_exists:
@@ -272,8 +392,14 @@ def plan(cfg: DeploymentConfig, progress: Progress = print) -> list[str]:
         pending = pending_migrations(cfg)
         lines.append(f"migrations: {len(pending)} to apply ({', '.join(pending) or 'none'}); routines re-applied")
         with _owner_connect(cfg) as conn:
-            settings_differ, ddl_differs = sources_changed(conn, cfg, bootstrap_plan.cron_db)
+            settings_differ, ddl_differs = sources_changed(conn, cfg, bootstrap_plan.cron_db, catalog)
+            absent = [t.relation for t in catalog.all_tables() if not catalog_ddl.database_columns(conn, t.relation)]
+            drifted = [d for t in catalog.all_tables() if t.relation not in absent
+                       and (d := catalog_ddl.drift(conn, t)) is not None]
+        lines.append(f"catalog: {len(absent)} table(s) to create ({', '.join(absent) or 'none'})")
+        lines += [f"REFUSED: {d} (a migration must change it)" for d in drifted]
         lines.append("settings: " + ("rewritten" if settings_differ else "unchanged")
                      + "; source foreign tables: " + ("rebuilt" if ddl_differs else "unchanged"))
-    lines += [f"pg_cron: {line}" for line in cron_jobs.plan(cfg, bootstrap_plan.cron_db, bootstrap_plan.facts.roles).lines()]
+    lines += [f"pg_cron: {line}" for line in cron_jobs.plan(cfg, bootstrap_plan.cron_db, bootstrap_plan.facts.roles,
+                                                            cron_jobs.desired_jobs(cfg, catalog)).lines()]
     return lines

@@ -1,6 +1,29 @@
 -- What every refresh routine does before and after its own SQL: validate the window,
 -- serialise on advisory locks, make sure partitions exist, and log in the same transaction.
 
+-- Register a table for daily partitions with pg_partman (`dwh migrate` calls it for each catalog
+-- table it creates). The one place that knows pg_partman's major version: 4.x spells it
+-- ('native', 'daily'), 5.x ('range', '1 day').
+CREATE OR REPLACE FUNCTION dwh.partman_create_daily(p_parent text, p_control text, p_start date)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_major int := split_part((SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'), '.', 1)::int;
+BEGIN
+    IF v_major >= 5 THEN
+        EXECUTE 'SELECT partman.create_parent(p_parent_table := $1, p_control := $2, p_interval := $3, p_type := $4, p_premake := $5, p_start_partition := $6)'
+        USING p_parent, p_control, '1 day', 'range', 7, p_start::text;
+    ELSE
+        PERFORM partman.create_parent(
+            p_parent_table := p_parent, p_control := p_control, p_type := 'native',
+            p_interval := 'daily', p_premake := 7, p_start_partition := p_start::text);
+    END IF;
+    -- Keep creating future partitions even when no new data arrives.
+    UPDATE partman.part_config SET infinite_time_partitions = true WHERE parent_table = p_parent;
+END
+$$;
+
 -- Facts: [p_start, p_end) must be non-empty, not in the future, not older than retention.
 CREATE OR REPLACE FUNCTION dwh.check_window(p_table text, p_start timestamptz, p_end timestamptz)
 RETURNS void
@@ -212,71 +235,64 @@ BEGIN
 END
 $$;
 
--- A source reader (file_fdw `program`) failed, and PostgreSQL only says "program ... failed:
--- child process exited with exit code N". The reader's exit code is its failure class
--- (EXIT_CODES in dwh_assets/sources/reader.py): re-raise naming the table, the source and
--- the cause, with the reader's one-line reason in DETAIL and what to do in HINT. Called from
--- the refresh routines' `EXCEPTION WHEN external_routine_exception` handlers.
-CREATE OR REPLACE FUNCTION dwh.raise_source_failure(p_table text, p_source text, p_message text, p_detail text)
-RETURNS void
+-- The signature before p_copy_from, which would otherwise stay beside this one.
+DROP FUNCTION IF EXISTS dwh.refresh_dimension(text, text, date, text, text);
+
+-- The skeleton every dimension refresh shares: today's snapshot only, the table's lock, the
+-- source read once into pg_temp.stage_<table> by the routine's own query (each scan of a
+-- reader table is a full API read), the drop guard, the routine's statement that queues the
+-- marts' days the change affects (it compares the stage with dwh.<table>), the merge on the
+-- primary key, the snapshot and the log row, all in the caller's transaction. A failed
+-- source reader is re-raised naming the table and the source.
+CREATE OR REPLACE FUNCTION dwh.refresh_dimension(
+    p_table text, p_source text, p_snapshot_day date, p_stage text, p_mark_stale text DEFAULT NULL,
+    p_copy_from text DEFAULT NULL)
+RETURNS dwh.refresh_log
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
 AS $$
 DECLARE
-    v_code int := substring(p_detail FROM 'exited with exit code (\d+)')::int;
-    v_config_match text[] := regexp_match(p_message, '--config (?:''([^'']+)''|(\S+))');
-    v_config text := coalesce(v_config_match[1], v_config_match[2], 'reader.json');
-    v_cause text;
-    v_state text;
-    v_hint text;
-    v_reason text;
+    v_t0 timestamptz := clock_timestamp();
+    v_stage text := 'stage_' || p_table;
+    v_key text[] := (SELECT array_agg(a.attname::text ORDER BY k.i)
+                     FROM pg_index x CROSS JOIN unnest(x.indkey) WITH ORDINALITY AS k(attnum, i)
+                     JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+                     WHERE x.indrelid = ('dwh.' || p_table)::regclass AND x.indisprimary);
+    v_wait double precision;
+    v_src bigint;
+    v_current bigint;
+    v_counts bigint[];
+    v_message text;
+    v_detail text;
 BEGIN
-    SELECT cause, sqlstate, hint INTO v_cause, v_state, v_hint
-    FROM (VALUES
-        (1, 'failed: the source reader hit an internal error', 'XX000',
-            'This is a bug in the source reader; the reason is in DETAIL and the PostgreSQL log. Nothing was changed.'),
-        (2, 'failed: the source reader refused its arguments or settings', '22023',
-            format('Check the reader settings in %s (`dwh reader install` rewrites them from [reader] of the deployment configuration). Nothing was changed.', v_config)),
-        (3, 'is unreachable', '08001',
-            format('Check that the source is up and that its URL in %s is right; nothing was changed, rerun the refresh when it answers.', v_config)),
-        (4, 'did not answer in time', '08006',
-            'The source is hanging or slow; nothing was changed. Rerun later, or raise timeout_seconds / total_timeout_seconds (reader.timeout_seconds, reader.total_timeout_seconds in the deployment configuration, then `dwh reader install`).'),
-        (5, 'answered every retry with a server error (HTTP 5xx)', '08006',
-            'The source is failing; nothing was changed. Rerun the refresh when it recovers (reader.max_retries sets how often the reader retries).'),
-        (6, 'kept rate-limiting the reader (HTTP 429) until its retries ran out', '08006',
-            'Nothing was changed. Rerun later, or let the reader wait longer (reader.max_retries, reader.max_retry_after_seconds, then `dwh reader install`).'),
-        (7, 'refused the reader''s credentials (HTTP 401/403)', '28000',
-            'Check the API key (clerk.secret_key_file of the deployment configuration, then `dwh reader install`). Nothing was changed.'),
-        (8, 'sent a payload the warehouse cannot load (malformed, missing or mistyped fields)', '22000',
-            'The source object named in DETAIL is broken or the API changed; fix it at the source, then rerun. Nothing was changed.'),
-        (9, 'rejected the reader''s request (HTTP 4xx)', '38000',
-            format('Check the source URL in %s and the API version (DETAIL says what was refused). Nothing was changed.', v_config))
-    ) AS m(code, cause, sqlstate, hint)
-    WHERE code = v_code;
-    IF v_cause IS NULL THEN
-        v_cause := 'failed: its reader ' || CASE
-            WHEN p_detail IN ('command not found', 'command not executable') THEN 'could not be started (' || p_detail || ')'
-            ELSE 'ended abnormally (' || coalesce(p_detail, 'no detail') || ')' END;
-        v_state := '38000';
-        v_hint := 'Check that the installed reader runs as the database server''s OS user (`dwh reader install` installs it). Nothing was changed.';
+    PERFORM dwh.check_snapshot_day(p_table, p_snapshot_day);
+    v_wait := dwh.lock_refresh(p_table);
+    IF p_copy_from IS NOT NULL AND dwh.setting('control_plane.transfer', 'fdw') = 'copy' THEN
+        -- p_copy_from (a postgres_fdw table with the dimension's columns) through the events'
+        -- binary COPY path, which parses each value once instead of row by row (benchmarks/README.md, B1).
+        EXECUTE format('CREATE TEMP TABLE %I ON COMMIT DROP AS SELECT * FROM dwh.%I WITH NO DATA', v_stage, p_table);
+        v_src := dwh.copy_from_foreign(('pg_temp.' || quote_ident(v_stage))::regclass, p_copy_from::regclass,
+                                       (SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute
+                                        WHERE attrelid = ('dwh.' || p_table)::regclass AND attnum > 0
+                                          AND NOT attisdropped AND attgenerated = ''),
+                                       NULL, NULL, NULL);
+    ELSE
+        EXECUTE format('CREATE TEMP TABLE %I ON COMMIT DROP AS %s', v_stage, p_stage);
+        GET DIAGNOSTICS v_src = ROW_COUNT;
     END IF;
-    IF v_code IS NOT NULL THEN
-        -- The reader left its one-line reason for this backend; a failure here must not hide the original.
-        BEGIN
-            CREATE TEMP TABLE source_failure_reason (reason text) ON COMMIT DROP;
-            EXECUTE format('COPY pg_temp.source_failure_reason FROM PROGRAM %L WITH (FORMAT csv)',
-                dwh.reader_command(ARRAY['last-error', '--since', (floor(extract(epoch FROM transaction_timestamp())) - 1)::bigint::text,
-                                         '--exit-code', v_code::text]));
-            SELECT string_agg(reason, ' ') INTO v_reason FROM pg_temp.source_failure_reason;
-        EXCEPTION WHEN OTHERS THEN
-            v_reason := NULL;
-        END;
+    EXECUTE format('SELECT count(*) FROM dwh.%I', p_table) INTO v_current;
+    PERFORM dwh.check_source_drop(p_table, v_src, v_current);
+    IF p_mark_stale IS NOT NULL THEN
+        EXECUTE p_mark_stale;
     END IF;
-    RAISE EXCEPTION USING
-        ERRCODE = v_state,
-        MESSAGE = format('dwh.refresh_%s: source %s %s', p_table, p_source, v_cause),
-        DETAIL = concat_ws(E'\n', coalesce(v_reason, 'The reader''s reason is in the PostgreSQL server log.'),
-                           format('%s: %s', p_message, p_detail)),
-        HINT = v_hint;
+    v_counts := dwh.merge_dimension(p_table, ('pg_temp.' || quote_ident(v_stage))::regclass, v_key);
+    PERFORM dwh.write_snapshot(p_table, p_snapshot_day);
+    RETURN dwh.log_refresh(p_table, NULL, NULL, p_snapshot_day, v_counts[1], v_counts[2], v_counts[3], v_src, v_t0, v_wait);
+EXCEPTION WHEN external_routine_exception THEN
+    -- The source reader failed: say which source and why (the data stays as it was).
+    GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+    PERFORM dwh.raise_source_failure(p_table, p_source, v_message, v_detail);
+    RETURN NULL;
 END
 $$;

@@ -50,6 +50,54 @@ BEGIN
 END
 $$;
 
+-- The reader backend's window: a temporary foreign table whose program runs the source
+-- reader for [p_start, p_end) (rows: kind 's' per series, then 'v' per sample, see below);
+-- returns its name. The window is part of the program's arguments, concurrent refreshes don't
+-- collide, nothing lands in the catalog. Used in the warehouse (reader backend) and on the
+-- relay (dwh.relay_metrics_window).
+CREATE OR REPLACE FUNCTION dwh.reader_metrics_table(p_start timestamptz, p_end timestamptz, p_step int, p_metrics text[])
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ft text := 'prometheus_window_' || pg_backend_pid() || '_' || txid_current() || '_' || floor(random() * 1e9)::bigint;
+    v_args text[] := ARRAY['prometheus', '--start', floor(extract(epoch FROM p_start))::bigint::text,
+                           '--end', ceil(extract(epoch FROM p_end))::bigint::text, '--step', p_step::text, '--series-rows'];
+BEGIN
+    SELECT v_args || array_agg(x) FROM (SELECT unnest(ARRAY['--metric', m]) x FROM unnest(p_metrics) m) s INTO v_args;
+    EXECUTE format('CREATE FOREIGN TABLE pg_temp.%I (kind "char", series_no int, metric_name text, metric_labels text, metric_time bigint, metric_value double precision) '
+                   'SERVER dwh_reader OPTIONS (program %L, format %L, encoding %L)',
+                   v_ft, dwh.reader_command(v_args), 'csv', 'UTF8');
+    RETURN v_ft;
+END
+$$;
+
+-- On the relay (sources/relay.py): the window's rows for a warehouse that calls through
+-- dblink (postgres_fdw cannot pass arguments to a remote function, and file_fdw pushes no
+-- WHERE down). A reader failure is re-raised as the refresh's sentence, which dblink hands
+-- to the warehouse with its SQLSTATE, DETAIL and HINT.
+CREATE OR REPLACE FUNCTION dwh.relay_metrics_window(p_start timestamptz, p_end timestamptz, p_step int, p_metrics text[])
+RETURNS TABLE (kind "char", series_no int, metric_name text, metric_labels text, metric_time bigint, metric_value double precision)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ft text := dwh.reader_metrics_table(p_start, p_end, p_step, p_metrics);
+    v_message text;
+    v_detail text;
+BEGIN
+    BEGIN
+        RETURN QUERY EXECUTE format('SELECT * FROM pg_temp.%I', v_ft);
+    EXCEPTION WHEN external_routine_exception THEN
+        GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+        PERFORM dwh.raise_source_failure('metrics', 'Prometheus (through the relay)', v_message, v_detail);
+    END;
+    EXECUTE format('DROP FOREIGN TABLE pg_temp.%I', v_ft);
+END
+$$;
+
 -- Stage the samples of [p_start, p_end) into pg_temp.stage_metrics(kind, series_no,
 -- metric_name, metric_labels, metric_time, metric_value): one row of kind 's' per series
 -- (its number, name and labels as JSON text), then rows of kind 'v' (the series' number,
@@ -66,8 +114,7 @@ DECLARE
     v_backend text := dwh.setting('backend.prometheus', 'reader');
     v_step int := dwh.setting('metrics.step_seconds', '3600')::int;
     v_metrics text[] := string_to_array(dwh.setting('metrics.names'), ',');
-    v_ft text := 'prometheus_window_' || pg_backend_pid() || '_' || txid_current();
-    v_args text[];
+    v_ft text;
     v_q text;
     v_rows bigint;
     v_message text;
@@ -78,14 +125,7 @@ BEGIN
     ) ON COMMIT DROP;
     TRUNCATE pg_temp.stage_metrics;
     IF v_backend = 'reader' THEN
-        v_args := ARRAY['prometheus', '--start', floor(extract(epoch FROM p_start))::bigint::text,
-                        '--end', ceil(extract(epoch FROM p_end))::bigint::text, '--step', v_step::text, '--series-rows'];
-        SELECT v_args || array_agg(x) FROM (SELECT unnest(ARRAY['--metric', m]) x FROM unnest(v_metrics) m) s INTO v_args;
-        -- A temporary foreign table per window: the window is part of the program's
-        -- arguments, concurrent refreshes don't collide, nothing lands in the catalog.
-        EXECUTE format('CREATE FOREIGN TABLE pg_temp.%I (kind "char", series_no int, metric_name text, metric_labels text, metric_time bigint, metric_value double precision) '
-                       'SERVER dwh_reader OPTIONS (program %L, format %L, encoding %L)',
-                       v_ft, dwh.reader_command(v_args), 'csv', 'UTF8');
+        v_ft := dwh.reader_metrics_table(p_start, p_end, v_step, v_metrics);
         BEGIN
             EXECUTE format('INSERT INTO pg_temp.stage_metrics SELECT * FROM pg_temp.%I', v_ft);
         EXCEPTION WHEN external_routine_exception THEN
@@ -94,6 +134,13 @@ BEGIN
             PERFORM dwh.raise_source_failure('metrics', 'Prometheus', v_message, v_detail);
         END;
         EXECUTE format('DROP FOREIGN TABLE pg_temp.%I', v_ft);
+    ELSIF v_backend = 'relay' THEN
+        -- The relay's reader reads the window; dblink passes it (the server dwh_relay and its
+        -- user mapping, foreign_tables.relay_ddl) and streams the rows back.
+        INSERT INTO pg_temp.stage_metrics
+        SELECT * FROM public.dblink('dwh_relay', format('SELECT * FROM dwh.relay_metrics_window(%L, %L, %s, %L)',
+                                                        p_start, p_end, v_step, v_metrics))
+            AS r(kind "char", series_no int, metric_name text, metric_labels text, metric_time bigint, metric_value double precision);
     ELSIF v_backend = 'tembo' THEN
         -- prometheus_fdw answers in the contract's shape (labels per sample): number the
         -- series here, into the same stage.
@@ -112,7 +159,7 @@ BEGIN
         FROM pg_temp.stage_metrics_tembo t
         JOIN pg_temp.stage_metrics s ON s.kind = 's' AND s.metric_name = t.metric_name AND s.metric_labels = t.metric_labels::text;
     ELSE
-        RAISE EXCEPTION 'unknown Prometheus backend %: expected reader or tembo', quote_literal(v_backend);
+        RAISE EXCEPTION 'unknown Prometheus backend %: expected reader, relay or tembo', quote_literal(v_backend);
     END IF;
     -- Temporary tables get no statistics unless asked: without them the planner joins the
     -- samples to their series by nested loop.

@@ -1,5 +1,10 @@
 -- mart.daily_signups_days for the UTC days of [p_start, p_end), from dwh.users; the running
 -- total is computed at read time by the view mart.daily_signups.
+-- The mart people read: the stored days with the running total of users, computed at read time.
+CREATE OR REPLACE VIEW mart.daily_signups AS
+SELECT day, signups, with_email, sum(signups) OVER (ORDER BY day)::bigint AS total_users
+FROM mart.daily_signups_days;
+
 CREATE OR REPLACE FUNCTION dwh.refresh_mart_daily_signups(p_start timestamptz, p_end timestamptz)
 RETURNS dwh.refresh_log
 LANGUAGE plpgsql

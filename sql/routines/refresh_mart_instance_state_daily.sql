@@ -1,4 +1,8 @@
--- mart.instance_state_daily_days for the UTC days of [p_start, p_end), from dwh.instance_state.
+-- The mart people read (the stored days as they are), and its refresh: mart.instance_state_daily_days
+-- for the UTC days of [p_start, p_end), from dwh.instance_state.
+CREATE OR REPLACE VIEW mart.instance_state_daily AS
+SELECT day, state, transitions, instances FROM mart.instance_state_daily_days;
+
 CREATE OR REPLACE FUNCTION dwh.refresh_mart_instance_state_daily(p_start timestamptz, p_end timestamptz)
 RETURNS dwh.refresh_log
 LANGUAGE plpgsql

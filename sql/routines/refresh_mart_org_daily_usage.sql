@@ -3,6 +3,13 @@
 -- storage samples of dwh.metrics (the metric named by dwh.settings 'metrics.storage'),
 -- members as of each day from dwh.organization_memberships. Organization names are joined
 -- at read time by the view mart.org_daily_usage.
+-- The mart people read: the stored days with the organization's current name, joined at read
+-- time so a rename never forces a rebuild of history.
+CREATE OR REPLACE VIEW mart.org_daily_usage AS
+SELECT d.organization_id, d.day, o.name AS organization_name, d.instances, d.vcpu_hours, d.storage_gb_days, d.members
+FROM mart.org_daily_usage_days d
+LEFT JOIN dwh.organizations o USING (organization_id);
+
 CREATE OR REPLACE FUNCTION dwh.refresh_mart_org_daily_usage(p_start timestamptz, p_end timestamptz)
 RETURNS dwh.refresh_log
 LANGUAGE plpgsql

@@ -1,11 +1,11 @@
 """Dagster definitions of the warehouse, all derived from ``dwh_assets.warehouse.catalog``.
 
-``build_definitions`` assembles them; ``dwh_assets.definitions`` is the code location.
+``build_definitions`` assembles them from the code location's settings (``defs.settings``);
+``dwh_assets.definitions`` is the code location, which calls it when Dagster loads it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import warnings
 
 import dagster as dg
@@ -26,43 +26,40 @@ from dwh_assets.warehouse.defs.assets import (  # noqa: E402
     source_specs,
 )
 from dwh_assets.warehouse.defs.checks import health_checks  # noqa: E402
-from dwh_assets.warehouse.defs.cron_sensor import JobTarget, build_cron_sensor, sensor_interval_seconds  # noqa: E402
-from dwh_assets.warehouse.defs.dashboards import bookkeeping_specs, dashboard_specs, view_specs  # noqa: E402
+from dwh_assets.warehouse.defs.cron_sensor import JobTarget, build_cron_sensor  # noqa: E402
+from dwh_assets.warehouse.defs.dashboard_assets import bookkeeping_specs, dashboard_specs, view_specs  # noqa: E402
 from dwh_assets.warehouse.defs.metadata import key_of  # noqa: E402
 from dwh_assets.warehouse.defs.partitions import daily_partitions  # noqa: E402
 from dwh_assets.warehouse.defs.resources import WarehouseResource  # noqa: E402
 from dwh_assets.warehouse.defs.schedules import nightly_job, nightly_schedule  # noqa: E402
+from dwh_assets.warehouse.defs.settings import CodeLocationSettings  # noqa: E402
 
-WAREHOUSE_DSN_ENV = "DWH_WAREHOUSE_DSN"
 
-
-def cron_targets() -> dict[str, JobTarget]:
+def cron_targets(entries: catalog.Catalog = catalog.PRODUCT) -> dict[str, JobTarget]:
     """pg_cron job name -> what its runs materialise and the refresh_log rows they write."""
-    targets = {}
-    for spec in catalog.CATALOG:
-        targets[spec.cron_job_name] = JobTarget(key_of(spec.local_table), spec.name,
-                                                "window" if spec.kind is catalog.Kind.FACT else None, spec)
-    for mart in catalog.MARTS:
-        targets[mart.cron_job_name] = JobTarget(key_of(mart.relation), mart.relation, "window", mart)
-    return targets
+    return {entry.cron_job_name: JobTarget(key_of(entry.relation), entry.log_table, "window" if entry.daily else None,
+                                           entry)
+            for entry in entries.refreshed()}
 
 
-def build_definitions(history_start: dt.date) -> dg.Definitions:
-    partitions = daily_partitions(history_start)
-    job = nightly_job()
-    targets = cron_targets()
+def build_definitions(settings: CodeLocationSettings, entries: catalog.Catalog = catalog.PRODUCT) -> dg.Definitions:
+    """Everything the code location shows, from ``entries`` (the product's catalog unless extended)."""
+    partitions = daily_partitions(settings.history_start)
+    job = nightly_job(settings.nightly_days, entries)
+    targets = cron_targets(entries)
     return dg.Definitions(
-        assets=[*source_specs(), *side_specs(), *copy_assets(partitions), *mart_assets(partitions),
-                *bookkeeping_specs(), *view_specs(), *dashboard_specs()],
+        assets=[*source_specs(entries), *side_specs(entries), *copy_assets(entries, partitions),
+                *mart_assets(entries, partitions), *bookkeeping_specs(entries), *view_specs(entries),
+                *dashboard_specs(settings.dashboards_dir, settings.superset_url)],
         asset_checks=health_checks({name: target.asset_key for name, target in targets.items()}),
         jobs=[job],
-        schedules=[nightly_schedule(job, history_start)],
-        sensors=[build_cron_sensor(targets, partitions, minimum_interval_seconds=sensor_interval_seconds())],
-        resources={"warehouse": WarehouseResource(dsn=dg.EnvVar(WAREHOUSE_DSN_ENV))},
+        schedules=[nightly_schedule(job, settings.history_start, settings.nightly_days, settings.nightly_cron)],
+        sensors=[build_cron_sensor(targets, partitions, minimum_interval_seconds=settings.sensor_interval_seconds)],
+        resources={"warehouse": WarehouseResource(dsn=settings.warehouse_dsn)},
         # Every step is one SQL call that works inside Postgres: a process per step would
         # only add start-up time, and refreshes of one table serialise on advisory locks anyway.
         executor=dg.in_process_executor,
     )
 
 
-__all__ = ["build_definitions", "cron_targets", "key_of"]
+__all__ = ["CodeLocationSettings", "build_definitions", "cron_targets", "key_of"]

@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 
 from dwh_assets.warehouse import catalog, sql_files
+from dwh_assets.warehouse.catalog import Catalog
 from dwh_assets.warehouse.defs import metadata as md
 from dwh_assets.warehouse.defs.checks import RefreshCheck, mart_checks, refresh_checks
 from dwh_assets.warehouse.defs.metadata import key_of
@@ -44,16 +45,16 @@ SOURCE_FDW = {
     catalog.SourceSystem.CLERK: "file_fdw + source reader (backend reader) or clerk_fdw (backend tembo)",
     catalog.SourceSystem.PROMETHEUS: "file_fdw + source reader (backend reader) or prometheus_fdw (backend tembo)",
 }
-REFRESH_LOG = "dwh.refresh_log"
+REFRESH_LOG = catalog.REFRESH_LOG
 
 
 def _tags(layer: str, system: catalog.SourceSystem | None = None) -> dict[str, str]:
     return {"layer": layer, **({"source_system": system.value} if system else {})}
 
 
-def source_specs() -> list[dg.AssetSpec]:
+def source_specs(entries: Catalog) -> list[dg.AssetSpec]:
     specs: dict[str, dg.AssetSpec] = {}
-    for spec in catalog.CATALOG:
+    for spec in entries.tables:
         for relation in spec.sources:
             if relation in specs:
                 continue
@@ -71,12 +72,13 @@ def source_specs() -> list[dg.AssetSpec]:
     return list(specs.values())
 
 
-def side_specs() -> list[dg.AssetSpec]:
+def side_specs(entries: Catalog) -> list[dg.AssetSpec]:
     """Relations a refresh writes besides its own table, and the refresh log: materialised by those refreshes."""
     specs = []
-    for spec in catalog.CATALOG:
-        written = list(spec.also_writes) + ([spec.snapshot_table] if spec.snapshot_table else [])
-        for relation in written:
+    for spec in entries.tables:
+        written = [*spec.also_writes, *([spec.snapshot] if spec.snapshot else [])]
+        for table in written:
+            relation = table.relation
             what = ("daily snapshots of " + spec.local_table + " (partitioned by snapshot_day)"
                     if relation == spec.snapshot_table else "written by the refresh of " + spec.local_table)
             specs.append(dg.AssetSpec(
@@ -85,7 +87,8 @@ def side_specs() -> list[dg.AssetSpec]:
                 description=f"{relation}: {what}; recorded on every refresh of {spec.local_table}.",
                 group_name=spec.group.value, kinds={"postgres", "table"}, owners=list(catalog.OWNERS),
                 tags=_tags("copy", spec.system),
-                metadata=md.table_definition_metadata(relation, spec.routine, spec.routine_file),
+                metadata=md.table_definition_metadata(relation, spec.routine, entries.sql_path(spec.routine_file),
+                                                      schema=md.catalog_schema(table)),
             ))
     specs.append(dg.AssetSpec(
         key=key_of(REFRESH_LOG), description="One row per committed refresh (same transaction as its data): "
@@ -139,7 +142,7 @@ def side_materializations(conn: psycopg.Connection, spec: catalog.TableSpec, log
             metadata={"snapshot_day": log["snapshot_day"].isoformat(), md.ROW_COUNT: int(rows),
                       "refresh_log_id": int(log["id"]), md.COLUMN_SCHEMA: md.column_schema(conn, spec.snapshot_table)}
             | extra))
-    for relation in spec.also_writes:
+    for relation in (t.relation for t in spec.also_writes):
         events.append(dg.AssetMaterialization(
             asset_key=key_of(relation), description=f"written by {spec.routine}",
             metadata={md.ROW_COUNT: md.count_rows(conn, relation), "refresh_log_id": int(log["id"]),
@@ -147,8 +150,9 @@ def side_materializations(conn: psycopg.Connection, spec: catalog.TableSpec, log
     return events
 
 
-def _copy_asset_args(spec: catalog.TableSpec, checks: list[RefreshCheck], how: str) -> dict[str, Any]:
-    """What every local copy declares: key, lineage, group, freshness, checks, code version."""
+def _copy_asset_args(entries: Catalog, spec: catalog.TableSpec, checks: list[RefreshCheck], how: str) -> dict[str, Any]:
+    """What every local copy declares: key, lineage, group, freshness, checks, code version, columns."""
+    sql_path = entries.sql_path(spec.routine_file)
     return dict(
         key=key_of(spec.local_table),
         deps=[key_of(s) for s in spec.sources],
@@ -157,18 +161,19 @@ def _copy_asset_args(spec: catalog.TableSpec, checks: list[RefreshCheck], how: s
         kinds={"postgres", "table"},
         owners=list(catalog.OWNERS),
         tags=_tags("copy", spec.system),
-        code_version=sql_files.code_version(spec.routine_file),
+        code_version=sql_files.code_version(sql_path),
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=spec.freshness),
         check_specs=[c.spec() for c in checks],
-        metadata=md.table_definition_metadata(spec.local_table, spec.routine, spec.routine_file,
-                                              spec.cron_job_name, spec.schedule) | {"table_kind": spec.kind.value},
+        metadata=md.table_definition_metadata(spec.local_table, spec.routine, sql_path, spec.cron_job_name,
+                                              spec.schedule, md.catalog_schema(spec.table))
+        | {"table_kind": spec.kind.value},
     )
 
 
-def _fact_asset(spec: catalog.TableSpec, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+def _fact_asset(entries: Catalog, spec: catalog.TableSpec, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     checks = refresh_checks(spec)
 
-    @dg.asset(**_copy_asset_args(spec, checks, f"Partitioned by day of {spec.time_column}; a range of days is one window."),
+    @dg.asset(**_copy_asset_args(entries, spec, checks, f"Partitioned by day of {spec.time_column}; a range of days is one window."),
               partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run())
     def refresh_fact(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         first, last = _partition_days(context)
@@ -184,10 +189,10 @@ def _fact_asset(spec: catalog.TableSpec, partitions: dg.PartitionsDefinition) ->
     return refresh_fact
 
 
-def _dimension_asset(spec: catalog.TableSpec) -> dg.AssetsDefinition:
+def _dimension_asset(entries: Catalog, spec: catalog.TableSpec) -> dg.AssetsDefinition:
     checks = refresh_checks(spec)
 
-    @dg.asset(**_copy_asset_args(spec, checks, f"The current state of its source; each refresh also records "
+    @dg.asset(**_copy_asset_args(entries, spec, checks, f"The current state of its source; each refresh also records "
                                                f"that day's snapshot in {spec.snapshot_table}."))
     def refresh_dimension(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         with warehouse.connect() as conn:
@@ -201,10 +206,10 @@ def _dimension_asset(spec: catalog.TableSpec) -> dg.AssetsDefinition:
     return refresh_dimension
 
 
-def copy_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+def copy_assets(entries: Catalog, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
     return [
-        _fact_asset(spec, partitions) if spec.kind is catalog.Kind.FACT else _dimension_asset(spec)
-        for spec in catalog.CATALOG
+        _fact_asset(entries, spec, partitions) if spec.kind is catalog.Kind.FACT else _dimension_asset(entries, spec)
+        for spec in entries.tables
     ]
 
 
@@ -212,8 +217,9 @@ def mart_materialization(conn: psycopg.Connection, mart: catalog.MartSpec, log: 
     return _materialization(conn, mart.relation, log, md.mart_column_lineage(mart), int(log["rows_inserted"]))
 
 
-def _mart_asset(mart: catalog.MartSpec, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+def _mart_asset(entries: Catalog, mart: catalog.MartSpec, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     checks = mart_checks(mart)
+    sql_path = entries.sql_path(mart.routine_file)
 
     @dg.asset(
         key=key_of(mart.relation),
@@ -222,17 +228,17 @@ def _mart_asset(mart: catalog.MartSpec, partitions: dg.PartitionsDefinition) -> 
                      f"{mart.relation}; refreshed per window of days. Its pg_cron job `{mart.cron_job_name}` "
                      f"(`{mart.schedule}`) refreshes the days that refreshes of "
                      f"{', '.join('dwh.' + c for c in mart.stale_when)} changed, within minutes of them."),
-        group_name=catalog.Group.MARTS.value,
+        group_name=mart.group.value,
         kinds={"postgres", "view"},
         owners=list(catalog.OWNERS),
         tags=_tags("mart"),
-        code_version=sql_files.code_version(mart.routine_file),
+        code_version=sql_files.code_version(sql_path),
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=mart.freshness),
         check_specs=[c.spec() for c in checks],
-        metadata=md.table_definition_metadata(mart.relation, mart.routine, mart.routine_file,
-                                              mart.cron_job_name, mart.schedule) | {"stored_in": mart.table},
+        metadata=md.table_definition_metadata(mart.relation, mart.routine, sql_path, mart.cron_job_name,
+                                              mart.schedule, md.catalog_schema(mart.view)) | {"stored_in": mart.table},
     )
     def refresh_mart(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         first, last = _partition_days(context)
@@ -246,17 +252,17 @@ def _mart_asset(mart: catalog.MartSpec, partitions: dg.PartitionsDefinition) -> 
     return refresh_mart
 
 
-def mart_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
-    return [_mart_asset(mart, partitions) for mart in catalog.MARTS]
+def mart_assets(entries: Catalog, partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
+    return [_mart_asset(entries, mart, partitions) for mart in entries.marts]
 
 
-def fact_keys() -> list[dg.AssetKey]:
-    return [key_of(s.local_table) for s in catalog.CATALOG if s.kind is catalog.Kind.FACT]
+def fact_keys(entries: Catalog = catalog.PRODUCT) -> list[dg.AssetKey]:
+    return [key_of(s.local_table) for s in entries.tables if s.kind is catalog.Kind.FACT]
 
 
-def dimension_keys() -> list[dg.AssetKey]:
-    return [key_of(s.local_table) for s in catalog.CATALOG if s.kind is catalog.Kind.DIMENSION]
+def dimension_keys(entries: Catalog = catalog.PRODUCT) -> list[dg.AssetKey]:
+    return [key_of(s.local_table) for s in entries.tables if s.kind is catalog.Kind.DIMENSION]
 
 
-def mart_keys() -> list[dg.AssetKey]:
-    return [key_of(m.relation) for m in catalog.MARTS]
+def mart_keys(entries: Catalog = catalog.PRODUCT) -> list[dg.AssetKey]:
+    return [key_of(m.relation) for m in entries.marts]

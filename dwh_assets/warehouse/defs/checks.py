@@ -1,8 +1,12 @@
 """Data checks that run on every refresh, whoever ran it, scoped to what the refresh touched.
 
-Each check judges one ``dwh.refresh_log`` row (the refresh's own counts) plus a cheap query
-over the window's days (facts, marts) or the table (dimensions, which are small); none scans
-history. The same function serves both paths:
+Every check is derived from the catalog: a copy's ``rows_match_source`` /
+``row_count_matches_source`` and a fact's ``key_is_unique`` from its kind and key;
+``references_resolve`` from its columns' ``references``; ``accepted_values`` from their
+``accepted`` sets (the deployment's, read from ``dwh.settings``); and the entry's own
+``WindowCheck`` queries. Each judges one ``dwh.refresh_log`` row (the refresh's own counts)
+plus a cheap query over the window's days (facts, marts) or the table (dimensions, which
+are small); none scans history. The same function serves both paths:
 
 - a Dagster run: the asset declares the checks (``check_specs``) and returns their results
   with its materialization; the copies' checks are *blocking*, so a failed copy stops its
@@ -27,11 +31,13 @@ import psycopg
 from psycopg import sql
 
 from dwh_assets.warehouse import catalog
+from dwh_assets.warehouse.catalog_model import Table
 from dwh_assets.warehouse.defs.metadata import key_of
 from dwh_assets.warehouse.defs.resources import WarehouseResource, qualified
 
 PG_CRON_HEALTH = "pg_cron_job_health"
 Outcome = tuple[bool, dict[str, Any]]
+Evaluate = Callable[[psycopg.Connection, dict[str, Any]], Outcome]
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class RefreshCheck:
     asset: dg.AssetKey
     name: str
     description: str
-    evaluate: Callable[[psycopg.Connection, dict[str, Any]], Outcome]
+    evaluate: Evaluate
     blocking: bool = False
 
     @property
@@ -63,11 +69,7 @@ class RefreshCheck:
                                        severity=self.severity, metadata=metadata | extra)
 
 
-def _window(log: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
-    return log["window_start"], log["window_end"]
-
-
-# ----- facts -----------------------------------------------------------------------------------
+# ----- the kinds of check, each derived from what the catalog declares ---------------------------
 
 
 def _rows_match_source(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
@@ -75,7 +77,33 @@ def _rows_match_source(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome
         "rows_inserted": int(log["rows_inserted"]), "rows_source": int(log["rows_source"] or 0)}
 
 
-def _key_unique_in_window(spec: catalog.TableSpec) -> Callable[[psycopg.Connection, dict[str, Any]], Outcome]:
+def _count_matches_source(table: str) -> Evaluate:
+    def evaluate(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
+        local = conn.execute(sql.SQL("SELECT count(*) AS n FROM {}").format(qualified(table))).fetchone()["n"]
+        return local == log["rows_source"], {"local_rows": int(local), "source_rows": int(log["rows_source"] or 0)}
+
+    return evaluate
+
+
+def _scope(table: Table) -> tuple[sql.Composable, dict[str, Any]]:
+    """What a check of ``table`` reads: the refreshed window of a partitioned table, else all of it."""
+    if table.partition_by is None:
+        return sql.SQL("true"), {}
+    column = sql.Identifier(table.partition_by)
+    # Bounds of the column's own type: a date compared with a timestamptz would take the session's time zone.
+    lo, hi = ("first_day", "end_day") if table.column(table.partition_by).type == "date" else ("start", "end")
+    return (sql.SQL("t.{} >= {} AND t.{} < {}").format(column, sql.Placeholder(lo), column, sql.Placeholder(hi)),
+            {"scope": "the refreshed window"})
+
+
+def _params(log: dict[str, Any]) -> dict[str, Any]:
+    start, end = log.get("window_start"), log.get("window_end")
+    if start is None:
+        return {"start": None, "end": None, "first_day": None, "end_day": None}
+    return {"start": start, "end": end, "first_day": start.date(), "end_day": end.date()}
+
+
+def _key_unique_in_window(spec: catalog.TableSpec) -> Evaluate:
     """No key twice in the window and the days before it a moved row could still occupy (the
     lookback): a row whose time changed at the source across the window's edge is copied again
     while its old copy stays, until that day is refreshed too."""
@@ -83,7 +111,7 @@ def _key_unique_in_window(spec: catalog.TableSpec) -> Callable[[psycopg.Connecti
 
     def evaluate(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
         cols = sql.SQL(", ").join(map(sql.Identifier, spec.key))
-        start, end = _window(log)
+        start, end = log["window_start"], log["window_end"]
         row = conn.execute(sql.SQL(
             "SELECT count(*) AS duplicated FROM (SELECT {} FROM {} WHERE {} >= %s AND {} < %s "
             "GROUP BY {} HAVING count(*) > 1) d").format(
@@ -95,110 +123,77 @@ def _key_unique_in_window(spec: catalog.TableSpec) -> Callable[[psycopg.Connecti
     return evaluate
 
 
-def _samples_complete(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
-    """Every full day of the window before today holds every sample time of the metrics step."""
-    step = int(conn.execute("SELECT dwh.setting('metrics.step_seconds', '3600') AS step").fetchone()["step"])
-    expected = 86400 // step
-    start, end = _window(log)
-    # One scan of the window with its bounds as values, so the planner keeps only the window's
-    # partitions (a per-day subquery correlated to generate_series opened every partition of
-    # the history on each day: 0.03 s at 60 days, 0.8 s at 365).
-    rows = conn.execute(
-        "SELECT d::date AS day, coalesce(s.stamps, 0) AS stamps "
-        "FROM generate_series(date_trunc('day', %(start)s::timestamptz, 'UTC'), %(end)s::timestamptz - interval '1 day', "
-        "                     interval '1 day') d "
-        "LEFT JOIN (SELECT date_trunc('day', m.ts, 'UTC') AS day, count(DISTINCT m.ts) AS stamps FROM dwh.metrics m "
-        "           WHERE m.ts >= %(start)s AND m.ts < %(end)s GROUP BY 1) s ON s.day = d "
-        "WHERE d >= %(start)s AND d + interval '1 day' <= least(%(end)s, date_trunc('day', now(), 'UTC')) "
-        "ORDER BY d",
-        {"start": start, "end": end}).fetchall()
-    incomplete = [f"{r['day']}: {r['stamps']}/{expected}" for r in rows if r["stamps"] < expected]
-    return not incomplete, {"days_checked": len(rows), "incomplete_days": len(incomplete),
-                            "first_incomplete": ", ".join(incomplete[:10]) or "none"}
-
-
-# ----- dimensions --------------------------------------------------------------------------------
-
-
-def _count_matches_source(spec: catalog.TableSpec) -> Callable[[psycopg.Connection, dict[str, Any]], Outcome]:
-    def evaluate(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
-        local = conn.execute(sql.SQL("SELECT count(*) AS n FROM {}").format(qualified(spec.local_table))).fetchone()["n"]
-        return local == log["rows_source"], {"local_rows": int(local), "source_rows": int(log["rows_source"] or 0)}
-
-    return evaluate
-
-
-# child table, its column, parent table, parent column
-REFERENCES: tuple[tuple[str, str, str, str], ...] = (
-    ("dwh.organization_memberships", "user_id", "dwh.users", "user_id"),
-    ("dwh.organization_memberships", "organization_id", "dwh.organizations", "organization_id"),
-    ("dwh.instances", "organization_id", "dwh.organizations", "organization_id"),
-)
-
-
-def _references_resolve(child: str) -> Callable[[psycopg.Connection, dict[str, Any]], Outcome]:
-    refs = [r for r in REFERENCES if r[0] == child]
+def _references_resolve(table: Table) -> Evaluate:
+    refs = [(c.name, *c.references.rsplit(".", 1)) for c in table.columns if c.references]
+    where, scope = _scope(table)
 
     def evaluate(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
-        metadata: dict[str, int] = {}
-        for c, col, parent, pcol in refs:
+        metadata: dict[str, Any] = dict(scope)
+        for column, parent, parent_column in refs:
             row = conn.execute(sql.SQL(
-                "SELECT count(*) AS dangling FROM {} c WHERE NOT EXISTS (SELECT 1 FROM {} p WHERE p.{} = c.{})").format(
-                    qualified(c), qualified(parent), sql.Identifier(pcol), sql.Identifier(col))).fetchone()
-            metadata[f"dangling_{col}"] = int(row["dangling"])
-        return not any(metadata.values()), metadata
+                "SELECT count(*) AS dangling FROM {} t WHERE {} AND t.{} IS NOT NULL AND NOT EXISTS "
+                "(SELECT 1 FROM {} p WHERE p.{} = t.{})").format(
+                    qualified(table.relation), where, sql.Identifier(column), qualified(parent),
+                    sql.Identifier(parent_column), sql.Identifier(column)), _params(log)).fetchone()
+            metadata[f"dangling_{column}"] = int(row["dangling"])
+        return not any(v for k, v in metadata.items() if k.startswith("dangling_")), metadata
 
     return evaluate
 
 
-# ----- marts -------------------------------------------------------------------------------------
+def _accepted_values(table: Table) -> Evaluate:
+    columns = [c for c in table.columns if c.accepted]
+    where, scope = _scope(table)
 
-
-def _mart_window_query(query: str) -> Callable[[psycopg.Connection, dict[str, Any]], Outcome]:
-    """A check counting the offending rows of the refreshed days (zero passes)."""
     def evaluate(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
-        start, end = _window(log)
-        bad = conn.execute(query, {"first": start.date(), "end": end.date()}).fetchone()["bad"]
-        return bad == 0, {"offending_rows": int(bad), "days": f"[{start.date()}, {end.date()})"}
+        metadata: dict[str, Any] = dict(scope)
+        for column in columns:
+            row = conn.execute(sql.SQL(
+                "SELECT count(*) AS bad, string_agg(DISTINCT t.{}, ', ') AS found FROM {} t WHERE {} "
+                "AND t.{} <> ALL (string_to_array(dwh.setting(%(setting)s), ','))").format(
+                    sql.Identifier(column.name), qualified(table.relation), where, sql.Identifier(column.name)),
+                _params(log) | {"setting": column.accepted.setting}).fetchone()
+            metadata[f"unaccepted_{column.name}"] = int(row["bad"])
+            if row["bad"]:
+                metadata[f"unaccepted_{column.name}_values"] = (row["found"] or "")[:500]
+        return not any(v for k, v in metadata.items() if k.startswith("unaccepted_") and isinstance(v, int)), metadata
 
     return evaluate
 
 
-def _signups_match_users(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
-    start, end = _window(log)
-    row = conn.execute(
-        "SELECT (SELECT coalesce(sum(signups), 0) FROM mart.daily_signups_days WHERE day >= %(first)s AND day < %(end)s) AS mart, "
-        "       (SELECT count(*) FROM dwh.users WHERE created_at >= %(start)s AND created_at < %(stop)s) AS users",
-        {"first": start.date(), "end": end.date(), "start": start, "stop": end}).fetchone()
-    return row["mart"] == row["users"], {"mart_signups": int(row["mart"]), "users_created": int(row["users"])}
+def _window_query(check: catalog.WindowCheck) -> Evaluate:
+    """A declared query counting the refreshed window's offending rows (zero passes)."""
+    def evaluate(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
+        params = _params(log)
+        row = conn.execute(check.query, params).fetchone()
+        metadata = {k: (v if isinstance(v, (int, str)) else str(v)) for k, v in row.items() if k != "bad"}
+        return row["bad"] == 0, {"offending_rows": int(row["bad"]),
+                                 "days": f"[{params['first_day']}, {params['end_day']})"} | metadata
+
+    return evaluate
 
 
-MART_CHECKS: dict[str, list[tuple[str, str, Callable[[psycopg.Connection, dict[str, Any]], Outcome]]]] = {
-    "org_daily_usage": [
-        ("organizations_resolve", "Every organization of the refreshed days exists in dwh.organizations.",
-         _mart_window_query("SELECT count(*) AS bad FROM mart.org_daily_usage_days d WHERE d.day >= %(first)s "
-                            "AND d.day < %(end)s AND NOT EXISTS (SELECT 1 FROM dwh.organizations o "
-                            "WHERE o.organization_id = d.organization_id)")),
-        ("usage_is_not_negative", "No negative instances, vCPU-hours, storage or members on the refreshed days.",
-         _mart_window_query("SELECT count(*) AS bad FROM mart.org_daily_usage_days WHERE day >= %(first)s "
-                            "AND day < %(end)s AND least(instances, vcpu_hours, storage_gb_days, members) < 0")),
-    ],
-    "daily_signups": [
-        ("signups_match_users", "The refreshed days' sign-ups equal the users created on them.", _signups_match_users),
-    ],
-    "instance_state_daily": [
-        ("states_are_known", "Every state of the refreshed days is one the fleet dashboards know.",
-         _mart_window_query("SELECT count(*) AS bad FROM mart.instance_state_daily_days WHERE day >= %(first)s "
-                            "AND day < %(end)s AND state NOT IN "
-                            "('creating', 'running', 'stopping', 'stopped', 'starting', 'deleted')")),
-    ],
-}
+def _declared(key: dg.AssetKey, table: Table, extra: tuple[catalog.WindowCheck, ...]) -> list[RefreshCheck]:
+    """What a catalog entry declares: references, accepted values, its own window checks."""
+    checks = []
+    refs = [c for c in table.columns if c.references]
+    if refs:
+        checks.append(RefreshCheck(key, "references_resolve", "; ".join(
+            f"every {table.relation}.{c.name} exists in {c.references}" for c in refs), _references_resolve(table)))
+    accepted = [c for c in table.columns if c.accepted]
+    if accepted:
+        checks.append(RefreshCheck(key, "accepted_values", "; ".join(
+            f"every {table.relation}.{c.name} is one of dwh.settings '{c.accepted.setting}' (default: "
+            f"{', '.join(c.accepted.values)})" for c in accepted), _accepted_values(table)))
+    checks += [RefreshCheck(key, c.name, c.description, _window_query(c), c.blocking) for c in extra]
+    return checks
 
 
 # ----- what each asset declares ------------------------------------------------------------------
 
 
 def refresh_checks(spec: catalog.TableSpec) -> list[RefreshCheck]:
+    """A copy's checks: the refresh kept every source row (blocking), then what the catalog declares."""
     key = key_of(spec.local_table)
     if spec.kind is catalog.Kind.FACT:
         checks = [RefreshCheck(key, "rows_match_source", f"The refresh inserted every row it read from {spec.sources[0]} "
@@ -207,30 +202,24 @@ def refresh_checks(spec: catalog.TableSpec) -> list[RefreshCheck]:
             checks.append(RefreshCheck(key, "key_is_unique", f"No two rows of the refreshed window and its "
                                                               f"lookback share ({', '.join(spec.key)}).",
                                        _key_unique_in_window(spec), blocking=True))
-        if spec.name == "metrics":
-            checks.append(RefreshCheck(key, "samples_complete", "Every full past day of the window holds every sample "
-                                                                "time of the metrics step.", _samples_complete))
-        return checks
-    checks = [RefreshCheck(key, "row_count_matches_source", f"{spec.local_table} has as many rows as the refresh read "
-                                                             f"from {spec.sources[0]}.", _count_matches_source(spec),
-                           blocking=True)]
-    if any(r[0] == spec.local_table for r in REFERENCES):
-        refs = [r for r in REFERENCES if r[0] == spec.local_table]
-        checks.append(RefreshCheck(key, "references_resolve",
-                                   "; ".join(f"every {c}.{col} exists in {p}.{pcol}" for c, col, p, pcol in refs),
-                                   _references_resolve(spec.local_table)))
-    return checks
+    else:
+        checks = [RefreshCheck(key, "row_count_matches_source", f"{spec.local_table} has as many rows as the refresh "
+                                                                 f"read from {spec.sources[0]}.",
+                               _count_matches_source(spec.local_table), blocking=True)]
+    return checks + _declared(key, spec.table, spec.checks)
 
 
 def mart_checks(mart: catalog.MartSpec) -> list[RefreshCheck]:
-    return [RefreshCheck(key_of(mart.relation), name, description, fn) for name, description, fn in MART_CHECKS[mart.name]]
+    return _declared(key_of(mart.relation), mart.stored_table, mart.checks)
 
 
-def checks_by_log_table() -> dict[str, list[RefreshCheck]]:
+def checks_of(entry: catalog.TableSpec | catalog.MartSpec) -> list[RefreshCheck]:
+    return refresh_checks(entry) if isinstance(entry, catalog.TableSpec) else mart_checks(entry)
+
+
+def checks_by_log_table(entries: catalog.Catalog = catalog.PRODUCT) -> dict[str, list[RefreshCheck]]:
     """dwh.refresh_log.table_name -> the checks of the refresh that writes such rows."""
-    found = {spec.name: refresh_checks(spec) for spec in catalog.CATALOG}
-    found.update({mart.relation: mart_checks(mart) for mart in catalog.MARTS})
-    return found
+    return {entry.log_table: checks_of(entry) for entry in entries.refreshed()}
 
 
 # ----- pg_cron job health, on demand -----------------------------------------------------------

@@ -23,13 +23,12 @@ per job, the last start seen, so a tick costs O(new runs), not O(history). Each 
 what it reported ("reported 3 pg_cron runs: 4 materializations, 0 failures").
 
 The daemon evaluates the sensor at most every ``DWH_SENSOR_INTERVAL_SECONDS`` seconds
-(default 30; tests and demos lower it to see pg_cron runs sooner).
+(``defs.settings``; default 30, tests and demos lower it to see pg_cron runs sooner).
 """
 
 
 import datetime as dt
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,31 +39,13 @@ import psycopg
 
 from dwh_assets.warehouse import catalog
 from dwh_assets.warehouse.defs import assets
-from dwh_assets.warehouse.defs.checks import PG_CRON_HEALTH, checks_by_log_table
+from dwh_assets.warehouse.defs.checks import PG_CRON_HEALTH, checks_of
 from dwh_assets.warehouse.defs.metadata import refresh_metadata
 from dwh_assets.warehouse.defs.partitions import days_of_window
 from dwh_assets.warehouse.defs.resources import WarehouseResource
 
 UTC = dt.timezone.utc
 OPEN_STATUSES = ("starting", "running", "sending", "connecting")
-SENSOR_INTERVAL_ENV = "DWH_SENSOR_INTERVAL_SECONDS"
-
-
-def sensor_interval_seconds(default: int = 30) -> int:
-    """The sensor's minimum interval: ``DWH_SENSOR_INTERVAL_SECONDS`` or ``default``."""
-    raw = os.environ.get(SENSOR_INTERVAL_ENV, "").strip()
-    if not raw:
-        return default
-    try:
-        seconds = int(raw)
-    except ValueError:
-        seconds = 0
-    if seconds < 1:
-        raise ValueError(f"{SENSOR_INTERVAL_ENV}={raw!r} is not a whole number of seconds >= 1; "
-                         f"unset it for the default ({default}s)")
-    return seconds
-
-
 def _short_time(value: str) -> str:
     """ISO time to the second, UTC, ``Z``: what the cursor stores (readable, small)."""
     return dt.datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -277,7 +258,7 @@ def _with_table_reports(conn: psycopg.Connection, judge: CronRunJudge, report: T
     """The judged events, each committed refresh's materializations completed with what a Dagster
     run records (column schema and lineage, row count, the snapshot or series it also wrote), and
     its data checks evaluated now, in the same tick."""
-    checks = checks_by_log_table()
+    checks = {t.log_table: checks_of(t.spec) for t in judge.targets.values() if t.spec is not None}
     by_run = {int(run["runid"]): (job, log) for job, run, log in report.committed}
     events: list = []
     for event in report.events:

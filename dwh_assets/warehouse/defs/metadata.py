@@ -16,7 +16,10 @@ from typing import Any
 import dagster as dg
 import psycopg
 
-from dwh_assets.warehouse import catalog, sql_files
+from pathlib import Path
+
+from dwh_assets.warehouse import catalog
+from dwh_assets.warehouse.catalog_model import Table, ViewSpec
 
 TABLE_NAME = "dagster/table_name"
 COLUMN_SCHEMA = "dagster/column_schema"
@@ -30,14 +33,27 @@ def key_of(relation: str) -> dg.AssetKey:
     return dg.AssetKey(relation.split(".", 1))
 
 
-def code_reference(file_name: str, label: str) -> dg.CodeReferencesMetadataValue:
+def code_reference(path: Path, label: str) -> dg.CodeReferencesMetadataValue:
     return dg.CodeReferencesMetadataValue(code_references=[
-        dg.LocalFileCodeReference(file_path=str(sql_files.routine_path(file_name)), line_number=1, label=label)])
+        dg.LocalFileCodeReference(file_path=str(path), line_number=1, label=label)])
 
 
-def table_definition_metadata(relation: str, routine: str | None = None, routine_file: str | None = None,
-                              job: str | None = None, schedule: str | None = None) -> dict[str, Any]:
+def catalog_schema(item: Table | ViewSpec) -> dg.TableSchema:
+    """The columns as the catalog declares them: what the asset shows before any materialization."""
+    return dg.TableSchema(columns=[
+        dg.TableColumn(name=c.name, type=c.type, description=c.comment,
+                       constraints=dg.TableColumnConstraints(
+                           nullable=not (item.not_null(c) if isinstance(item, Table) else c.not_null)))
+        for c in item.columns
+    ])
+
+
+def table_definition_metadata(relation: str, routine: str | None = None, routine_file: Path | None = None,
+                              job: str | None = None, schedule: str | None = None,
+                              schema: dg.TableSchema | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {TABLE_NAME: relation}
+    if schema is not None:
+        meta[COLUMN_SCHEMA] = schema
     if routine:
         meta["routine"] = routine
     if routine_file:
@@ -80,7 +96,7 @@ def _dep(column_ref: str) -> dg.TableColumnDep:
 
 def copy_column_lineage(conn: psycopg.Connection, spec: catalog.TableSpec) -> dg.TableColumnLineage:
     """Each copy column from the source column of the same name, or as the catalog says."""
-    derived = dict(spec.derived_columns)
+    derived = {c.name: c.lineage for c in spec.columns if c.lineage}
     source_columns = {source: set(column_names(conn, source)) for source in spec.sources}
     deps: dict[str, list[dg.TableColumnDep]] = {}
     for column in column_names(conn, spec.local_table):
@@ -94,7 +110,7 @@ def copy_column_lineage(conn: psycopg.Connection, spec: catalog.TableSpec) -> dg
 
 
 def mart_column_lineage(mart: catalog.MartSpec) -> dg.TableColumnLineage:
-    return dg.TableColumnLineage(deps_by_column={column: [_dep(ref) for ref in refs] for column, refs in mart.column_lineage})
+    return dg.TableColumnLineage(deps_by_column={c.name: [_dep(ref) for ref in c.lineage] for c in mart.columns if c.lineage})
 
 
 def refresh_metadata(log: dict[str, Any]) -> dict[str, dg.MetadataValue]:

@@ -7,25 +7,8 @@ definition so a run can carry facts and dimensions together.
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import dagster as dg
-
-HISTORY_START_ENV = "DWH_HISTORY_START"
-
-
-def history_start() -> dt.date:
-    """The first day the warehouse holds: ``DWH_HISTORY_START`` (the deployment's history.start)."""
-    raw = os.environ.get(HISTORY_START_ENV, "").strip()
-    if not raw:
-        raise RuntimeError(
-            f"Dagster needs the first day of history: set {HISTORY_START_ENV}=YYYY-MM-DD (history.start of "
-            f'the deployment configuration; `eval "$(dwh env)"` sets it for the local stack).'
-        )
-    try:
-        return dt.date.fromisoformat(raw)
-    except ValueError:
-        raise ValueError(f"{HISTORY_START_ENV}={raw!r} is not a date (YYYY-MM-DD)") from None
 
 
 def daily_partitions(start: dt.date) -> dg.DailyPartitionsDefinition:

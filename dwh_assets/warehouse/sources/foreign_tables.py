@@ -9,7 +9,12 @@ serves them, the refresh routines read the same names and columns.
   temporary foreign table per window instead (sql/routines/read_metrics_window.sql).
 - ``tembo``: the ``clerk_fdw`` / ``prometheus_fdw`` extensions (``tembo_*_ddl``). They can't be
   installed here, so this DDL is unit-tested (dwh_assets_tests/test_tembo_backend.py), never run.
-- The control plane is always postgres_fdw + ``IMPORT FOREIGN SCHEMA``.
+- ``relay``: postgres_fdw tables imported from the relay, a self-hosted Postgres that serves
+  the reader backend's tables (``sources/relay.py`` installs it); Prometheus windows are
+  read with dblink, calling the relay's ``dwh.relay_metrics_window`` (read_metrics_window.sql).
+- The control plane is always postgres_fdw + ``IMPORT FOREIGN SCHEMA``, directly or, with
+  ``control_plane.via_relay``, from the relay's own import of it.
+- pg_cron's tables, where pg_cron lives in another database: ``cron_history_ddl``.
 
 Everything that reaches a ``program`` string is shell-quoted (``reader_program``) here or
 validated and quoted by ``dwh.reader_command`` in SQL.
@@ -46,7 +51,7 @@ PROMETHEUS_COLUMNS = [
 RECENT_METRICS_SECONDS = 86400
 # Sources whose backend is configurable (clerk.backend, prometheus.backend), and the backends.
 SOURCES = ("clerk", "prometheus")
-BACKENDS = ("reader", "tembo")
+BACKENDS = ("reader", "tembo", "relay")
 
 
 @dataclass
@@ -76,24 +81,38 @@ def _columns(cols: list[tuple[str, str]]) -> sql.Composable:
     return sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in cols)
 
 
-def control_plane_ddl(cfg: DeploymentConfig) -> SourceDDL:
+def server_options(host: str, port: int, database: str, sslmode: str) -> sql.Composable:
+    """postgres_fdw server options: fetch_size for fewer round trips on large windows; timeouts so a dead source fails fast."""
+    return sql.SQL(
+        "OPTIONS (host {}, port {}, dbname {}, sslmode {}, fetch_size '10000', connect_timeout '10', "
+        "application_name 'dwh_warehouse', keepalives_idle '30')"
+    ).format(sql.Literal(host), sql.Literal(str(port)), sql.Literal(database), sql.Literal(sslmode))
+
+
+def _postgres_server(ddl: SourceDDL, server: str, options: sql.Composable, user: str, password: str,
+                     roles: tuple[str, ...]) -> None:
+    ddl.add("DROP SERVER IF EXISTS {} CASCADE", sql.Identifier(server))
+    ddl.add("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw {}", sql.Identifier(server), options)
+    # User mapping options are visible to the mapped role (with USAGE on the server) and superusers only.
+    for role in dict.fromkeys(roles):
+        ddl.add("CREATE USER MAPPING FOR {} SERVER {} OPTIONS (user {}, password {})",
+                sql.Identifier(role), sql.Identifier(server), sql.Literal(user), sql.Literal(password))
+
+
+def _source_readers(cfg: DeploymentConfig) -> tuple[str, ...]:
+    # The routines run as the owner's privilege role (SECURITY DEFINER); the loader reads the sources directly for checks.
+    return (catalog.OWNER_GROUP, cfg.warehouse.loader.user)
+
+
+def control_plane_ddl(cfg: DeploymentConfig, readers: tuple[str, ...] | None = None) -> SourceDDL:
+    """The control plane's server and tables, for the warehouse, or with ``readers`` for the relay."""
     cp = cfg.control_plane
     ddl = SourceDDL()
-    ddl.add("DROP SERVER IF EXISTS control_plane CASCADE")
-    # fetch_size: fewer round trips on large windows; timeouts so a dead source fails fast.
-    ddl.add(
-        "CREATE SERVER control_plane FOREIGN DATA WRAPPER postgres_fdw OPTIONS "
-        "(host {}, port {}, dbname {}, sslmode {}, fetch_size '10000', connect_timeout '10', "
-        "application_name 'dwh_warehouse', keepalives_idle '30')",
-        sql.Literal(cp.host), sql.Literal(str(cp.port)), sql.Literal(cp.database), sql.Literal(cp.sslmode),
-    )
-    # The routines run as the owner's privilege role (SECURITY DEFINER); the loader reads the
-    # sources directly for checks. User mapping options are visible to the mapped role and superusers only.
-    for role in dict.fromkeys((catalog.OWNER_GROUP, cfg.warehouse.loader.user)):
-        ddl.add(
-            "CREATE USER MAPPING FOR {} SERVER control_plane OPTIONS (user {}, password {})",
-            sql.Identifier(role), sql.Literal(cp.user), sql.Literal(cp.secret()),
-        )
+    if cp.via_relay and readers is None:
+        ddl.add("DROP SERVER IF EXISTS control_plane CASCADE")
+        return ddl  # relay_ddl imports it from the relay
+    _postgres_server(ddl, "control_plane", server_options(cp.host, cp.port, cp.database, cp.sslmode),
+                     cp.user, cp.secret(), readers or _source_readers(cfg))
     for remote_schema, only in catalog.CONTROL_PLANE_IMPORTS.items():
         limit = sql.SQL("")
         if only:
@@ -105,17 +124,74 @@ def control_plane_ddl(cfg: DeploymentConfig) -> SourceDDL:
     return ddl
 
 
-def reader_ddl(cfg: DeploymentConfig) -> SourceDDL:
-    """The file_fdw server and the tables of the sources whose backend is the reader."""
+def reader_ddl(cfg: DeploymentConfig, backend: str = "reader") -> SourceDDL:
+    """The file_fdw server and the tables of the sources whose backend is ``backend``.
+
+    ``reader``: in the warehouse; ``relay``: in the relay's database (``sources/relay.py``).
+    """
     ddl = SourceDDL()
     ddl.add("DROP SERVER IF EXISTS dwh_reader CASCADE")
-    if not cfg.uses_reader():
+    if backend not in cfg.backends().values():
         return ddl
     ddl.add("CREATE SERVER dwh_reader FOREIGN DATA WRAPPER file_fdw")
-    if cfg.clerk.backend == "reader":
+    if cfg.clerk.backend == backend:
         _reader_clerk_tables(ddl, cfg)
-    if cfg.prometheus.backend == "reader":
+    if cfg.prometheus.backend == backend:
         _reader_prometheus_table(ddl, cfg)
+    return ddl
+
+
+RELAY_SERVER = "dwh_relay"
+# Where the relay keeps what the warehouse imports (the same schema names on both sides).
+RELAY_SCHEMAS = {"clerk": "src_clerk", "prometheus": "src_prometheus", "control_plane": "src_control_plane"}
+
+
+def relay_ddl(cfg: DeploymentConfig) -> SourceDDL:
+    """The warehouse's side of the relay: a postgres_fdw server and the relay's tables, imported."""
+    ddl = SourceDDL()
+    if not cfg.uses_relay():
+        ddl.add("DROP SERVER IF EXISTS {} CASCADE", sql.Identifier(RELAY_SERVER))
+        return ddl
+    relay = cfg.relay
+    _postgres_server(ddl, RELAY_SERVER, server_options(relay.host, relay.port, relay.database, relay.sslmode),
+                     relay.user, relay.secret(), _source_readers(cfg))
+    for source in cfg.relay_sources():
+        schema = sql.Identifier(RELAY_SCHEMAS[source])
+        only = {"clerk": tuple(CLERK_COLUMNS), "prometheus": ("metrics",)}.get(source)
+        limit = sql.SQL(" LIMIT TO ({})").format(sql.SQL(", ").join(map(sql.Identifier, only))) if only else sql.SQL("")
+        ddl.add("IMPORT FOREIGN SCHEMA {}{} FROM SERVER {} INTO {}", schema, limit, sql.Identifier(RELAY_SERVER), schema)
+    return ddl
+
+
+CRON_SERVER = "dwh_cron_database"
+CRON_TABLES = ("job", "job_run_details")
+
+
+def cron_history_ddl(cfg: DeploymentConfig, cron_database: str, passwords: dict[str, str]) -> SourceDDL:
+    """pg_cron's tables in the warehouse, where pg_cron lives in another database (cron.database_name).
+
+    ``dwh.cron_job_runs()`` (the health dashboard's job history) runs as the loader login and
+    reads ``cron.job`` and ``cron.job_run_details``; here they are postgres_fdw tables of the
+    cron database, read with the loader's own login, so pg_cron's row-level security still
+    shows it its own jobs. ``passwords``: the owner's (it imports) and the loader's logins.
+    """
+    ddl = SourceDDL()
+    ddl.add("DROP SERVER IF EXISTS {} CASCADE", sql.Identifier(CRON_SERVER))
+    if cron_database == cfg.warehouse.database:
+        return ddl
+    ddl.add("CREATE SCHEMA IF NOT EXISTS cron")
+    ddl.add("COMMENT ON SCHEMA cron IS {}", sql.Literal(
+        f"pg_cron's tables of database {cron_database} (cron.database_name), through postgres_fdw, for dwh.cron_job_runs()."))
+    ddl.add("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host {}, port {}, dbname {}, sslmode {})",
+            sql.Identifier(CRON_SERVER), sql.Literal(cfg.warehouse.host), sql.Literal(str(cfg.warehouse.port)),
+            sql.Literal(cron_database), sql.Literal(cfg.warehouse.sslmode))
+    for role, login in ((catalog.OWNER_GROUP, cfg.warehouse.owner.user), (cfg.warehouse.loader.user, cfg.warehouse.loader.user)):
+        ddl.add("CREATE USER MAPPING FOR {} SERVER {} OPTIONS (user {}, password {})", sql.Identifier(role),
+                sql.Identifier(CRON_SERVER), sql.Literal(login), sql.Literal(passwords[login]))
+    ddl.add("IMPORT FOREIGN SCHEMA cron LIMIT TO ({}) FROM SERVER {} INTO cron",
+            sql.SQL(", ").join(map(sql.Identifier, CRON_TABLES)), sql.Identifier(CRON_SERVER))
+    ddl.add("GRANT USAGE ON SCHEMA cron TO {}", sql.Identifier(catalog.LOADER_GROUP))
+    ddl.add("GRANT SELECT ON cron.job, cron.job_run_details TO {}", sql.Identifier(catalog.LOADER_GROUP))
     return ddl
 
 
@@ -191,6 +267,7 @@ def source_ddl(cfg: DeploymentConfig) -> SourceDDL:
     """The owner's source layer: control plane, then reader tables, then tembo tables."""
     ddl = control_plane_ddl(cfg)
     ddl += reader_ddl(cfg)
+    ddl += relay_ddl(cfg)
     if cfg.clerk.backend == "tembo":
         ddl += tembo_clerk_ddl(cfg.clerk.secret())
     if cfg.prometheus.backend == "tembo":

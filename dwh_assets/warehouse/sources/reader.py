@@ -120,7 +120,7 @@ CLERK_MAX_PAGE_SIZE = 500
 USER_AGENT = "dwh-source-reader/1"
 # Exit codes, one per failure class: PostgreSQL reports only the code of a failed
 # `program`, so the code is how the warehouse tells the user what went wrong
-# (dwh.raise_source_failure in sql/routines/01_refresh_framework.sql maps them).
+# (dwh.raise_source_failure in sql/routines/00_source_failure.sql maps them).
 EXIT_INTERNAL = 1      # a bug in this reader
 EXIT_USAGE = 2         # bad arguments or settings
 EXIT_UNREACHABLE = 3   # connection refused / reset, unknown host

@@ -151,7 +151,8 @@ def install_reader(cfg: DeploymentConfig, settings: dict | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     _own(cfg, directory, 0o700)
     values = reader_settings(cfg, settings)
-    secrets = {"clerk_secret_key": cfg.clerk.secret()} if cfg.clerk.backend == "reader" else {}
+    # The reader reads Clerk where it runs: the warehouse's server (reader) or the relay's.
+    secrets = {"clerk_secret_key": cfg.clerk.secret()} if cfg.clerk.backend in ("reader", "relay") else {}
     _write_owned(cfg, Path(values["secrets_file"]), json.dumps(secrets).encode(), 0o600)
     passfile = control_plane_passfile(cfg)
     if values["control_plane_passfile"]:
@@ -194,7 +195,7 @@ def reader_program(cfg: DeploymentConfig, *args: str, config: Path | None = None
 
 def check_command(cfg: DeploymentConfig) -> sql.Composed:
     """``COPY pg_temp.dwh_reader_check FROM PROGRAM``: the reader's self-check, as the server runs it."""
-    args = ["check"] + (["--clerk-key"] if cfg.clerk.backend == "reader" else [])
+    args = ["check"] + (["--clerk-key"] if cfg.clerk.backend in ("reader", "relay") else [])
     args += ["--control-plane-copy"] if cfg.control_plane_transfer() == "copy" else []
     return sql.SQL("COPY pg_temp.dwh_reader_check FROM PROGRAM {} WITH (FORMAT csv)").format(sql.Literal(reader_program(cfg, *args)))
 

@@ -1,6 +1,7 @@
-"""The dashboards as code: Superset's own export format (YAML), kept in ``dashboards/``.
+"""The dashboards as code: Superset's own export format (YAML), kept in the package.
 
-The directory is an unzipped Superset export without its root folder::
+``dwh_assets/warehouse/dashboards/`` is package data (found through ``importlib.resources``,
+so an installed wheel has it too): an unzipped Superset export without its root folder::
 
     dashboards/
       metadata.yaml                      version, type: Dashboard
@@ -12,29 +13,28 @@ The directory is an unzipped Superset export without its root folder::
 ``load_bundle`` parses and checks it (every file valid YAML with the keys Superset needs,
 every uuid once, every reference resolvable) and says which file is wrong. The local stack
 imports the bundle into Superset (``dwh_assets/local/superset.py``); the Dagster code
-location derives one external asset per dashboard from it (``defs/dashboards.py``),
+location derives one external asset per dashboard from it (``defs/dashboard_assets.py``),
 downstream of the relations its charts' datasets read. Only the standard library and PyYAML.
 """
 
 from __future__ import annotations
 
-import os
 import uuid as uuid_lib
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
 
-from dwh_assets.warehouse.deployment import DwhError
+from dwh_assets.warehouse.catalog import PRODUCT, Catalog, ViewSpec
+from dwh_assets.warehouse.errors import DwhError
 
 # libyaml's safe loader where PyYAML was built with it (about 10x faster: the code location
 # parses every dashboard file each time it loads), the pure-Python one otherwise.
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-DASHBOARDS_DIR_ENV = "DWH_DASHBOARDS_DIR"
-SUPERSET_URL_ENV = "DWH_SUPERSET_URL"
-DEFAULT_SUPERSET_URL = "http://127.0.0.1:8088"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# Installed packages are directories on disk (pip never installs this one zipped).
+PACKAGED_DASHBOARDS = Path(str(files("dwh_assets.warehouse") / "dashboards"))
 
 # What Superset's importer needs of each kind of file (its ImportV1*Schema's required fields).
 REQUIRED = {
@@ -114,13 +114,17 @@ class Bundle:
         return [self.charts[u] for u in dashboard.chart_uuids]
 
 
-def dashboards_dir() -> Path:
-    """``DWH_DASHBOARDS_DIR``, else ``dashboards/`` of the repository this package is in."""
-    return Path(os.environ.get(DASHBOARDS_DIR_ENV) or REPO_ROOT / "dashboards")
+def describe_dataset(data: dict, catalog: Catalog = PRODUCT) -> dict:
+    """A dataset file with its relation's and columns' descriptions from the catalog.
 
-
-def superset_url() -> str:
-    return (os.environ.get(SUPERSET_URL_ENV) or DEFAULT_SUPERSET_URL).rstrip("/")
+    The repository's files leave them out (``description: null``): the import adds them, the
+    export drops them again, so a description lives in the catalog only.
+    """
+    relation = catalog.relation(f"{data.get('schema')}.{data.get('table_name')}")
+    comments = {c.name: c.comment for c in relation.columns}
+    described = dict(data, description=relation.description if isinstance(relation, ViewSpec) else relation.comment)
+    described["columns"] = [dict(col, description=comments.get(col.get("column_name"))) for col in data.get("columns") or []]
+    return described
 
 
 def _read(root: Path, path: Path) -> dict:
@@ -161,10 +165,10 @@ def _position_charts(rel: Path, position: object) -> tuple[str, ...]:
 
 
 def load_bundle(root: Path | None = None) -> Bundle:
-    """Parse and check the dashboards directory; ``BundleError`` names the first broken file."""
-    root = (root or dashboards_dir()).resolve()
+    """Parse and check a dashboards directory (default: the package's); ``BundleError`` names the first broken file."""
+    root = (root or PACKAGED_DASHBOARDS).resolve()
     if not root.is_dir():
-        raise BundleError(f"no dashboards directory at {root} (set {DASHBOARDS_DIR_ENV})")
+        raise BundleError(f"no dashboards directory at {root}")
     bundle = Bundle(root=root)
     seen_uuids: dict[str, Path] = {}
     for path in sorted(root.rglob("*")):

@@ -1,25 +1,28 @@
 """Superset dashboards and the views they read, as external assets in the lineage.
 
 Like dagster-tableau and dagster-sigma model BI workbooks, each dashboard of the
-repository's ``dashboards/`` (Superset's export format, parsed by
-``dwh_assets.warehouse.dashboards``) is an ``AssetSpec`` Dagster never materialises: key
+package's ``dashboards/`` (Superset's export format, parsed by
+``dwh_assets.warehouse.superset_export``) is an ``AssetSpec`` Dagster never materialises: key
 ``[superset, <slug>]``, group ``dashboards``, kind ``superset``, its URL in the metadata,
 downstream of the relations its charts' datasets read. Those are marts or the catalog's
-plain views (``catalog.VIEWS``), themselves external assets downstream of the copies they
+plain views (the catalog's ``views``), themselves external assets downstream of the copies they
 read, so the lineage runs source -> copy -> mart/view -> dashboard.
 
-The dashboards directory is found relative to the repository (``DWH_DASHBOARDS_DIR``
-overrides it); the Superset address in the URLs is ``DWH_SUPERSET_URL`` (``dwh env``
-exports the stack's), default http://127.0.0.1:8088. Nothing here talks to Superset.
+The dashboards directory and the Superset address in the URLs are settings of the code
+location (``DWH_DASHBOARDS_DIR``, default the package's; ``DWH_SUPERSET_URL``, which ``dwh
+env`` exports for the stack). Nothing here talks to Superset.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
 from dwh_assets.warehouse import catalog
-from dwh_assets.warehouse.dashboards import Bundle, load_bundle, superset_url
+from dwh_assets.warehouse.defs import metadata as md
 from dwh_assets.warehouse.defs.metadata import key_of
+from dwh_assets.warehouse.superset_export import load_bundle
 
 DASHBOARDS_GROUP = "dashboards"
 
@@ -28,32 +31,34 @@ def dashboard_key(slug: str) -> dg.AssetKey:
     return dg.AssetKey(["superset", slug.replace("-", "_")])
 
 
-def view_specs() -> list[dg.AssetSpec]:
+def view_specs(entries: catalog.Catalog = catalog.PRODUCT) -> list[dg.AssetSpec]:
     """The catalog's plain views: computed when read, so observed, never materialised."""
     return [
         dg.AssetSpec(
-            key=key_of(view),
-            deps=[key_of(r) for r in reads],
-            description=f"View {view} (no refresh: computed when read), over {', '.join(reads)}.",
-            group_name=catalog.Group.MARTS.value,
+            key=key_of(view.relation),
+            deps=[key_of(r) for r in view.reads],
+            description=f"{view.description} A view (no refresh: computed when read) over {', '.join(view.reads)}.",
+            group_name=view.group.value,
             kinds={"postgres", "view"},
-            metadata={"relation": view, "relation_kind": "view"},
+            metadata={"relation": view.relation, "relation_kind": "view", md.COLUMN_SCHEMA: md.catalog_schema(view),
+                      md.CODE_REFERENCES: md.code_reference(entries.sql_path(view.sql_file), f"{view.relation} (SQL)")},
         )
-        for view, reads in catalog.VIEWS.items()
+        for view in entries.views
     ]
 
 
-def bookkeeping_specs() -> list[dg.AssetSpec]:
+def bookkeeping_specs(entries: catalog.Catalog = catalog.PRODUCT) -> list[dg.AssetSpec]:
     return [
         dg.AssetSpec(key=key_of(relation), description=text, group_name=catalog.Group.WAREHOUSE.value, kinds={"postgres"},
                      metadata={"relation": relation})
-        for relation, text in catalog.BOOKKEEPING.items()
+        for relation, text in entries.external
     ]
 
 
-def dashboard_specs(bundle: Bundle | None = None, base_url: str | None = None) -> list[dg.AssetSpec]:
-    bundle = bundle or load_bundle()
-    base = (base_url or superset_url()).rstrip("/")
+def dashboard_specs(directory: Path, superset_url: str) -> list[dg.AssetSpec]:
+    """One external asset per dashboard of ``directory``, its URL under ``superset_url``."""
+    bundle = load_bundle(directory)
+    base = superset_url.rstrip("/")
     specs = []
     for dash in sorted(bundle.dashboards.values(), key=lambda d: d.slug or d.uuid):
         relations = bundle.dashboard_relations(dash)

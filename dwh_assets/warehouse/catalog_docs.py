@@ -1,0 +1,97 @@
+"""``docs/catalog.md``: the catalog as a reader of the warehouse wants it, generated.
+
+``python -m dwh_assets.warehouse.catalog_docs > docs/catalog.md`` rewrites it; a fast test
+fails when the file and the catalog disagree, so the page never drifts.
+"""
+
+from __future__ import annotations
+
+from dwh_assets.warehouse.catalog import MAINTENANCE_SCHEDULES, PRODUCT, Catalog
+from dwh_assets.warehouse.catalog_model import Column, Kind, MartSpec, Table, TableSpec, ViewSpec
+
+HEADER = """# The catalog
+
+Generated from `dwh_assets/warehouse/catalog.py` by `python -m dwh_assets.warehouse.catalog_docs >
+docs/catalog.md` (a test fails when they disagree): edit the catalog, then regenerate. How to
+add an entry: [adding-a-table.md](adding-a-table.md).
+"""
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _columns(item: Table | ViewSpec) -> list[str]:
+    rows = ["| column | type | what it holds | rules |", "| --- | --- | --- | --- |"]
+    for column in item.columns:
+        rows.append(f"| `{column.name}` | {column.type} | {_cell(column.comment)} | {_rules(item, column)} |")
+    return rows
+
+
+def _rules(item: Table | ViewSpec, column: Column) -> str:
+    rules = []
+    if isinstance(item, Table) and column.name in item.primary_key:
+        rules.append("key")
+    if isinstance(item, Table) and column.name == item.partition_by:
+        rules.append("partitioned by day")
+    if column.references:
+        rules.append(f"references `{column.references}`")
+    if column.accepted:
+        rules.append(f"one of `{column.accepted.setting}` (default: {', '.join(column.accepted.values)})")
+    if not column.stored:
+        rules.append("computed by the view")
+    if column.lineage:
+        rules.append("from " + ", ".join(f"`{ref}`" for ref in column.lineage))
+    return "; ".join(rules)
+
+
+def _entry(entry: TableSpec | MartSpec) -> list[str]:
+    if isinstance(entry, TableSpec):
+        title = f"`{entry.local_table}` ({entry.kind.value})"
+        facts = [f"sources: {', '.join(f'`{s}`' for s in entry.sources)}",
+                 f"key: ({', '.join(entry.key)})" + (f"; partitioned by day of `{entry.time_column}`, pg_cron "
+                                                     f"re-reads {entry.lookback_days} day(s) back"
+                                                     if entry.kind is Kind.FACT else
+                                                     f"; daily snapshots in `{entry.snapshot_table}`")]
+        tables = [entry.table, *entry.also_writes]
+    else:
+        title = f"`{entry.relation}` (mart)"
+        facts = [f"reads: {', '.join(f'`{r}`' for r in entry.reads)}; stored per day in `{entry.table}`",
+                 f"refreshed when these copies change: {', '.join(entry.stale_when)}"]
+        tables = [entry.view]
+    retention = f"{entry.retention_days} days" if entry.retention_days else "all"
+    facts += [f"routine `{entry.routine}({entry.routine_arguments})` in `{entry.routine_file}`; pg_cron job "
+              f"`{entry.cron_job_name}` on `{entry.schedule}` (GMT); overdue after {entry.freshness}; "
+              f"partitions kept: {retention}"]
+    checks = [c.name for c in entry.checks]
+    if checks:
+        facts.append(f"its own checks: {', '.join(checks)}")
+    lines = [f"### {title}", "", entry.description, "", *[f"- {f}" for f in facts], ""]
+    for table in tables:
+        if len(tables) > 1:
+            lines += [f"`{table.relation}`:", ""]
+        lines += [*_columns(table), ""]
+    return lines
+
+
+def render(catalog: Catalog = PRODUCT) -> str:
+    lines = [HEADER, "## Copies of the sources", ""]
+    for spec in catalog.tables:
+        lines += _entry(spec)
+    lines += ["## Marts", ""]
+    for mart in catalog.marts:
+        lines += _entry(mart)
+    lines += ["## Views", ""]
+    for view in catalog.views:
+        lines += [f"### `{view.relation}`", "", view.description, "",
+                  f"- reads: {', '.join(f'`{r}`' for r in view.reads)}; defined in `{view.sql_file}`", "",
+                  *_columns(view), ""]
+    lines += ["## Accepted values", "", "| set | default | dwh.settings key |", "| --- | --- | --- |"]
+    lines += [f"| `{a.name}` | {', '.join(a.values)} | `{a.setting}` |" for a in catalog.accepted_values()]
+    lines += ["", "## Maintenance jobs", "", "| job | default schedule (GMT) |", "| --- | --- |"]
+    lines += [f"| `{job}` | `{schedule}` |" for job, schedule in MAINTENANCE_SCHEDULES.items()]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")

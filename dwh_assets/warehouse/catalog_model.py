@@ -1,0 +1,450 @@
+"""What a catalog entry can say: the grammar ``catalog.py`` is written in.
+
+A ``Catalog`` holds three kinds of entries, each stated once and everything else derived:
+
+- ``TableSpec``, a **local copy** of a source (a fact or a dimension): its columns, key,
+  partition column, sources, schedule, retention, freshness, references, accepted values and
+  any extra checks. Its partitioned table (and a dimension's snapshot table), their pg_partman
+  registration, comments and grants, the pg_cron job, the Dagster asset and its checks are
+  derived; its SQL file holds only the refresh routine.
+- ``MartSpec``, an **incremental mart**: per-day measures in ``mart.<name>_days`` read through
+  the view ``mart.<name>``. Its columns are the view's; ``stored=False`` marks the few the view
+  joins at read time. Its SQL file holds the view and the refresh routine.
+- ``ViewSpec``, a **plain view** computed when read (dashboards): its columns and the relations
+  it reads. Its SQL file holds the view.
+
+``Column`` carries what a column is (type as PostgreSQL's ``format_type`` prints it, comment,
+lineage) and what must hold of it (``references``, ``accepted``). A new per-column or
+per-relation fact is one more field here, read by whatever derives from it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+
+# Every pg_cron job this project owns carries this prefix; the sync never touches others.
+CRON_JOB_PREFIX = "dwh:"
+
+
+class Kind(str, Enum):
+    FACT = "fact"
+    DIMENSION = "dimension"
+
+
+class SourceSystem(str, Enum):
+    CLERK = "clerk"
+    CONTROL_PLANE = "control_plane"
+    PROMETHEUS = "prometheus"
+
+
+class Group(str, Enum):
+    """Dagster asset groups follow the data: a source sits in the group of the copy it feeds."""
+
+    ACCOUNTS = "accounts"      # who: users, organizations, memberships
+    FLEET = "fleet"            # what they run: instances, their states and events
+    USAGE = "usage"            # how much: metrics
+    MARTS = "marts"
+    WAREHOUSE = "warehouse"    # the warehouse's own bookkeeping
+
+
+# ----- columns ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AcceptedValues:
+    """A closed set of values, which a deployment may replace (``[accepted_values]`` of its
+    configuration). ``dwh migrate`` writes the deployment's set into ``dwh.settings`` under
+    ``setting``; the checks read it there, so a deployment's extra value is not a failure."""
+
+    name: str                   # the key in the deployment configuration, e.g. "instance_states"
+    values: tuple[str, ...]     # the default set
+
+    @property
+    def setting(self) -> str:
+        return f"accepted_values.{self.name}"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str                        # as format_type() prints it: "text", "timestamp with time zone", ...
+    comment: str
+    not_null: bool = False
+    default: str | None = None       # an SQL expression
+    generated: str | None = None     # GENERATED ALWAYS AS (<expression>) STORED
+    identity: bool = False           # GENERATED ALWAYS AS IDENTITY
+    # Column lineage: the columns it is computed from (schema.table.column). Empty on a copy:
+    # the source column of the same name.
+    lineage: tuple[str, ...] = ()
+    # Every value exists in this column (schema.table.column): the references_resolve check.
+    references: str | None = None
+    # Every value is one of these: the accepted_values check.
+    accepted: AcceptedValues | None = None
+    # Marts only: False for a column the view computes at read time (not in mart.<name>_days).
+    stored: bool = True
+
+
+
+@dataclass(frozen=True)
+class Index:
+    columns: tuple[str, ...]
+    name: str | None = None   # None: the name PostgreSQL gives it (<table>_<columns>_idx)
+
+
+# ----- physical tables ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table the catalog creates: ``catalog_ddl`` renders it, registers its partitions and comments."""
+
+    relation: str                                 # schema.name
+    comment: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...] = ()
+    partition_by: str | None = None               # daily range partitions (pg_partman) on this column
+    # Days of partitions before today pg_partman creates when it registers the table.
+    premake_back_days: int = 90
+    indexes: tuple[Index, ...] = ()
+    unique: tuple[tuple[str, ...], ...] = ()
+
+    def column(self, name: str) -> Column:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(f"{self.relation} has no column {name!r}")
+
+    def not_null(self, column: Column) -> bool:
+        return column.not_null or column.identity or column.name in self.primary_key
+
+
+@dataclass(frozen=True)
+class WindowCheck:
+    """A data check: a query over the refreshed window counting the offending rows (zero passes).
+
+    The query sees ``%(start)s``, ``%(end)s`` (the window, timestamptz) and ``%(first_day)s``,
+    ``%(end_day)s`` (its UTC days, ``[first_day, end_day)``); it returns one row whose column
+    ``bad`` is the count, and whose other columns become the check's metadata.
+    """
+
+    name: str
+    description: str
+    query: str
+    blocking: bool = False
+
+
+# ----- entries --------------------------------------------------------------------------------------
+
+
+ROUTINE_ARGUMENTS = {Kind.FACT: "timestamptz, timestamptz", Kind.DIMENSION: "date"}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A local copy: ``dwh.<name>``, refreshed by ``dwh.refresh_<name>`` (``refresh_<name>.sql``)."""
+
+    name: str
+    kind: Kind
+    system: SourceSystem
+    group: Group
+    # Foreign tables (schema.table) the refresh reads; the first is the primary source.
+    sources: tuple[str, ...]
+    # The natural key; a fact's primary key adds its partition column (PostgreSQL requires it).
+    key: tuple[str, ...]
+    description: str                 # what it holds (the table's COMMENT, the asset's description)
+    columns: tuple[Column, ...]
+    # pg_cron schedule (GMT) of the routine's recurring job (the default; a deployment may override).
+    schedule: str
+    # Facts: the column the table is partitioned by, and how far back the cron job re-reads
+    # for late data (whole days, ending with today).
+    time_column: str | None = None
+    lookback_days: int = 0
+    # pg_partman retention of daily partitions (facts, and dimension snapshots).
+    retention_days: int = 400
+    # How stale the local copy may get before Dagster calls it overdue.
+    freshness: dt.timedelta = dt.timedelta(hours=2)
+    indexes: tuple[Index, ...] = ()
+    unique: tuple[tuple[str, ...], ...] = ()
+    # Other tables the same refresh writes (each an asset of its own).
+    also_writes: tuple[Table, ...] = ()
+    checks: tuple[WindowCheck, ...] = ()
+
+    @property
+    def local_table(self) -> str:
+        return f"dwh.{self.name}"
+
+    @property
+    def relation(self) -> str:
+        """What its asset stands for: the local table."""
+        return self.local_table
+
+    @property
+    def daily(self) -> bool:
+        """Refreshed per window of days (a Dagster partition a day), or as a whole."""
+        return self.kind is Kind.FACT
+
+    @property
+    def primary_key(self) -> tuple[str, ...]:
+        if self.kind is Kind.FACT and self.time_column not in self.key:
+            return (*self.key, self.time_column)
+        return self.key
+
+    @property
+    def table(self) -> Table:
+        return Table(self.local_table, self.description, self.columns, self.primary_key,
+                     self.time_column, indexes=self.indexes, unique=self.unique)
+
+    @property
+    def snapshot_table(self) -> str | None:
+        return f"dwh.{self.name}_snapshot" if self.kind is Kind.DIMENSION else None
+
+    @property
+    def snapshot(self) -> Table | None:
+        """A dimension's daily snapshots: its columns as ``LIKE`` copies them, after the day."""
+        if self.kind is not Kind.DIMENSION:
+            return None
+        day = Column("snapshot_day", "date", "The day the snapshot was taken (the partition key).", not_null=True)
+        return Table(self.snapshot_table,
+                     f"Daily snapshots of {self.local_table}: its rows as of each snapshot_day (partitioned by day).",
+                     # The columns as CREATE TABLE ... (LIKE ...) copies them: type and NOT NULL, nothing computed.
+                     (day, *(Column(c.name, c.type, c.comment, not_null=self.table.not_null(c)) for c in self.columns)),
+                     # No index on snapshot_day: each partition holds one day, read whole.
+                     partition_by="snapshot_day", premake_back_days=7)
+
+    @property
+    def tables(self) -> tuple[Table, ...]:
+        """Every table this entry creates: its own, its snapshots, what its refresh also writes."""
+        return (self.table, *((self.snapshot,) if self.snapshot else ()), *self.also_writes)
+
+    @property
+    def partitioned_table(self) -> str:
+        """Where pg_partman keeps this entry's daily partitions (and their retention)."""
+        return self.local_table if self.kind is Kind.FACT else self.snapshot_table
+
+    @property
+    def log_table(self) -> str:
+        """What its refresh writes in dwh.refresh_log.table_name."""
+        return self.name
+
+    @property
+    def routine(self) -> str:
+        return f"dwh.refresh_{self.name}"
+
+    @property
+    def routine_arguments(self) -> str:
+        return ROUTINE_ARGUMENTS[self.kind]
+
+    @property
+    def routine_file(self) -> str:
+        """The routine's SQL file (its content is the asset's code version)."""
+        return f"refresh_{self.name}.sql"
+
+    @property
+    def key_needs_check(self) -> bool:
+        """A fact's primary key includes its time column; the catalog key alone is then unenforced."""
+        return self.primary_key != self.key
+
+    @property
+    def cron_job_name(self) -> str:
+        return f"{CRON_JOB_PREFIX}refresh_{self.name}"
+
+    def cron_command(self) -> str:
+        """The SQL pg_cron runs: the same routine Dagster calls."""
+        if self.kind is Kind.FACT:
+            return (
+                f"SELECT {self.routine}(date_trunc('day', now()) - interval '{int(self.lookback_days)} days', "
+                f"date_trunc('day', now()) + interval '1 day')"
+            )
+        return f"SELECT {self.routine}(current_date)"
+
+
+PENDING_MART_ROUTINE = "dwh.refresh_pending_mart"
+PENDING_MART_ROUTINE_ARGUMENTS = "text"
+
+
+@dataclass(frozen=True)
+class MartSpec:
+    """An incremental mart: per-day measures in ``mart.<name>_days`` (partitioned by day), read
+    through the view ``mart.<name>``; refreshed per window by ``dwh.refresh_mart_<name>``. Its SQL
+    file (``refresh_mart_<name>.sql``) holds the view and the routine."""
+
+    name: str
+    # Relations it reads, routine and view (lineage).
+    reads: tuple[str, ...]
+    # Catalog tables whose refreshes queue the days they changed for this mart (dwh.mart_inputs).
+    stale_when: tuple[str, ...]
+    key: tuple[str, ...]
+    description: str
+    # The view's columns; those with stored=True, in order, are mart.<name>_days's.
+    columns: tuple[Column, ...]
+    # pg_cron schedule of the job that refreshes the queued days (dwh.refresh_pending_mart):
+    # a few minutes after the copies (*/10, */15), every 5 minutes.
+    schedule: str = "2-59/5 * * * *"
+    # Days of partitions pg_partman keeps; None keeps them all.
+    retention_days: int | None = 400
+    freshness: dt.timedelta = dt.timedelta(hours=2)
+    checks: tuple[WindowCheck, ...] = ()
+    # What the view joins at read time besides its table (and its routine reads too, or not).
+    view_reads: tuple[str, ...] = ()
+    group: Group = Group.MARTS
+
+    @property
+    def relation(self) -> str:
+        """The view people and dashboards read."""
+        return f"mart.{self.name}"
+
+    @property
+    def table(self) -> str:
+        """The partitioned table the refresh writes."""
+        return f"mart.{self.name}_days"
+
+    daily = True
+
+    @property
+    def stored_table(self) -> Table:
+        return Table(self.table, f"{self.description} Stored per UTC day, partitioned by day; read it through "
+                                 f"the view {self.relation}.",
+                     tuple(c for c in self.columns if c.stored), self.key, "day")
+
+    @property
+    def view(self) -> ViewSpec:
+        return ViewSpec(self.relation, self.description, self.columns, (self.table, *self.view_reads), self.routine_file)
+
+    @property
+    def tables(self) -> tuple[Table, ...]:
+        return (self.stored_table,)
+
+    @property
+    def partitioned_table(self) -> str:
+        return self.table
+
+    @property
+    def log_table(self) -> str:
+        return self.relation
+
+    @property
+    def routine_file(self) -> str:
+        return f"refresh_mart_{self.name}.sql"
+
+    @property
+    def routine(self) -> str:
+        return f"dwh.refresh_mart_{self.name}"
+
+    routine_arguments = ROUTINE_ARGUMENTS[Kind.FACT]
+
+    @property
+    def cron_job_name(self) -> str:
+        return f"{CRON_JOB_PREFIX}refresh_mart_{self.name}"
+
+    def cron_command(self) -> str:
+        return f"SELECT {PENDING_MART_ROUTINE}('{self.name}')"
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """A plain view (computed when read: nothing refreshes it), in its own SQL file."""
+
+    relation: str
+    description: str
+    columns: tuple[Column, ...]
+    # Relations it reads (lineage): tables, views, or a set-returning function's relation.
+    reads: tuple[str, ...]
+    sql_file: str
+    group: Group = Group.MARTS
+
+    @property
+    def name(self) -> str:
+        return self.relation.split(".", 1)[1]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The warehouse's tables, marts and views, and where their SQL files are.
+
+    ``migrate`` and the Dagster definitions take one (the product's, ``catalog.PRODUCT``, by
+    default); ``extended`` adds entries, e.g. a deployment's own mart or a test's.
+    """
+
+    tables: tuple[TableSpec, ...]
+    marts: tuple[MartSpec, ...]
+    views: tuple[ViewSpec, ...]
+    # Directories searched, in order, for an entry's SQL file.
+    sql_dirs: tuple[Path, ...] = field(default_factory=tuple)
+    # Relations that no entry creates but views read (an external asset each): relation -> description.
+    external: tuple[tuple[str, str], ...] = ()
+
+    def extended(self, *, tables: tuple[TableSpec, ...] = (), marts: tuple[MartSpec, ...] = (),
+                 views: tuple[ViewSpec, ...] = (), sql_dirs: tuple[Path, ...] = ()) -> Catalog:
+        return replace(self, tables=self.tables + tables, marts=self.marts + marts, views=self.views + views,
+                       sql_dirs=sql_dirs + self.sql_dirs)
+
+    # ----- lookups ------------------------------------------------------------------------------
+
+    def get(self, name: str) -> TableSpec:
+        for spec in self.tables:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"no table {name!r} in the catalog; known: {', '.join(sorted(s.name for s in self.tables))}")
+
+    def mart(self, name: str) -> MartSpec:
+        for mart in self.marts:
+            if mart.name == name:
+                return mart
+        raise KeyError(f"no mart {name!r} in the catalog; known: {', '.join(sorted(m.name for m in self.marts))}")
+
+    def refreshed(self) -> tuple[TableSpec | MartSpec, ...]:
+        """Every entry with a refresh routine and a pg_cron job: copies, then marts."""
+        return (*self.tables, *self.marts)
+
+    def all_tables(self) -> tuple[Table, ...]:
+        return tuple(t for entry in self.refreshed() for t in entry.tables)
+
+    def all_views(self) -> tuple[ViewSpec, ...]:
+        """Marts' views and plain views, each after the views it reads."""
+        views = [m.view for m in self.marts] + list(self.views)
+        by_relation = {v.relation: v for v in views}
+        ordered: dict[str, ViewSpec] = {}
+
+        def visit(view: ViewSpec, path: tuple[str, ...] = ()) -> None:
+            if view.relation in path:
+                raise ValueError(f"views read each other in a cycle: {' -> '.join((*path, view.relation))}")
+            for relation in view.reads:
+                if relation in by_relation:
+                    visit(by_relation[relation], (*path, view.relation))
+            ordered.setdefault(view.relation, view)
+
+        for view in views:
+            visit(view)
+        return tuple(ordered.values())
+
+    def relation(self, relation: str) -> Table | ViewSpec:
+        """The table or view of that name (schema.name)."""
+        for item in (*self.all_tables(), *self.all_views()):
+            if item.relation == relation:
+                return item
+        raise KeyError(f"no relation {relation} in the catalog")
+
+    def accepted_values(self) -> tuple[AcceptedValues, ...]:
+        found: dict[str, AcceptedValues] = {}
+        for item in (*self.all_tables(), *self.all_views()):
+            for column in item.columns:
+                if column.accepted:
+                    found.setdefault(column.accepted.name, column.accepted)
+        return tuple(found.values())
+
+    def schedulable_jobs(self, maintenance: dict[str, str]) -> dict[str, str]:
+        """Every pg_cron job, by the name a configuration's [schedules] uses -> its default schedule."""
+        jobs = {entry.name: entry.schedule for entry in self.refreshed()}
+        jobs.update({job.removeprefix(CRON_JOB_PREFIX): schedule for job, schedule in maintenance.items()})
+        return jobs
+
+    def sql_path(self, file_name: str) -> Path:
+        """The first of ``sql_dirs`` that holds ``file_name``."""
+        for directory in self.sql_dirs:
+            if (directory / file_name).is_file():
+                return directory / file_name
+        raise FileNotFoundError(f"no SQL file {file_name} in {', '.join(map(str, self.sql_dirs))}: every catalog "
+                                f"entry needs one (docs/adding-a-table.md)")
