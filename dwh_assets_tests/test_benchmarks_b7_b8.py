@@ -22,13 +22,12 @@ from benchmarks import b8_first_load as b8
 from dwh_assets.local.config import REPO_ROOT
 from dwh_assets.warehouse import catalog
 from dwh_assets_tests.test_benchmarks_b6 import EXPECTED_HOUR
-
-pytestmark = pytest.mark.integration
+from dwh_assets_tests.tiers import integration_fixture
 
 SCALE = "0.01"
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("bench-b7-b8")
     run = subprocess.run(
