@@ -281,7 +281,7 @@ def process_cpu(pid: int | None) -> float:
 
 def data_tables() -> list[str]:
     """Every table a refresh writes (the catalog's copies, snapshots, side tables and marts), and the bookkeeping."""
-    tables = [t for spec in catalog.CATALOG for t in (spec.local_table, spec.snapshot_table, *spec.also_writes) if t]
+    tables = [table.relation for spec in catalog.CATALOG for table in spec.tables]
     return tables + [mart.table for mart in catalog.MARTS] + ["dwh.mart_pending", "dwh.refresh_log"]
 
 
