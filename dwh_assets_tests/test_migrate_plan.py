@@ -8,17 +8,19 @@ The integration tests (test_deploy.py) run the same plans against real clusters.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from psycopg import sql
 
 from dwh_assets.warehouse import bootstrap, catalog, cron_jobs
 from dwh_assets.warehouse.bootstrap import ServerFacts
+from dwh_assets.warehouse.deployment import DeploymentError
 from dwh_assets_tests.deployments import offline_deployment
 
 FACTS = ServerFacts(
     version=150018, admin="postgres", superuser=True, createrole=True, cron_loaded=True, cron_database="warehouse",
-    available=frozenset({"pg_partman", "pg_cron", "postgres_fdw", "file_fdw", "plpgsql"}),
+    available=frozenset({"pg_partman", "pg_cron", "postgres_fdw", "file_fdw", "pgcrypto", "plpgsql"}),
     roles=frozenset({"postgres"}),
 )
 
@@ -45,12 +47,14 @@ def test_every_table_and_mart_has_a_loader_job_calling_its_routine(cfg):
     jobs = {(job.name, job.runner): job for job in cron_jobs.desired_jobs(cfg)}
     for spec in catalog.CATALOG:
         job = jobs[(spec.cron_job_name, "loader")]
-        assert job.schedule == spec.schedule and job.command.startswith(f"SELECT {spec.routine}(")
+        timeout = f"SET statement_timeout = '{int(spec.timeout.total_seconds())}s'; "
+        assert job.schedule == spec.schedule and job.command.startswith(f"{timeout}SELECT {spec.routine}(")
         if spec.kind is catalog.Kind.FACT:
             assert f"interval '{spec.lookback_days} days'" in job.command
     for mart in catalog.MARTS:
         job = jobs[(mart.cron_job_name, "loader")]
-        assert job.command == f"SELECT dwh.refresh_pending_mart('{mart.name}')" and job.schedule == mart.schedule
+        assert job.command == (f"SET statement_timeout = '{int(mart.timeout.total_seconds())}s'; "
+                               f"SELECT dwh.refresh_pending_mart('{mart.name}')") and job.schedule == mart.schedule
     assert jobs[(catalog.PARTMAN_MAINTENANCE_JOB, "owner")].command == "CALL partman.run_maintenance_proc()"
     # Each role purges its own run history (row-level security scopes the DELETE).
     assert {runner for name, runner in jobs if name == catalog.PURGE_CRON_HISTORY_JOB} == {"owner", "loader"}
@@ -70,6 +74,27 @@ def test_schedules_and_history_come_from_the_configuration(tmp_path):
     assert purge.schedule == "0 1 * * *" and "interval '3 days'" in purge.command
 
 
+def test_a_jobs_timeout_comes_from_the_configuration(tmp_path, monkeypatch):
+    """[timeouts] (or DWH_TIMEOUTS__<JOB>) bound that job's runs; the others keep the catalog's."""
+    monkeypatch.setenv("DWH_TIMEOUTS__INSTANCE_STATE", "45")
+    cfg = offline_deployment(tmp_path, timeouts={"org_daily_usage": 90})
+    commands = {job.name: job.command for job in cron_jobs.desired_jobs(cfg) if job.runner == "loader"}
+    assert commands["dwh:refresh_instance_state"].startswith("SET statement_timeout = '45s'; SELECT dwh.refresh_instance_state(")
+    assert commands["dwh:refresh_mart_org_daily_usage"] == (
+        "SET statement_timeout = '90s'; SELECT dwh.refresh_pending_mart('org_daily_usage')")
+    default = int(catalog.get("events").timeout.total_seconds())
+    assert commands["dwh:refresh_events"].startswith(f"SET statement_timeout = '{default}s'; ")
+
+
+@pytest.mark.parametrize("timeouts, problem", [
+    ({"partman_maintenance": 60}, "no refresh job named partman_maintenance; known: daily_signups, events"),
+    ({"events": 0}, "a timeout is at least one second"),
+])
+def test_an_unknown_or_empty_timeout_is_refused(tmp_path, timeouts, problem):
+    with pytest.raises(DeploymentError, match=re.escape(problem)):
+        offline_deployment(tmp_path, timeouts=timeouts)
+
+
 # ----- the bootstrap plan --------------------------------------------------------------------
 
 
@@ -79,7 +104,7 @@ def test_a_fresh_server_gets_roles_extensions_and_grants(cfg):
     text = statements(plan)
     assert 'CREATE ROLE "dwh_loader" LOGIN PASSWORD \'SCRAM-SHA-256$4096:verifier-of-dwh_loader\'' in text
     assert not any("password-value" in s for s in text), "the password itself never reaches a statement"
-    for extension in ("pg_partman", "postgres_fdw", "file_fdw", "pg_cron"):
+    for extension in ("pg_partman", "postgres_fdw", "file_fdw", "pg_cron", "pgcrypto"):
         assert any(f'CREATE EXTENSION IF NOT EXISTS "{extension}"' in s for s in text), extension
     # pg_partman in its own schema, in the same statement: the check cannot pass without it.
     assert any('CREATE SCHEMA IF NOT EXISTS "partman"' in s and 'CREATE EXTENSION IF NOT EXISTS "pg_partman" SCHEMA "partman"' in s
@@ -89,9 +114,11 @@ def test_a_fresh_server_gets_roles_extensions_and_grants(cfg):
 
 
 def test_existing_roles_are_left_alone(cfg):
-    facts = dataclasses.replace(FACTS, roles=FACTS.roles | {"dwh_owner", "dwh_loader", "dwh_reader"})
+    facts = dataclasses.replace(FACTS, roles=FACTS.roles | {"dwh_owner", "dwh_loader", "dwh_reader", "dwh_personal_reader"})
     plan = bootstrap.plan_bootstrap(cfg, facts, fake_verifier)
-    assert not [s for s in plan.warehouse if s.role]
+    # Only the personal reader's membership, verified (skipped when held): the prerequisites script creates it bare.
+    assert [(s.what, s.verify is not None) for s in plan.warehouse if s.role] == [
+        ("grant dwh_reader to dwh_personal_reader", True)]
 
 
 def test_a_missing_role_without_a_password_is_a_problem_naming_where_to_put_it(tmp_path):
@@ -112,6 +139,8 @@ def test_custom_login_names_join_the_privilege_roles(tmp_path, monkeypatch):
         assert f'GRANT "{group}" TO "{login}"' in text
     assert 'ALTER ROLE "acme_etl" IN DATABASE "warehouse" SET search_path = "dwh", "mart", "src_control_plane", ' \
            '"src_clerk", "src_prometheus", "public"' in text
+    assert 'ALTER ROLE "acme_etl" IN DATABASE "warehouse" SET jit = off' in text
+    assert 'ALTER ROLE "acme_bi" IN DATABASE "warehouse" SET jit = off' in text
 
 
 def test_pg_cron_not_loaded_is_reported_with_what_to_do(cfg):
