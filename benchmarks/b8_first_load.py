@@ -15,7 +15,7 @@ the fastest of each kept), on the whole year ``[history start, end of today)``:
     with no source at all.
 
 Then once, (d) **the whole first materialization**: every warehouse table emptied, the two
-``dagster asset materialize`` runs of ``dwh up`` (``local.materialize``) through the real CLI
+``dg launch`` runs of ``dwh up`` (``local.materialize``) through the real CLI
 against the stack's Dagster instance (webserver and daemon running), under
 ``benchmarks.memwatch`` with the stack's servers sampled too (the largest sum of private
 memory at one moment, each process' peak), and with PostgreSQL logging connections, from
@@ -300,7 +300,7 @@ def first_materialization(ctx: BenchContext, stack: LocalStack) -> dict:
     log = stack.postgres.log_file
     offset = log.stat().st_size
     log_connections(ctx, True)
-    ctx.progress("B8: the whole first materialization (dagster asset materialize, twice) ...")
+    ctx.progress("B8: the whole first materialization (dg launch, twice) ...")
     started = dt.datetime.now(dt.timezone.utc)
     with tempfile.TemporaryDirectory(prefix="b8-memwatch-") as tmp:
         out = Path(tmp) / "memwatch.json"
@@ -377,7 +377,7 @@ def first_load_row(first: dict) -> Row:
     expected = {s.name for s in catalog.CATALOG} | {m.relation for m in catalog.MARTS}
     refreshed = {t for t, _, _ in first["refreshes"]} & expected
     peak = first["connections"].get("dagster", {}).get("peak")
-    return Row(benchmark=NAME, case="the whole first materialization", method="two dagster asset materialize runs, as dwh up",
+    return Row(benchmark=NAME, case="the whole first materialization", method="two dg launch runs, as dwh up",
                rows=sum(n for _, n, _ in first["refreshes"]), seconds=first["wall_seconds"], client_peak_mb=0.0,
                client_base_mb=0.0, server_peak_mb=None, server_programs_peak_mb=None,
                checksum=f"{len(refreshed)} of {len(expected)} tables refreshed",
