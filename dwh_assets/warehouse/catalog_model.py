@@ -117,6 +117,19 @@ class Column:
     # The subject whose id the column holds (dwh forget): its rows go where the column is part
     # of the entry's key, else the value is cleared (in attrs too, the Clerk object it came from).
     subject: Subject | None = None
+    # What a person calls it, and the unit of its values: the dashboards' column names
+    # (Superset's verbose_name) and what a chart's metric over it must say (GiB-days, ms).
+    label: str | None = None
+    unit: str | None = None
+    # A dimension dashboards are filtered by: a dashboard whose charts read it offers a filter
+    # named by its label, applied to exactly the charts whose relation has it.
+    dashboard_filter: bool = False
+
+    @property
+    def verbose_name(self) -> str | None:
+        if self.label is None:
+            return None
+        return f"{self.label} ({self.unit})" if self.unit else self.label
 
 
 @dataclass(frozen=True)
