@@ -1,4 +1,4 @@
--- depends: 0006.metrics_key_only
+-- depends: 0009.metrics_key_only
 -- The dimensions' snapshot tables lose their index on snapshot_day: they are partitioned by
 -- that day, so every row of a partition has the same snapshot_day and a query of a day reads
 -- its one partition whole. The index served no query, and each refresh wrote a row into it for

@@ -1,4 +1,4 @@
--- depends: 0005.personal_data
+-- depends: 0008.cron_owner_job_runs
 -- dwh.metrics keeps its key (series_id, ts) and loses its index on ts alone. What reads the
 -- table asks for whole UTC days (the marts, the completeness check, the refreshes' deletes),
 -- which its daily partitions already narrow a scan to, so the index served no query; yet it
