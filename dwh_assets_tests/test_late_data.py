@@ -114,9 +114,9 @@ def storage_gib_days(conn: psycopg.Connection, organization_id: str, day: dt.dat
 
 
 def transitions(conn: psycopg.Connection, day: dt.date) -> int:
-    row = conn.execute("SELECT transitions FROM mart.instance_state_daily WHERE day = %s AND state = 'stopped'",
-                       (day,)).fetchone()
-    return int(row[0]) if row else 0
+    # The mart has a row per organization, region and plan of the day's state: the day's total.
+    return int(conn.execute("SELECT coalesce(sum(transitions), 0) FROM mart.instance_state_daily "
+                            "WHERE day = %s AND state = 'stopped'", (day,)).fetchone()[0])
 
 
 def in_copy(loader: psycopg.Connection, sql_text: str, *params) -> bool:
