@@ -6,7 +6,7 @@ dblink, where the same reader runs under file_fdw (sources/relay.py). Here the r
 second database of the stack's own cluster (``dwh_relay``, installed by ``install_relay``
 as a deployment would), so both methods share one machine and one Prometheus; only the
 path differs. Each method is the full ``dwh.refresh_metrics`` of the same window (about
-1,000,000 samples at scale 1: 14 days of every series), its copy checked against an
+1,000,000 samples at scale 1: 21 days of every series), its copy checked against an
 independent read of Prometheus, B4's reference.
 """
 
@@ -28,7 +28,7 @@ NAME = "B9"
 TITLE = "Prometheus through the relay (dblink + the relay's reader) vs the direct reader"
 NEEDS_DAGSTER = False
 
-WINDOW_DAYS = 14
+WINDOW_DAYS = 21
 RELAY_DB = "dwh_relay"
 METHODS = {"reader": "direct reader (file_fdw in the warehouse)", "relay": "relay (dblink -> file_fdw on the relay)"}
 
