@@ -480,6 +480,43 @@ REFRESH_LATEST = ViewSpec(
     group=Group.WAREHOUSE,
 )
 
+REFRESH_FRESHNESS = ViewSpec(
+    "mart.refresh_freshness",
+    "Each refresh job: its table's last committed refresh against two intervals of its live pg_cron schedule plus "
+    "its typical duration; late when older, or when the job is inactive or gone.",
+    (
+        Column("jobname", "text", "The pg_cron job."),
+        Column("table_name", "text", "What it refreshes, as dwh.refresh_log names it."),
+        Column("schedule", "text", "Its pg_cron schedule now (NULL: no such job)."),
+        Column("active", "boolean", "Whether pg_cron runs it."),
+        Column("last_refresh", TS, "When the table's last committed refresh finished (anyone's)."),
+        Column("expected_within", "interval", "How old the last refresh may be: two schedule intervals plus the "
+                                              "typical duration."),
+        Column("minutes_ago", "numeric", "The last refresh's age, in minutes."),
+        Column("late", "boolean", "Older than expected_within, never refreshed, or without a job."),
+        Column("status", "text", "fresh, or late and why."),
+    ),
+    reads=("dwh.refresh_log", "mart.cron_job_runs"),
+    sql_file="refresh_freshness.sql",
+    group=Group.WAREHOUSE,
+)
+
+HELD_MART_DAYS = ViewSpec(
+    "mart.held_mart_days",
+    "Mart days the quality gate holds back: a copy the mart reads failed a blocking check; released by its next "
+    "passing refresh.",
+    (
+        Column("mart", "text", "The mart."),
+        Column("day", "date", "The held UTC day."),
+        Column("held_since", TS, "When it was first held."),
+        Column("minutes_held", "numeric", "How long it has been held, in minutes."),
+        Column("held_reason", "text", "The failed checks of the copies, with their counts and refresh."),
+    ),
+    reads=(),
+    sql_file="held_mart_days.sql",
+    group=Group.WAREHOUSE,
+)
+
 METRIC_SAMPLES = ViewSpec(
     "dwh.metric_samples",
     "dwh.metrics with its series' name and labels: the denormalised shape prometheus_fdw returns.",
@@ -504,13 +541,15 @@ READ_THROUGH = {"dwh.cron_job_runs": CRON_HISTORY}
 PRODUCT = Catalog(
     tables=(USERS, ORGANIZATIONS, ORGANIZATION_MEMBERSHIPS, INSTANCES, INSTANCE_STATE, EVENTS, METRICS),
     marts=(ORG_DAILY_USAGE, DAILY_SIGNUPS, INSTANCE_STATE_DAILY),
-    views=(GROWTH_DAILY, INSTANCE_CURRENT_STATE, CRON_JOB_RUNS, REFRESH_HEALTH_HOURLY, REFRESH_LATEST, METRIC_SAMPLES),
+    views=(GROWTH_DAILY, INSTANCE_CURRENT_STATE, CRON_JOB_RUNS, REFRESH_HEALTH_HOURLY, REFRESH_LATEST, REFRESH_FRESHNESS,
+           HELD_MART_DAYS, METRIC_SAMPLES),
     sql_dirs=(ROUTINES_DIR, VIEWS_DIR),
     external=((CRON_HISTORY, "pg_cron's run history of the warehouse's jobs (read through dwh.cron_job_runs())."),),
 )
 
 # Configuration tables `dwh migrate` writes (not data: no lineage, no asset).
-CONFIGURATION = ("dwh.settings", "dwh.refresh_jobs", "dwh.mart_inputs", "dwh.mart_pending", "dwh.cron_probe")
+CONFIGURATION = ("dwh.settings", "dwh.refresh_jobs", "dwh.mart_inputs", "dwh.mart_pending", "dwh.cron_probe",
+                 "dwh.quality_gates", "dwh.copy_gate")
 # The refresh log every refresh writes (an asset of its own; created by migration 0002).
 REFRESH_LOG = "dwh.refresh_log"
 

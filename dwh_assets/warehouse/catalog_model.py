@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
+from dwh_assets.warehouse.freshness import expected_within
+
 # Every pg_cron job this project owns carries this prefix; the sync never touches others.
 CRON_JOB_PREFIX = "dwh:"
 
@@ -164,8 +166,9 @@ class TableSpec:
     lookback_days: int = 0
     # pg_partman retention of daily partitions (facts, and dimension snapshots).
     retention_days: int = 400
-    # How stale the local copy may get before Dagster calls it overdue.
-    freshness: dt.timedelta = dt.timedelta(hours=2)
+    # How long its refresh usually takes: with two schedule intervals, how stale it may get
+    # before it is overdue (``freshness``).
+    typical_duration: dt.timedelta = dt.timedelta(minutes=1)
     indexes: tuple[Index, ...] = ()
     unique: tuple[tuple[str, ...], ...] = ()
     # Other tables the same refresh writes (each an asset of its own).
@@ -251,6 +254,11 @@ class TableSpec:
     def cron_job_name(self) -> str:
         return f"{CRON_JOB_PREFIX}refresh_{self.name}"
 
+    @property
+    def freshness(self) -> dt.timedelta | None:
+        """How old its latest refresh may get on the catalog's schedule (``warehouse.freshness``)."""
+        return expected_within(self.schedule, self.typical_duration)
+
     def cron_command(self) -> str:
         """The SQL pg_cron runs: the same routine Dagster calls."""
         if self.kind is Kind.FACT:
@@ -285,7 +293,7 @@ class MartSpec:
     schedule: str = "2-59/5 * * * *"
     # Days of partitions pg_partman keeps; None keeps them all.
     retention_days: int | None = 400
-    freshness: dt.timedelta = dt.timedelta(hours=2)
+    typical_duration: dt.timedelta = dt.timedelta(minutes=1)
     checks: tuple[WindowCheck, ...] = ()
     # What the view joins at read time besides its table (and its routine reads too, or not).
     view_reads: tuple[str, ...] = ()
@@ -338,6 +346,10 @@ class MartSpec:
     @property
     def cron_job_name(self) -> str:
         return f"{CRON_JOB_PREFIX}refresh_mart_{self.name}"
+
+    @property
+    def freshness(self) -> dt.timedelta | None:
+        return expected_within(self.schedule, self.typical_duration)
 
     def cron_command(self) -> str:
         return f"SELECT {PENDING_MART_ROUTINE}('{self.name}')"

@@ -11,8 +11,8 @@ Against any PostgreSQL 15+ the deployment configuration points at, over TCP:
    (framework, routines, views: re-applied every time) and the comments;
 3. **settings and sources**, as the owner: ``dwh.settings``, foreign servers, user mappings
    and foreign tables for the configured backends, rebuilt only when their definition changed;
-4. **grants, retention, ``dwh.mart_inputs`` and ``dwh.refresh_jobs``**, as the owner, derived
-   from the catalog; as the admin, the loader login gets the functions that read its own
+4. **grants, retention, ``dwh.mart_inputs``, ``dwh.refresh_jobs`` and ``dwh.quality_gates``**
+   (each copy's blocking checks, ``warehouse.quality_gate``), as the owner, derived from the catalog; as the admin, the loader login gets the functions that read its own
    pg_cron history (``LOADER_DEFINER_FUNCTIONS``);
 5. **pg_cron jobs** (``warehouse.cron_jobs``), each scheduled by the role that runs it, then
    a one-shot probe job per role and database (``warehouse.cron_probe``) proves pg_cron runs them.
@@ -42,7 +42,7 @@ from yoyo import read_migrations
 from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
 from yoyo.connections import parse_uri
 
-from dwh_assets.warehouse import bootstrap, catalog_ddl, cron_jobs, cron_probe
+from dwh_assets.warehouse import bootstrap, catalog_ddl, cron_jobs, cron_probe, quality_gate
 from dwh_assets.warehouse.catalog import (
     LOADER_GROUP,
     OWNER_GROUP,
@@ -226,16 +226,17 @@ def hand_functions_to_loader(cfg: DeploymentConfig) -> list[str]:
     return refused
 
 
-def _sync_rows(conn: psycopg.Connection, table: str, columns: tuple[str, str], wanted: set[tuple[str, str]]) -> None:
-    """Make a two-column table of the catalog's facts hold exactly ``wanted``."""
-    select = sql.SQL("SELECT {}, {} FROM {}").format(*map(sql.Identifier, columns), catalog_ddl.ident(table))
+def _sync_rows(conn: psycopg.Connection, table: str, columns: tuple[str, ...], wanted: set[tuple]) -> None:
+    """Make a table of the catalog's facts hold exactly ``wanted`` (rows of ``columns``)."""
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    select = sql.SQL("SELECT {} FROM {}").format(names, catalog_ddl.ident(table))
     if set(conn.execute(select).fetchall()) == wanted:
         return
     with conn.transaction():
         conn.execute(sql.SQL("DELETE FROM {}").format(catalog_ddl.ident(table)))
         with conn.cursor() as cur:
-            cur.executemany(sql.SQL("INSERT INTO {} ({}, {}) VALUES (%s, %s)").format(
-                catalog_ddl.ident(table), *map(sql.Identifier, columns)), sorted(wanted))
+            cur.executemany(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                catalog_ddl.ident(table), names, sql.SQL(", ").join(sql.Placeholder() * len(columns))), sorted(wanted))
 
 
 def sync_mart_inputs(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> None:
@@ -245,9 +246,15 @@ def sync_mart_inputs(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> No
 
 
 def sync_refresh_jobs(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> None:
-    """dwh.refresh_jobs: the table each refresh job refreshes, as dwh.refresh_log names it."""
-    _sync_rows(conn, "dwh.refresh_jobs", ("jobname", "table_name"),
-               {(entry.cron_job_name, entry.log_table) for entry in catalog.refreshed()})
+    """dwh.refresh_jobs: the table each refresh job refreshes, as dwh.refresh_log names it, and how long it takes."""
+    _sync_rows(conn, "dwh.refresh_jobs", ("jobname", "table_name", "typical_duration"),
+               {(entry.cron_job_name, entry.log_table, entry.typical_duration) for entry in catalog.refreshed()})
+
+
+def sync_quality_gates(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> None:
+    """dwh.quality_gates: each copy's blocking checks, the SQL its refreshes run (``quality_gate``)."""
+    _sync_rows(conn, "dwh.quality_gates", ("copy", "check_name", "description", "query"),
+               quality_gate.gate_rows(catalog.tables))
 
 
 def sync_retention(conn: psycopg.Connection, cfg: DeploymentConfig, catalog: Catalog = PRODUCT) -> None:
@@ -342,6 +349,7 @@ def migrate(cfg: DeploymentConfig, progress: Progress = print, catalog: Catalog 
         grant_catalog(conn, catalog)
         sync_mart_inputs(conn, catalog)
         sync_refresh_jobs(conn, catalog)
+        sync_quality_gates(conn, catalog)
         sync_retention(conn, cfg, catalog)
     for warning in hand_functions_to_loader(cfg):
         progress(f"warning: {warning}")
