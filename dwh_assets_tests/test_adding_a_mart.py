@@ -106,7 +106,7 @@ def test_dagster_shows_the_asset_with_its_checks_schema_and_lineage():
     graph = build_definitions(CodeLocationSettings(TODAY - dt.timedelta(days=3)), EXTENDED).resolve_asset_graph()
     node = graph.get(key_of(SIGNUP_DOMAINS.relation))
     assert node.parent_keys == {key_of("dwh.users")} and node.is_materializable
-    assert {c.name for c in node.assets_def.check_specs} == {"signups_are_positive"}
+    assert {c.name for c in node.assets_def.check_specs} == {"signups_are_positive", "no_days_held"}
     schema = node.metadata["dagster/column_schema"]
     assert [(c.name, c.type, c.description) for c in schema.columns] == [
         (c.name, c.type, c.comment) for c in SIGNUP_DOMAINS.columns]

@@ -70,3 +70,29 @@ def expected_within(schedule: str, typical_duration: dt.timedelta) -> dt.timedel
     """How old the latest refresh may be: two schedule intervals plus the refresh's typical duration."""
     interval = schedule_interval(schedule)
     return None if interval is None else 2 * interval + typical_duration
+
+
+def judge(job: str, schedule: str | None, active: bool | None, last_refresh: dt.datetime | None,
+          typical_duration: dt.timedelta, now: dt.datetime) -> tuple[bool, str, dt.timedelta | None]:
+    """Whether a table is fresh, a sentence saying so or why not, and the age allowed.
+
+    ``schedule`` and ``active`` are its pg_cron job's now (``None``: no such job). The same
+    verdicts as the view ``mart.refresh_freshness``.
+    """
+    if schedule is None:
+        return False, f"late: no pg_cron job {job} (run dwh migrate)", None
+    allowed = expected_within(schedule, typical_duration)
+    if allowed is None:
+        return False, f"late: pg_cron job {job}'s schedule {schedule!r} has no regular tick to expect a refresh from", None
+    if last_refresh is None:
+        return False, f"late: never refreshed (expected within {allowed} on {schedule!r})", allowed
+    age = now - last_refresh
+    if age <= allowed:
+        return True, f"fresh: last refresh {_rounded(age)} ago, expected within {allowed} on {schedule!r}", allowed
+    why = "its pg_cron job is inactive" if active is False else "pg_cron has not refreshed it"
+    return False, (f"late: last refresh {_rounded(age)} ago at {last_refresh.isoformat(timespec='seconds')}, "
+                   f"expected within {allowed} on {schedule!r}: {why}"), allowed
+
+
+def _rounded(age: dt.timedelta) -> dt.timedelta:
+    return dt.timedelta(seconds=int(age.total_seconds()))

@@ -25,7 +25,7 @@ from dwh_assets.warehouse.defs.assets import (  # noqa: E402
     side_specs,
     source_specs,
 )
-from dwh_assets.warehouse.defs.checks import health_checks  # noqa: E402
+from dwh_assets.warehouse.defs.checks import freshness_checks, health_checks  # noqa: E402
 from dwh_assets.warehouse.defs.cron_sensor import JobTarget, build_cron_sensor  # noqa: E402
 from dwh_assets.warehouse.defs.dashboard_assets import bookkeeping_specs, dashboard_specs, view_specs  # noqa: E402
 from dwh_assets.warehouse.defs.metadata import key_of  # noqa: E402
@@ -51,7 +51,8 @@ def build_definitions(settings: CodeLocationSettings, entries: catalog.Catalog =
         assets=[*source_specs(entries), *side_specs(entries), *copy_assets(entries, partitions),
                 *mart_assets(entries, partitions), *bookkeeping_specs(entries), *view_specs(entries),
                 *dashboard_specs(settings.dashboards_dir, settings.superset_url)],
-        asset_checks=health_checks({name: target.asset_key for name, target in targets.items()}),
+        asset_checks=[*health_checks({name: target.asset_key for name, target in targets.items()}),
+                      *freshness_checks(entries)],
         jobs=[job],
         schedules=[nightly_schedule(job, settings.history_start, settings.nightly_days, settings.nightly_cron)],
         sensors=[build_cron_sensor(targets, partitions, minimum_interval_seconds=settings.sensor_interval_seconds)],
