@@ -292,7 +292,11 @@ METRICS = TableSpec(
     checks=(
         # One scan of the window with its bounds as values, so the planner keeps only the window's
         # partitions (a per-day correlated subquery opened every partition of the history each day).
-        WindowCheck("samples_complete", "Every full past day of the window holds every sample time of the metrics step.", """
+        # Days start counting at the first complete day of history: Prometheus holds nothing before
+        # the earliest sample, so the day it falls in is partial on every deployment.
+        WindowCheck("samples_complete", "Every full past day of the window, from the first complete day of history "
+                                        "(the first midnight at or after the earliest sample), holds every sample time "
+                                        "of the metrics step.", """
             SELECT count(*) FILTER (WHERE coalesce(s.stamps, 0) < 86400 / dwh.setting('metrics.step_seconds', '3600')::int) AS bad,
                    count(*) AS days_checked,
                    coalesce(string_agg(d::date || ': ' || coalesce(s.stamps, 0), ', ' ORDER BY d)
@@ -302,7 +306,8 @@ METRICS = TableSpec(
                                  interval '1 day') d
             LEFT JOIN (SELECT date_trunc('day', m.ts, 'UTC') AS day, count(DISTINCT m.ts) AS stamps FROM dwh.metrics m
                        WHERE m.ts >= %(start)s AND m.ts < %(end)s GROUP BY 1) s ON s.day = d
-            WHERE d >= %(start)s AND d + interval '1 day' <= least(%(end)s, date_trunc('day', now(), 'UTC'))"""),
+            WHERE d >= %(start)s AND d + interval '1 day' <= least(%(end)s, date_trunc('day', now(), 'UTC'))
+              AND d >= coalesce((SELECT min(m.ts) FROM dwh.metrics m), '-infinity')"""),
     ),
 )
 
