@@ -25,7 +25,8 @@ from dwh_assets.warehouse.defs.assets import (  # noqa: E402
     side_specs,
     source_specs,
 )
-from dwh_assets.warehouse.defs.checks import freshness_checks, health_checks  # noqa: E402
+from dwh_assets.warehouse.defs.alert_sensor import AlertWebhookResource, build_alert_sensor  # noqa: E402
+from dwh_assets.warehouse.defs.checks import FRESHNESS, PG_CRON_HEALTH, checks_of, freshness_checks, health_checks  # noqa: E402
 from dwh_assets.warehouse.defs.cron_sensor import JobTarget, build_cron_sensor  # noqa: E402
 from dwh_assets.warehouse.defs.dashboard_assets import bookkeeping_specs, dashboard_specs, view_specs  # noqa: E402
 from dwh_assets.warehouse.defs.metadata import key_of  # noqa: E402
@@ -42,11 +43,29 @@ def cron_targets(entries: catalog.Catalog = catalog.PRODUCT) -> dict[str, JobTar
             for entry in entries.refreshed()}
 
 
+def check_keys(entries: catalog.Catalog = catalog.PRODUCT) -> list[dg.AssetCheckKey]:
+    """Every check the code location defines: each entry's data checks, its pg_cron health and freshness."""
+    return [dg.AssetCheckKey(key_of(entry.relation), name) for entry in entries.refreshed()
+            for name in (*(c.name for c in checks_of(entry)), PG_CRON_HEALTH, FRESHNESS)]
+
+
+def alerting(settings: CodeLocationSettings, entries: catalog.Catalog) -> dict:
+    """The alert sensor and its webhook, when [alerts] names one."""
+    if not settings.alerts:
+        return {"sensors": [], "resources": {}}
+    webhook = AlertWebhookResource(url=settings.alerts_webhook_url,
+                                   url_file=str(settings.alerts_webhook_url_file or "") or None,
+                                   label=settings.alerts_label, timeout_seconds=settings.alerts_timeout_seconds)
+    return {"sensors": [build_alert_sensor(check_keys(entries), minimum_interval_seconds=settings.sensor_interval_seconds)],
+            "resources": {"alert_webhook": webhook}}
+
+
 def build_definitions(settings: CodeLocationSettings, entries: catalog.Catalog = catalog.PRODUCT) -> dg.Definitions:
     """Everything the code location shows, from ``entries`` (the product's catalog unless extended)."""
     partitions = daily_partitions(settings.history_start)
     job = nightly_job(settings.nightly_days, entries)
     targets = cron_targets(entries)
+    alert = alerting(settings, entries)
     return dg.Definitions(
         assets=[*source_specs(entries), *side_specs(entries), *copy_assets(entries, partitions),
                 *mart_assets(entries, partitions), *bookkeeping_specs(entries), *view_specs(entries),
@@ -55,12 +74,13 @@ def build_definitions(settings: CodeLocationSettings, entries: catalog.Catalog =
                       *freshness_checks(entries)],
         jobs=[job],
         schedules=[nightly_schedule(job, settings.history_start, settings.nightly_days, settings.nightly_cron)],
-        sensors=[build_cron_sensor(targets, partitions, minimum_interval_seconds=settings.sensor_interval_seconds)],
-        resources={"warehouse": WarehouseResource(dsn=settings.warehouse_dsn)},
+        sensors=[build_cron_sensor(targets, partitions, minimum_interval_seconds=settings.sensor_interval_seconds),
+                 *alert["sensors"]],
+        resources={"warehouse": WarehouseResource(dsn=settings.warehouse_dsn), **alert["resources"]},
         # Every step is one SQL call that works inside Postgres: a process per step would
         # only add start-up time, and refreshes of one table serialise on advisory locks anyway.
         executor=dg.in_process_executor,
     )
 
 
-__all__ = ["CodeLocationSettings", "build_definitions", "cron_targets", "key_of"]
+__all__ = ["CodeLocationSettings", "build_definitions", "check_keys", "cron_targets", "key_of"]
