@@ -20,7 +20,7 @@ from dwh_assets.local.config import LOADER_ROLE, WAREHOUSE_DB
 from dwh_assets.warehouse import catalog
 from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions, cron_targets
 from dwh_assets.warehouse.defs.assets import key_of
-from dwh_assets.warehouse.defs.checks import PG_CRON_HEALTH
+from dwh_assets.warehouse.defs.checks import FRESHNESS, PG_CRON_HEALTH
 from dwh_assets.warehouse.defs.cron_sensor import CronCursor, CronRunJudge, JobTarget, build_cron_sensor
 from dwh_assets.warehouse.defs.partitions import daily_partitions
 from dwh_assets.warehouse.defs.resources import WarehouseResource
@@ -153,7 +153,9 @@ def test_sensor_reports_each_kind_of_pg_cron_run_exactly_once(cfg, loader, cron_
     assert materializations[1].metadata["snapshot_day"].value == today
 
     health = [c for c in checks if c.check_name == PG_CRON_HEALTH]
-    data = {(c.asset_key, c.check_name): c for c in checks if c.check_name != PG_CRON_HEALTH}
+    data = {(c.asset_key, c.check_name): c for c in checks if c.check_name not in (PG_CRON_HEALTH, FRESHNESS)}
+    # every target's freshness, on the sensor's first tick (later ticks: when a verdict changes)
+    assert {c.asset_key for c in checks if c.check_name == FRESHNESS} == {key_of(a) for _c, a, _t, _p in JOBS.values()}
     failed = {c.asset_key: c for c in health if not c.passed}
     passed = {c.asset_key for c in health if c.passed}
     assert passed == {key_of("dwh.instances")}
