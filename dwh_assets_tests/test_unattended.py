@@ -271,8 +271,9 @@ def test_a_failed_copy_check_holds_its_marts_days_and_alerts_once(world, receive
     assert _mart_instances_today(su, world["organization_id"]) == before
     assert su.execute("SELECT held_reason IS NOT NULL FROM dwh.mart_pending WHERE mart = 'org_daily_usage' "
                       "AND day = %s", (today,)).fetchone() == (True,)
-    shown = reader_role.execute("SELECT day, held_reason FROM mart.held_mart_days WHERE mart = 'org_daily_usage'").fetchall()
-    assert (today, held[0]) in shown
+    shown = reader_role.execute("SELECT held_days, held, held_reason FROM mart.quality_gate "
+                                "WHERE mart = 'org_daily_usage'").fetchone()
+    assert shown[0] >= 1 and str(today) in shown[1] and shown[2] == held[0]
 
     receiver.refuse = 1  # the first message is refused once: delivered on the next tick, once
     daemon.tick()
@@ -312,6 +313,8 @@ def test_a_passing_refresh_releases_the_days_the_marts_job_refreshes_them_and_al
     _next_run(su, COPY.cron_job_name, "succeeded")
     assert su.execute("SELECT passed FROM dwh.copy_gate WHERE copy = 'instances'").fetchone() == (True,)
     assert su.execute("SELECT count(*) FROM dwh.mart_pending WHERE held_reason IS NOT NULL").fetchone() == (0,)
+    assert su.execute("SELECT held_days, held_reason FROM mart.quality_gate WHERE mart = 'org_daily_usage'").fetchone() \
+        == (0, "")
     wait_for("the mart's pg_cron job to refresh the released day with the probe instance",
              lambda: _mart_instances_today(su, world["organization_id"]) == before + 1)
     daemon.tick()

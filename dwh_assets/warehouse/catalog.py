@@ -506,19 +506,20 @@ REFRESH_FRESHNESS = ViewSpec(
     group=Group.WAREHOUSE,
 )
 
-HELD_MART_DAYS = ViewSpec(
-    "mart.held_mart_days",
-    "Mart days the quality gate holds back: a copy the mart reads failed a blocking check; released by its next "
-    "passing refresh.",
+QUALITY_GATE = ViewSpec(
+    "mart.quality_gate",
+    "Each mart's queued days and those the quality gate holds back (a copy it reads failed a blocking check), with "
+    "the reason; released by the copy's next passing refresh.",
     (
         Column("mart", "text", "The mart."),
-        Column("day", "date", "The held UTC day."),
-        Column("held_since", TS, "When it was first held."),
-        Column("minutes_held", "numeric", "How long it has been held, in minutes."),
-        Column("held_reason", "text", "The failed checks of the copies, with their counts and refresh."),
+        Column("queued_days", "bigint", "Days queued for its pg_cron job."),
+        Column("held_days", "bigint", "Of them, days held back by the quality gate."),
+        Column("held", "text", "The held days, comma-separated (empty: none)."),
+        Column("held_since", TS, "When the first of them was held."),
+        Column("held_reason", "text", "The failed checks of the copies, with their counts and refresh (empty: none)."),
     ),
     reads=(),
-    sql_file="held_mart_days.sql",
+    sql_file="quality_gate.sql",
     group=Group.WAREHOUSE,
 )
 
@@ -547,7 +548,7 @@ PRODUCT = Catalog(
     tables=(USERS, ORGANIZATIONS, ORGANIZATION_MEMBERSHIPS, INSTANCES, INSTANCE_STATE, EVENTS, METRICS),
     marts=(ORG_DAILY_USAGE, DAILY_SIGNUPS, INSTANCE_STATE_DAILY),
     views=(GROWTH_DAILY, INSTANCE_CURRENT_STATE, CRON_JOB_RUNS, REFRESH_HEALTH_HOURLY, REFRESH_LATEST, REFRESH_FRESHNESS,
-           HELD_MART_DAYS, METRIC_SAMPLES),
+           QUALITY_GATE, METRIC_SAMPLES),
     sql_dirs=(ROUTINES_DIR, VIEWS_DIR),
     external=((CRON_HISTORY, "pg_cron's run history of the warehouse's jobs (read through dwh.cron_job_runs())."),),
 )
