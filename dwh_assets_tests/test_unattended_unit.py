@@ -165,6 +165,8 @@ def test_the_alert_sensor_exists_only_with_a_webhook(tmp_path):
     url_file.write_text("https://hooks.example/T/B/s3cret")
     defs = build_definitions(CodeLocationSettings(NOW.date(), alerts_webhook_url_file=url_file))
     assert [s.name for s in defs.sensors] == ["pg_cron_runs", "alerts"]
+    dg.Definitions.validate_loadable(defs)  # the sensor's webhook resource is bound
+    assert "s3cret" not in repr(defs.resolve_sensor_def("alerts")), "the definitions hold the file's path, not the URL"
 
 
 def test_a_webhook_file_readable_by_others_is_refused_before_any_send(tmp_path):
