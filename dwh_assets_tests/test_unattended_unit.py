@@ -103,6 +103,13 @@ def test_the_gate_rows_migrate_writes_are_the_checks_dagster_runs():
     assert {s.name for s in graph.get(dg.AssetKey(["mart", "org_daily_usage"])).assets_def.check_specs} >= {"no_days_held"}
 
 
+def test_copies_carry_dagsters_freshness_policy_from_their_schedule_marts_do_not():
+    graph = build_definitions(CodeLocationSettings(NOW.date())).resolve_asset_graph()
+    instances = graph.get(dg.AssetKey(["dwh", "instances"]))
+    assert instances.freshness_policy.fail_window.to_timedelta() == dt.timedelta(minutes=21)
+    assert graph.get(dg.AssetKey(["mart", "daily_signups"])).freshness_policy is None
+
+
 def test_check_keys_are_every_check_the_code_location_defines():
     defs = build_definitions(CodeLocationSettings(NOW.date()))
     assert set(check_keys()) == set(defs.resolve_asset_graph().asset_check_keys)
