@@ -6,6 +6,7 @@ fails when the file and the catalog disagree, so the page never drifts.
 
 from __future__ import annotations
 
+from dwh_assets.warehouse import quality_gate
 from dwh_assets.warehouse.catalog import MAINTENANCE_SCHEDULES, PRODUCT, Catalog
 from dwh_assets.warehouse.catalog_model import Column, Kind, MartSpec, Table, TableSpec, ViewSpec
 
@@ -67,6 +68,11 @@ def _entry(entry: TableSpec | MartSpec) -> list[str]:
     checks = [c.name for c in entry.checks]
     if checks:
         facts.append(f"its own checks: {', '.join(checks)}")
+    if isinstance(entry, TableSpec):
+        facts.append("quality gate (a failure holds the queued days of the marts reading it): "
+                     + ", ".join(c.name for c in quality_gate.gate_checks(entry)))
+    else:
+        facts.append(f"its days are held while a refresh of {', '.join(entry.stale_when)} fails its quality gate")
     lines = [f"### {title}", "", entry.description, "", *[f"- {f}" for f in facts], ""]
     for table in tables:
         if len(tables) > 1:
