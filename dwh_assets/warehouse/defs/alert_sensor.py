@@ -74,6 +74,7 @@ def check_incidents(instance: dg.DagsterInstance, check_keys: Iterable[dg.AssetC
 
 
 def _run_key(run: dg.DagsterRun) -> str:
+    """The job, and the assets it was asked for (``dagster asset materialize --select``), when it names them."""
     assets = ",".join(sorted(k.to_user_string() for k in run.asset_selection or ()))
     return f"{run.job_name}[{assets}]" if assets else run.job_name
 
