@@ -81,6 +81,11 @@ def _entry(entry: TableSpec | MartSpec) -> list[str]:
     return lines
 
 
+def _view_reads(view: ViewSpec) -> str:
+    """Its lineage, when it reads assets (a view of configuration tables reads none)."""
+    return f"reads: {', '.join(f'`{r}`' for r in view.reads)}; " if view.reads else ""
+
+
 def render(catalog: Catalog = PRODUCT) -> str:
     lines = [HEADER, "## Copies of the sources", ""]
     for spec in catalog.tables:
@@ -91,7 +96,7 @@ def render(catalog: Catalog = PRODUCT) -> str:
     lines += ["## Views", ""]
     for view in catalog.views:
         lines += [f"### `{view.relation}`", "", view.description, "",
-                  f"- reads: {', '.join(f'`{r}`' for r in view.reads)}; defined in `{view.sql_file}`", "",
+                  f"- {_view_reads(view)}defined in `{view.sql_file}`", "",
                   *_columns(view), ""]
     lines += ["## Accepted values", "", "| set | default | dwh.settings key |", "| --- | --- | --- |"]
     lines += [f"| `{a.name}` | {', '.join(a.values)} | `{a.setting}` |" for a in catalog.accepted_values()]
