@@ -1,7 +1,7 @@
 """Running unattended, without a server: freshness from schedules, the quality gate's SQL, the
 alert sensor's bookkeeping and messages, the [alerts] configuration and its secret.
 
-The same rules run against real servers in ``test_quality_gate.py`` and ``test_alerts.py``.
+The same rules run against real servers in ``test_unattended.py`` and ``test_truthful_checks.py``.
 """
 
 from __future__ import annotations
@@ -9,13 +9,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import sys
 
 import dagster as dg
 import pytest
+from dagster._utils.error import serializable_error_info_from_exc_info
 
 from dwh_assets.warehouse import alerts, catalog, freshness, quality_gate
 from dwh_assets.warehouse.connect import dagster_env
 from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions, check_keys
+from dwh_assets.warehouse.defs.alert_sensor import root_cause
 from dwh_assets.warehouse.defs.checks import FRESHNESS, freshness_evaluation
 from dwh_assets.warehouse.deployment import DeploymentConfig, DeploymentError
 
@@ -134,6 +137,17 @@ def test_an_incident_is_announced_once_and_its_recovery_once():
     assert opened == [] and [i.key for i in recovered] == ["a"]
     book.closed(recovered[0])
     assert book.changes({}) == ([], []) and book.announced == {}
+
+
+def test_a_failed_runs_alert_names_what_the_step_raised_not_dagsters_wrapper():
+    try:
+        try:
+            raise PermissionError("permission denied for function refresh_mart_daily_signups")
+        except PermissionError as cause:
+            raise RuntimeError('Error occurred while executing op "mart__daily_signups":') from cause
+    except RuntimeError:
+        error = serializable_error_info_from_exc_info(sys.exc_info())
+    assert root_cause(error) == "PermissionError: permission denied for function refresh_mart_daily_signups"
 
 
 def test_messages_are_slack_compatible_and_say_what_and_since_when():

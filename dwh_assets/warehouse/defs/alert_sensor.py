@@ -23,6 +23,7 @@ from typing import Any
 
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._utils.error import SerializableErrorInfo
 
 from dwh_assets.warehouse import alerts
 from dwh_assets.warehouse.defs.checks import FRESHNESS, PG_CRON_HEALTH
@@ -79,11 +80,18 @@ def _run_key(run: dg.DagsterRun) -> str:
     return f"{run.job_name}[{assets}]" if assets else run.job_name
 
 
+def root_cause(error: SerializableErrorInfo) -> str:
+    """The first line of what the step raised: Dagster wraps it ("Error occurred while executing op ...")."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip().splitlines()[0]
+
+
 def _run_error(instance: dg.DagsterInstance, run_id: str) -> str:
     for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
         error = entry.dagster_event.step_failure_data.error
         if error is not None:
-            return f"step {entry.dagster_event.step_key} failed: {error.message.strip().splitlines()[0]}"
+            return f"step {entry.dagster_event.step_key} failed: {root_cause(error)}"
     return "the run failed (see its logs in Dagster)"
 
 
