@@ -112,6 +112,8 @@ def test_custom_login_names_join_the_privilege_roles(tmp_path, monkeypatch):
         assert f'GRANT "{group}" TO "{login}"' in text
     assert 'ALTER ROLE "acme_etl" IN DATABASE "warehouse" SET search_path = "dwh", "mart", "src_control_plane", ' \
            '"src_clerk", "src_prometheus", "public"' in text
+    assert 'ALTER ROLE "acme_etl" IN DATABASE "warehouse" SET jit = off' in text
+    assert 'ALTER ROLE "acme_bi" IN DATABASE "warehouse" SET jit = off' in text
 
 
 def test_pg_cron_not_loaded_is_reported_with_what_to_do(cfg):

@@ -327,6 +327,11 @@ def plan_bootstrap(cfg: DeploymentConfig, facts: ServerFacts, verifier: Verifier
                "ALTER ROLE {} IN DATABASE {} SET search_path = {}", _ident(role), _ident(db),
                sql.SQL(", ").join(map(_ident, search_path)),
                needs=f"the admin role cannot set role defaults of {role}: it needs CREATEROLE")
+        # The warehouse's queries are many short ones over partitioned tables: their estimated cost
+        # counts every partition, so JIT would compile for seconds what then runs in milliseconds.
+        _grant(plan, w, f"turn JIT compilation off for {role} in {db}",
+               "ALTER ROLE {} IN DATABASE {} SET jit = off", _ident(role), _ident(db),
+               needs=f"the admin role cannot set role defaults of {role}: it needs CREATEROLE")
     _plan_cron(plan, cfg)
     return plan
 
