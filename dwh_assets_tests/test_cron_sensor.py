@@ -167,7 +167,8 @@ def test_sensor_reports_each_kind_of_pg_cron_run_exactly_once(cfg, loader, cron_
         assert failed[key_of(key)].metadata["runid"].value == runids[name]
     # the committed refresh's data checks, evaluated in the same tick (and only its)
     assert set(data) == {(key_of("dwh.instances"), "row_count_matches_source"), (key_of("dwh.instances"), "references_resolve")}
-    assert all(c.passed and c.metadata["pg_cron_runid"].value == runids["dwhtest:ok"] for c in data.values())
+    assert all(c.passed and c.metadata["pg_cron_runid"].value == runids["dwhtest:ok"] for c in data.values()), \
+        {name: (c.passed, {k: v.value for k, v in c.metadata.items()}) for (_key, name), c in data.items()}
     assert result.skip_reason.skip_message.startswith("reported 1 committed pg_cron refresh(es)")
 
     cursor = CronCursor.parse(result.cursor)

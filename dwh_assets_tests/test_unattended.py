@@ -248,7 +248,7 @@ def test_a_failed_pg_cron_refresh_alerts_once(world, receiver, capfd):
     daemon.tick()
     failed = _alerts_about(receiver, f"dwh/instances {PG_CRON_HEALTH}")
     assert len(failed) == 1 and failed[0].startswith(":red_circle: [dwh test] pg_cron refresh failed:"), receiver.texts()
-    assert "refuses the probe instance" in failed[0]
+    assert "refuses the probe instance" in failed[0] and "\n" not in failed[0], "the error's first line, not its SQL"
     _output(world, capfd)
 
 

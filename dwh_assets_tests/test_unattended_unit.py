@@ -157,6 +157,10 @@ def test_messages_are_slack_compatible_and_say_what_and_since_when():
     assert json.loads(json.dumps(failed)) == {"text": ":red_circle: [dwh production] check failed: dwh/instances "
                                               "row_count_matches_source. local_rows=600, source_rows=601 (since "
                                               "2026-12-06T12:00:00Z)"}
+    postgres = alerts.failure_message("dwh", incident("k", "pg_cron run failed: ERROR:  canceling statement due to "
+                                                            "statement timeout\nCONTEXT:  SQL statement \"INSERT ...\""))
+    assert postgres["text"] == (":red_circle: [dwh] check failed: k. pg_cron run failed: ERROR:  canceling statement "
+                                "due to statement timeout (since 2026-12-06T12:00:00Z)"), "one line, not the SQL"
     recovered = alerts.recovery_message("dwh production", incident("x"), "2026-12-06T12:30:00Z")
     assert recovered["text"] == (":large_green_circle: [dwh production] recovered: x (check failed from "
                                  "2026-12-06T12:00:00Z to 2026-12-06T12:30:00Z)")

@@ -38,8 +38,9 @@ class Incident:
 
 
 def failure_message(label: str, incident: Incident) -> dict[str, str]:
-    return {"text": f":red_circle: [{label}] {incident.kind}: {incident.subject}. {incident.detail[:MAX_DETAIL]} "
-                    f"(since {incident.since})"}
+    # The error's first line: Postgres adds CONTEXT and the failing SQL after it, which Dagster shows in full.
+    detail = (incident.detail.strip().splitlines() or [""])[0][:MAX_DETAIL]
+    return {"text": f":red_circle: [{label}] {incident.kind}: {incident.subject}. {detail} (since {incident.since})"}
 
 
 def recovery_message(label: str, incident: Incident, now: str) -> dict[str, str]:
