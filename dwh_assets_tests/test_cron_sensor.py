@@ -24,6 +24,7 @@ from dwh_assets.warehouse.defs.checks import FRESHNESS, PG_CRON_HEALTH
 from dwh_assets.warehouse.defs.cron_sensor import CronCursor, CronRunJudge, JobTarget, build_cron_sensor
 from dwh_assets.warehouse.defs.partitions import daily_partitions
 from dwh_assets.warehouse.defs.resources import WarehouseResource
+from dwh_assets_tests.warehouse_helpers import run_refresh_jobs_once
 
 UTC = dt.timezone.utc
 STUCK_AFTER = dt.timedelta(seconds=20)
@@ -66,6 +67,7 @@ def cron_runs(stack, cfg):
     """
     import psycopg
 
+    run_refresh_jobs_once(cfg)  # a fresh session stack is empty: instances' references_resolve needs organizations
     with stack.postgres.connect(WAREHOUSE_DB) as su:
         su.autocommit = True
         start_runid = su.execute("SELECT coalesce(max(runid), 0) FROM cron.job_run_details").fetchone()[0]
