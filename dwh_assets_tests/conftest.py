@@ -80,6 +80,39 @@ def stack() -> Iterator[LocalStack]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+@integration_fixture(scope="session")
+def fault_stack() -> Iterator[LocalStack]:
+    """A second stack for the faults that would damage the session stack (a server crash and restart,
+    a source that forgets its history), with Dagster (its sensor every few seconds) and Superset.
+
+    Started by the first test that asks; the environment is the session stack's again once it runs
+    (``fault_helpers.stack_environment`` points a block of code at it).
+    """
+    from dwh_assets.warehouse.defs.settings import SENSOR_INTERVAL_SECONDS
+
+    home = make_home("dwh-test-faults-")
+    saved = dict(os.environ)
+    local = None
+    try:
+        os.environ.update(stack_env(home) | {SENSOR_INTERVAL_SECONDS.env_var_name: "5"})
+        local = LocalStack(load_config(create=True), progress=lambda _line: None)
+        problems = local.up(dagster=True, superset=True)
+        assert problems == [], f"the fault stack did not come up whole: {problems}"
+    except BaseException:
+        if local is not None:
+            local.down()
+        shutil.rmtree(home, ignore_errors=True)
+        raise
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    try:
+        yield local
+    finally:
+        local.down()
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def cfg(stack: LocalStack) -> StackConfig:
     return stack.cfg

@@ -35,6 +35,18 @@ STATEMENT_GUARD = "180s"
 
 
 @contextlib.contextmanager
+def stack_environment(cfg: StackConfig) -> Iterator[None]:
+    """The environment of another stack than the session's (Dagster's instance, the DSNs), for a block."""
+    saved = dict(os.environ)
+    os.environ.update(cfg.client_env())
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
 def reader_env(cfg: StackConfig, **variables: str) -> Iterator[None]:
     """Install reader.json from DWH_READER_* variables; reinstall the defaults afterwards."""
     saved = {k: os.environ.get(k) for k in variables}

@@ -95,7 +95,9 @@ def test_the_pg_cron_job_and_the_marts_inputs_are_written(warehouse):
     with connect(scratch, LOADER_ROLE) as loader:
         job = loader.execute("SELECT schedule, command FROM cron.job WHERE jobname = %s AND username = current_user",
                              (SIGNUP_DOMAINS.cron_job_name,)).fetchone()
-        assert job == (SIGNUP_DOMAINS.schedule, "SELECT dwh.refresh_pending_mart('signup_domains')")
+        timeout = int(SIGNUP_DOMAINS.timeout.total_seconds())
+        assert job == (SIGNUP_DOMAINS.schedule,
+                       f"SET statement_timeout = '{timeout}s'; SELECT dwh.refresh_pending_mart('signup_domains')")
     with connect(scratch, OWNER_ROLE) as owner:
         assert owner.execute("SELECT copy FROM dwh.mart_inputs WHERE mart = 'signup_domains'").fetchall() == [("users",)]
         assert owner.execute("SELECT table_name FROM dwh.refresh_jobs WHERE jobname = %s",

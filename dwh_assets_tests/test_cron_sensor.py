@@ -21,7 +21,7 @@ from dwh_assets.warehouse import catalog
 from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions, cron_targets
 from dwh_assets.warehouse.defs.assets import key_of
 from dwh_assets.warehouse.defs.checks import FRESHNESS, PG_CRON_HEALTH
-from dwh_assets.warehouse.defs.cron_sensor import CronCursor, CronRunJudge, JobTarget, build_cron_sensor
+from dwh_assets.warehouse.defs.cron_sensor import CronCursor, CronRunJudge, JobTarget, build_cron_sensor, remember_jobs
 from dwh_assets.warehouse.defs.partitions import daily_partitions
 from dwh_assets.warehouse.defs.resources import WarehouseResource
 from dwh_assets_tests.warehouse_helpers import run_refresh_jobs_once
@@ -212,6 +212,35 @@ def test_missed_schedule_is_reported_once_per_tick():
     assert judge.missed([job | {"active": False}], CronCursor(last_start=cursor.last_start), now, set()) == []
     for schedule in ("30 seconds", "@reboot", "0 0 31 2 *"):  # pg_cron accepts these; none has a tick to miss
         assert judge.missed([job | {"schedule": schedule}], CronCursor(last_start=cursor.last_start), now, set()) == []
+
+
+def test_the_cursor_keeps_only_what_pg_cron_cannot_tell_the_next_tick():
+    """A job's latest start is read from pg_cron each tick: the cursor holds a runid, a jobid and a time."""
+    jobs = [spec.cron_job_name for spec in (*catalog.CATALOG, *catalog.MARTS)]
+    now = dt.datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=UTC)
+    rows = [{"jobid": i + 1, "jobname": job, "last_start": None} for i, job in enumerate(jobs)]
+    fresh = CronCursor(runid=48213)
+    remember_jobs(fresh, rows, now)  # the first tick: no job has run yet
+    assert fresh.dump() == f'{{"jobid":{len(jobs)},"runid":48213,"since":"2026-11-24T12:00:00Z"}}'
+    later = now + dt.timedelta(hours=1)
+    remember_jobs(fresh, [*rows, {"jobid": 99, "jobname": "dwh:refresh_new", "last_start": None}], later)
+    assert fresh.first_seen == {"dwh:refresh_new": later.isoformat()}  # a job created after the first tick
+    fresh.last_start = {"dwh:refresh_new": later.isoformat()}
+    assert "first_seen" not in fresh.dump()  # ... until it runs
+    # a cursor an earlier version wrote (with every job's last start) still reads
+    assert CronCursor.parse('{"runid":3,"last_start":{"dwh:refresh_users":"2026-11-24T12:00:00Z"}}').runid == 3
+    assert CronCursor.parse(fresh.dump()) == CronCursor(runid=48213, since="2026-11-24T12:00:00Z", jobid=99)
+
+
+def test_a_job_that_never_ran_is_missed_after_a_tick_it_existed_for():
+    judge = CronRunJudge({"dwh:refresh_users": JobTarget(key_of("dwh.users"), "users", None)}, set(),
+                         stuck_after=dt.timedelta(hours=1), commit_grace=dt.timedelta(seconds=60),
+                         schedule_grace=dt.timedelta(minutes=2))
+    job = {"jobname": "dwh:refresh_users", "schedule": "*/15 * * * *", "active": True}
+    cursor = CronCursor(since="2026-11-24T12:03:00Z")
+    assert judge.missed([job], cursor, dt.datetime(2026, 11, 24, 12, 10, tzinfo=UTC), set()) == []
+    missed = judge.missed([job], cursor, dt.datetime(2026, 11, 24, 12, 20, tzinfo=UTC), set())
+    assert len(missed) == 1 and "12:15" in missed[0].metadata["reason"].value
 
 
 def test_code_location_maps_every_pg_cron_job_to_its_asset(cfg, superuser):

@@ -31,7 +31,9 @@ def dagster_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def materialize(*args: str) -> subprocess.CompletedProcess:
-    return dagster_cli("asset", "materialize", "-m", MODULE, *args)
+    """``dg launch`` (what superseded ``dagster asset materialize``, which runs the same in-process execution)."""
+    return subprocess.run([venv_bin("dg"), "launch", "-m", MODULE, *args], cwd=REPO_ROOT, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=600, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,7 @@ def test_one_partition_then_a_seven_day_range_in_one_run(cfg, superuser, loader,
         # one partition: the local rows of that day are gone, the CLI brings them back
         _events_window_delete(superuser, day, day)
         assert fact_checksum(loader, "events", *_window(day, day), source=False)[0] == 0
-        done = materialize("--select", "dwh/events", "--partition", day.isoformat())
+        done = materialize("--assets", "dwh/events", "--partition", day.isoformat())
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert fact_checksum(loader, "events", *_window(day, day), source=False) == \
             fact_checksum(cp, "events", *_window(day, day), source=True)
@@ -90,7 +92,7 @@ def test_one_partition_then_a_seven_day_range_in_one_run(cfg, superuser, loader,
         _events_window_delete(superuser, first, last)
         before = _materialized_runs(instance, key, partitions)
         log_before = loader.execute("SELECT max(id) FROM dwh.refresh_log").fetchone()[0]
-        done = materialize("--select", "dwh/events", "--partition-range", f"{first}...{last}")
+        done = materialize("--assets", "dwh/events", "--partition-range", f"{first}...{last}")
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert fact_checksum(loader, "events", *_window(first, last), source=False) == \
             fact_checksum(cp, "events", *_window(first, last), source=True)
@@ -107,8 +109,10 @@ def test_one_partition_then_a_seven_day_range_in_one_run(cfg, superuser, loader,
 
 def test_materialization_metadata_comes_from_the_refresh_log(loader, instance):
     today = dt.datetime.now(UTC).date().isoformat()
-    done = materialize("--select", "dwh/instances")
+    done = materialize("--assets", "dwh/instances")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # `dagster asset materialize` printed a SupersessionWarning on every call; `dg launch` prints none.
+    assert "Warning" not in done.stderr, done.stderr[-3000:]
     record = instance.fetch_materializations(key_of("dwh.instances"), limit=1).records[0]
     meta = record.asset_materialization.metadata
     log = loader.execute("SELECT * FROM dwh.refresh_log WHERE id = %s", (meta["refresh_log_id"].value,)).fetchone()
@@ -136,12 +140,12 @@ def _nothing_changed(loader):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (("--select", "dwh/no_such_table", "--partition", "2026-01-01"), "no_such_table"),
-        (("--select", "dwh/events", "--partition", "2026-13-45"), "2026-13-45"),
-        (("--select", "dwh/events", "--partition-range", "{d2}...{d1}x"), "{d1}x"),
-        (("--select", "dwh/events", "--partition", "1999-01-01"), "1999-01-01"),
-        (("--select", "dwh/events", "--partition", "{future}"), "{future}"),
-        (("--select", "dwh/events", "--partition-range", "{d5}...{d1}"), "is reversed"),
+        (("--assets", "dwh/no_such_table", "--partition", "2026-01-01"), "no_such_table"),
+        (("--assets", "dwh/events", "--partition", "2026-13-45"), "2026-13-45"),
+        (("--assets", "dwh/events", "--partition-range", "{d2}...{d1}x"), "{d1}x"),
+        (("--assets", "dwh/events", "--partition", "1999-01-01"), "1999-01-01"),
+        (("--assets", "dwh/events", "--partition", "{future}"), "{future}"),
+        (("--assets", "dwh/events", "--partition-range", "{d5}...{d1}"), "is reversed"),
     ],
     ids=["unknown-asset", "malformed-day", "malformed-range", "outside-partitions", "future-day", "reversed-range"],
 )
@@ -225,7 +229,7 @@ def test_a_failed_blocking_check_of_a_copy_blocks_its_mart_in_the_run(cfg, super
     mart_rows = "SELECT count(*) FROM dwh.refresh_log WHERE table_name = 'mart.instance_state_daily' AND application = 'dagster'"
     before = loader.execute(mart_rows).fetchone()[0]
     try:
-        done = materialize("--select", "dwh/instance_state,mart/instance_state_daily", "--partition", day.isoformat())
+        done = materialize("--assets", "dwh/instance_state,mart/instance_state_daily", "--partition", day.isoformat())
         assert done.returncode != 0, "a run with a failed blocking check fails"
         output = done.stdout + done.stderr
         assert "key_is_unique" in output

@@ -7,7 +7,7 @@ module starts its own. There the catalog jobs ``dwh:refresh_instances`` and
 Dagster runs and direct refreshes of the same tables overlap throughout the module.
 
 - soak: a few hundred refreshes (direct SQL calls as the loader, in-process Dagster runs
-  and a few ``dagster asset materialize`` runs), in bursts of concurrent calls of the same
+  and a few ``dg launch --assets`` runs), in bursts of concurrent calls of the same
   table, while Clerk answers 5xx / 429 / malformed pages or the control plane is
   unreachable at random. Afterwards every copy equals its source, every successful refresh
   has exactly one ``dwh.refresh_log`` row (failed ones none), and every successful Dagster
@@ -227,7 +227,7 @@ class Soak:
         before = set(self.instance.get_run_ids())
         partition = [] if call.partitions == [None] else ["--partition-range", f"{call.partitions[0]}...{call.partitions[-1]}"]
         done = subprocess.run(
-            [venv_bin("dagster"), "asset", "materialize", "-m", "dwh_assets.definitions", "--select", f"dwh/{call.table}",
+            [venv_bin("dg"), "launch", "-m", "dwh_assets.definitions", "--assets", f"dwh/{call.table}",
              *partition],
             cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300, check=False,
         )

@@ -8,6 +8,7 @@ screenshot in ``test-artifacts/asset-lineage.png``.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -19,12 +20,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 import yaml
 from PIL import Image
 
 from dwh_assets.local.config import REPO_ROOT
-from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions
+from dwh_assets.warehouse import catalog
+from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions, key_of
+from dwh_assets.warehouse.defs.metadata import relation_of
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -118,7 +122,10 @@ def test_webserver_serves_the_asset_graph_of_the_definitions(cfg, defs):
     for key, node in expected.items():
         assert served[key] == node, f"asset {'/'.join(key)} differs between the webserver and build_definitions"
     # the lineage runs source -> copy -> mart, so the served graph has all three layers as edges
-    layers = {(dep[0].split("_")[0], key[0]) for key, node in served.items() for dep in node["deps"]}
+    def layer(path: tuple[str, ...]) -> str:  # a source's key is its system's name: its schema is src_<system>
+        return relation_of(dg.AssetKey(list(path))).split(".")[0].split("_")[0]
+
+    layers = {(layer(dep), layer(key)) for key, node in served.items() for dep in node["deps"]}
     assert {("src", "dwh"), ("dwh", "mart")} <= layers
 
 
@@ -292,7 +299,7 @@ def entries(materialization: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_an_asset_shows_its_columns_row_count_and_column_lineage_from_the_database(cfg, loader):
     from dwh_assets_tests.test_dagster_cli import materialize
 
-    done = materialize("--select", "dwh/users")
+    done = materialize("--assets", "dwh/users")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     node = graphql(cfg.dagster_url, LATEST_MATERIALIZATION_QUERY, {"key": {"path": ["dwh", "users"]}})["assetNodeOrError"]
     meta = entries(node["assetMaterializations"][0])
@@ -303,7 +310,7 @@ def test_an_asset_shows_its_columns_row_count_and_column_lineage_from_the_databa
     assert columns == comments and all(comments.values()), "every column carries its COMMENT"
     assert meta["dagster/row_count"]["intValue"] == loader.execute("SELECT count(*) FROM dwh.users").fetchone()[0]
     lineage = {e["columnName"]: e["columnDeps"] for e in meta["dagster/column_lineage"]["lineage"]}
-    assert lineage["email"] == [{"assetKey": {"path": ["src_clerk", "users"]}, "columnName": "email"}]
+    assert lineage["email"] == [{"assetKey": {"path": ["clerk.users"]}, "columnName": "email"}]
     assert set(lineage) == set(columns)
 
 
@@ -408,3 +415,155 @@ def test_materialize_all_succeeds_and_leaves_no_partition_that_can_never_be_buil
         stats = node["partitionStats"]
         if node["isMaterializable"] and stats is not None:
             assert stats["numMaterialized"] == stats["numPartitions"] and stats["numFailed"] == 0, node
+
+
+# ----- what a data team reads on the pages, in a real browser (Playwright drives Debian's Chromium) -----
+
+OBSERVATIONS_QUERY = """
+query Observed {
+  assetNodes { assetKey { path } isObservable assetObservations(limit: 1) { timestamp } }
+}
+"""
+SENSOR_TICKS_QUERY = """
+query Ticks($sensor: SensorSelector!) {
+  sensorOrError(sensorSelector: $sensor) {
+    ... on Sensor { sensorState { ticks(limit: 20) { status skipReason cursor error { message } } } }
+  }
+}
+"""
+PAGE_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    from dwh_assets_tests.superset_browser import launch
+
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def open_page(browser, url: str, ready: str, height: int = 2400):
+    """The page in a tall window (the asset page scrolls inside itself), once ``ready`` is on it."""
+    page = browser.new_page(viewport={"width": WINDOW[0], "height": height})
+    page.goto(url, wait_until="domcontentloaded", timeout=PAGE_TIMEOUT_MS)
+    page.get_by_text(ready, exact=True).first.wait_for(timeout=PAGE_TIMEOUT_MS)
+    return page
+
+
+def page_row_count(page) -> int:
+    status = page.get_by_text("Row count", exact=True).first.locator("xpath=..").inner_text()
+    return int(status.replace("Row count", "").strip().replace(",", ""))
+
+
+def test_an_asset_page_shows_column_lineage_and_the_tables_row_count(cfg, loader, browser):
+    """dwh/events after two one-day runs: "Row count" is the table's, the latest window's rows are
+    labelled apart, and the column lineage is a table on the page."""
+    import time
+
+    from dwh_assets_tests.test_dagster_cli import materialize
+
+    # Two days with events that pg_cron's own refreshes (today and its lookback) leave alone.
+    lookback = catalog.get("events").lookback_days
+    days = [r[0] for r in loader.execute(
+        "SELECT DISTINCT (enqueued_at AT TIME ZONE 'UTC')::date FROM src_control_plane.a_instance_events "
+        "WHERE enqueued_at < date_trunc('day', now(), 'UTC') - make_interval(days => %s) ORDER BY 1 DESC LIMIT 2",
+        (lookback,)).fetchall()]
+    assert len(days) == 2, "the control plane holds too little history for this test"
+    for day in sorted(days):  # the later day last: its run is the latest materialization
+        done = materialize("--assets", "dwh/events", "--partition", day.isoformat())
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    page = open_page(browser, f"{cfg.dagster_url}/assets/dwh/events", "column_lineage")
+    try:
+        # pg_cron keeps refreshing the table: wait until the page and the table agree (a row count that is
+        # the window's never does: the earlier day's rows are in the table, not in the window).
+        deadline = time.monotonic() + 180
+        while (shown := page_row_count(page)) != (table_rows := loader.execute("SELECT count(*) FROM dwh.events").fetchone()[0]):
+            assert time.monotonic() < deadline, f"the Row count {shown:,} is not the table's {table_rows:,}"
+            page.reload(wait_until="domcontentloaded")
+            page.get_by_text("column_lineage", exact=True).first.wait_for(timeout=PAGE_TIMEOUT_MS)
+
+        def metadata(key: str) -> str:
+            row = page.locator("tr").filter(has=page.get_by_text(key, exact=True)).first.inner_text()
+            return row.split("\t")[-1].strip()
+
+        # The latest materialization may be pg_cron's (the sensor's) by now: its own window, its own rows.
+        start, end = (dt.datetime.fromisoformat(t) for t in metadata("window").strip("[)").split(", "))
+        window_rows = loader.execute("SELECT count(*) FROM dwh.events WHERE enqueued_at >= %s AND enqueued_at < %s",
+                                     (start, end)).fetchone()[0]
+        assert int(metadata("rows_in_window").replace(",", "")) == window_rows < table_rows
+        lineage = page.locator("table table").filter(has_text="source columns").first
+        rows = {line.split("\t")[0].strip(): line for line in lineage.inner_text().splitlines()[1:]}
+        columns = [r[0] for r in loader.execute("SELECT attname FROM pg_attribute WHERE attrelid = 'dwh.events'::regclass "
+                                                "AND attnum > 0 AND NOT attisdropped ORDER BY attnum").fetchall()]
+        assert list(rows) == columns
+        assert "src_control_plane.a_instance_events.msg_id" in rows["msg_id"]
+        assert "src_control_plane.a_instance_events.message" in rows["event_type"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "asset-events.png"))
+    finally:
+        page.close()
+
+
+def test_what_dagster_never_builds_reads_observed(cfg, loader, browser):
+    """Every source whose copy was refreshed, every view, the refresh log, pg_cron's history and every
+    dashboard is observed by the sensor; a source's page says when and by whom it was read."""
+    import time
+
+    from dwh_assets_tests.test_dagster_cli import materialize
+
+    done = materialize("--assets", "dwh/users")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    refreshed = {r[0] for r in loader.execute("SELECT DISTINCT table_name FROM dwh.refresh_log").fetchall()}
+    unread = {"/".join(key_of(source).path) for spec in catalog.CATALOG if spec.log_table not in refreshed
+              for source in spec.sources}
+
+    def unobserved() -> list[str]:
+        nodes = graphql(cfg.dagster_url, OBSERVATIONS_QUERY)["assetNodes"]
+        return sorted("/".join(n["assetKey"]["path"]) for n in nodes if n["isObservable"] and not n["assetObservations"])
+
+    deadline = time.monotonic() + 300
+    missing = set(unobserved()) - unread
+    while missing and time.monotonic() < deadline:
+        time.sleep(3)
+        missing = set(unobserved()) - unread
+    assert missing == set(), f"never observed: {sorted(missing)}"
+
+    page = open_page(browser, f"{cfg.dagster_url}/assets/clerk.users", "Latest observation", height=WINDOW[1])
+    try:
+        page.get_by_text("rows_read", exact=True).first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        # the page's lineage names the copy that reads the source
+        page.locator("a[href*='/assets/dwh/users']").first.wait_for(timeout=PAGE_TIMEOUT_MS)
+        text = page.locator("body").inner_text()
+        assert "Never materialized" not in text and "Never observed" not in text
+        assert "dwh.users" in text  # read by
+        page.screenshot(path=str(ARTIFACTS / "asset-clerk-users.png"))
+    finally:
+        page.close()
+
+
+def sensor_ticks(cfg, sensor: str) -> list[dict[str, Any]]:
+    selector = {"repositoryLocationName": location_name(), "repositoryName": "__repository__", "sensorName": sensor}
+    return graphql(cfg.dagster_url, SENSOR_TICKS_QUERY, {"sensor": selector})["sensorOrError"]["sensorState"]["ticks"]
+
+
+def test_the_sensors_say_what_each_tick_did_under_a_short_cursor(cfg):
+    """Every finished tick of both sensors says what it did, under a cursor of a few dozen characters."""
+    import time
+
+    for sensor, said in (("pg_cron_runs", "reported "), ("warehouse_observations", "")):
+        # A loaded machine can time a tick out (its gRPC deadline): wait for one that finished.
+        deadline = time.monotonic() + 300
+        ticks = sensor_ticks(cfg, sensor)
+        while not any(t["status"] == "SKIPPED" for t in ticks):
+            assert time.monotonic() < deadline, f"{sensor} has no finished tick: {ticks}"
+            time.sleep(5)
+            ticks = sensor_ticks(cfg, sensor)
+        finished = [t for t in ticks if t["status"] == "SKIPPED"]
+        assert all(t["skipReason"].startswith(said) and len(t["cursor"]) < 100 for t in finished), finished

@@ -74,9 +74,9 @@ def test_dashboards_are_external_assets_downstream_of_what_their_charts_read(bun
 
 def test_the_lineage_runs_from_the_sources_to_each_dashboard(graph):
     expected = {
-        "usage_by_organization": {"src_prometheus/metrics", "src_clerk/organizations", "dwh/metrics", "mart/org_daily_usage"},
-        "growth": {"src_clerk/users", "dwh/users", "mart/daily_signups", "dwh/instances", "mart/growth_daily"},
-        "fleet": {"src_control_plane/instances", "src_control_plane/instance_state_history", "mart/instance_current_state"},
+        "usage_by_organization": {"prometheus.metrics", "clerk.organizations", "dwh/metrics", "mart/org_daily_usage"},
+        "growth": {"clerk.users", "dwh/users", "mart/daily_signups", "dwh/instances", "mart/growth_daily"},
+        "fleet": {"control_plane.instances", "control_plane.instance_state_history", "mart/instance_current_state"},
         "warehouse_health": {"dwh/refresh_log", "cron/job_run_details", "mart/refresh_health_hourly"},
     }
     for name, ancestors in expected.items():

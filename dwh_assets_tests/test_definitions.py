@@ -16,7 +16,7 @@ import pytest
 from dwh_assets.local.config import REPO_ROOT
 from dwh_assets.warehouse import catalog, sql_files
 from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions, cron_targets
-from dwh_assets.warehouse.defs.metadata import key_of
+from dwh_assets.warehouse.defs.metadata import key_of, relation_of
 
 START = dt.date(2026, 1, 1)
 
@@ -128,3 +128,57 @@ def test_loading_the_code_location_prints_no_warning():
                           env={"DWH_WAREHOUSE_DSN": "host=db.example", "DWH_HISTORY_START": "2026-01-01",
                                "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_every_node_of_the_graph_is_named_apart(graph):
+    """The lineage graph labels a node with its key's last part only: no two may read the same."""
+    labels = [key.path[-1] for key in graph.get_all_asset_keys()]
+    assert len(labels) == len(set(labels)), sorted(label for label in labels if labels.count(label) > 1)
+    for spec in catalog.CATALOG:
+        for source in spec.sources:
+            system, table = source.removeprefix("src_").split(".")
+            assert key_of(source) == dg.AssetKey([f"{system}.{table}"]) and relation_of(key_of(source)) == source
+        assert relation_of(key_of(spec.local_table)) == spec.local_table
+
+
+def test_every_job_of_the_definitions_builds():
+    """Observable and materializable assets together form no cycle of steps (the implicit asset job)."""
+    repository = build_definitions(CodeLocationSettings(START)).get_repository_def()
+    assert {job.name for job in repository.get_all_jobs()} >= {"__ASSET_JOB", "nightly_late_data"}
+
+
+def test_what_dagster_never_builds_is_observable_and_views_carry_columns_code_and_lineage(graph):
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.is_materializable or node.is_observable or "table" in node.kinds, \
+            f"{key.to_user_string()} would only ever read 'never materialized'"
+    for view in catalog.PRODUCT.views:
+        node = graph.get(key_of(view.relation))
+        assert node.is_observable
+        assert node.code_version == sql_files.code_version(catalog.PRODUCT.sql_path(view.sql_file))
+        assert [c.name for c in node.metadata["dagster/column_schema"].columns] == [c.name for c in view.columns]
+    for spec in catalog.CATALOG:
+        for table in (t for t in spec.tables if t.relation != spec.local_table):
+            node = graph.get(key_of(table.relation))
+            assert node.code_version == sql_files.code_version(catalog.PRODUCT.sql_path(spec.routine_file))
+            assert [c.name for c in node.metadata["dagster/column_schema"].columns] == [c.name for c in table.columns]
+            assert node.metadata["dagster/column_lineage"].deps_by_column, table.relation
+    assert graph.get(key_of(catalog.REFRESH_LOG)).code_version is not None
+
+
+def test_column_lineage_is_also_a_table_a_person_reads(graph):
+    """The open-source UI draws no dagster/column_lineage: the same lineage, as markdown, next to it."""
+    events = graph.get(key_of("dwh.events")).metadata
+    table = events["column_lineage"].value.splitlines()
+    assert table[0] == "| column | &larr; source columns |"
+    assert "| `msg_id` | `src_control_plane.a_instance_events.msg_id` |" in table
+    assert "| `event_type` | `src_control_plane.a_instance_events.message` |" in table
+    for mart in catalog.MARTS:
+        rows = {row.split(" | ")[0].strip("| `"): row for row in graph.get(key_of(mart.relation)).metadata[
+            "column_lineage"].value.splitlines()[2:]}
+        for column in (c for c in mart.columns if c.lineage):
+            assert all(f"`{ref}`" in rows[column.name] for ref in column.lineage), (mart.name, column.name)
+    for node in (graph.get(key_of(s.local_table)) for s in catalog.CATALOG):
+        deps = node.metadata["dagster/column_lineage"].deps_by_column
+        rows = node.metadata["column_lineage"].value.splitlines()[2:]
+        assert len(rows) == len(deps) and all(graph.has(d.asset_key) for ds in deps.values() for d in ds)

@@ -12,7 +12,7 @@ initdb + pg_ctl as the server's OS user, SCRAM passwords everywhere, no trust):
 
 Clerk and Prometheus are the session stack's emulator and server, given as URLs. A
 configuration file names all of it (secrets in 0600 files). Then, through the real CLIs:
-``dwh reader install``, ``dwh migrate``, ``dagster asset materialize`` with nothing but
+``dwh reader install``, ``dwh migrate``, ``dg launch --assets`` with nothing but
 the environment ``dwh env --config`` prints, and every copy is compared with its source.
 A second migrate changes nothing; a changed schedule changes exactly that job, which
 pg_cron then runs, and the Dagster sensor reads it back from the other database.
@@ -193,7 +193,7 @@ def dagster_env(deployment: Deployment, tmp: Path) -> dict[str, str]:
 
 
 def materialize(env: dict[str, str], *args: str) -> None:
-    done = subprocess.run([str(VENV_BIN / "dagster"), "asset", "materialize", "-m", "dwh_assets.definitions", *args],
+    done = subprocess.run([str(VENV_BIN / "dg"), "launch", "-m", "dwh_assets.definitions", *args],
                           cwd="/", env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -202,8 +202,8 @@ def materialize(env: dict[str, str], *args: str) -> None:
 def materialized(deployment: Deployment, migrated, tmp_path_factory) -> Deployment:
     env = dagster_env(deployment, tmp_path_factory.mktemp("dagster"))
     today = dt.datetime.now(UTC).date().isoformat()
-    materialize(env, "--select", "dwh/users,dwh/organizations,dwh/organization_memberships,dwh/instances")
-    materialize(env, "--select", "dwh/events,dwh/instance_state,dwh/metrics,mart/org_daily_usage,mart/daily_signups,"
+    materialize(env, "--assets", "dwh/users,dwh/organizations,dwh/organization_memberships,dwh/instances")
+    materialize(env, "--assets", "dwh/events,dwh/instance_state,dwh/metrics,mart/org_daily_usage,mart/daily_signups,"
                 "mart/instance_state_daily",
                 "--partition-range", f"{deployment.history_start.isoformat()}...{today}")
     return deployment

@@ -47,7 +47,7 @@ def test_the_code_location_needs_only_its_environment_and_imports_nothing_local(
     loaded = json.loads(done.stdout.splitlines()[-1])
     leaked = [m for m in loaded["modules"] if m.startswith(FORBIDDEN)]
     assert leaked == []
-    assert {"dwh/users", "dwh/metrics", "src_clerk/users", "mart/org_daily_usage"} <= set(loaded["keys"])
+    assert {"dwh/users", "dwh/metrics", "clerk.users", "mart/org_daily_usage"} <= set(loaded["keys"])
 
 
 @pytest.mark.integration  # loads the code location in a Python of its own

@@ -215,10 +215,10 @@ def test_the_runbook_has_the_steps_a_stranger_needs():
     blocks = runbook_blocks((REPO_ROOT / "README.md").read_text())
     text = "\n".join(blocks)
     for step in ("dwh relay install", "--prerequisites", "psql -v ON_ERROR_STOP=1 -f", "dwh migrate --config",
-                 "CREATE DATABASE dagster", "dwh env --config", "dagster asset materialize", "--partition-range"):
+                 "CREATE DATABASE dagster", "dwh env --config", "dg launch", "--partition-range"):
         assert step in text, step
     # A dimension takes no partition: its command ends with its selection.
-    assert "--select 'dwh/users,dwh/organizations,dwh/organization_memberships,dwh/instances'\n" in text
+    assert "--assets 'dwh/users,dwh/organizations,dwh/organization_memberships,dwh/instances'\n" in text
 
 
 def test_before_the_script_migrate_changes_nothing_and_says_it_needs_a_superuser(managed):

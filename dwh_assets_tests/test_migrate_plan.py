@@ -8,12 +8,14 @@ The integration tests (test_deploy.py) run the same plans against real clusters.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from psycopg import sql
 
 from dwh_assets.warehouse import bootstrap, catalog, cron_jobs
 from dwh_assets.warehouse.bootstrap import ServerFacts
+from dwh_assets.warehouse.deployment import DeploymentError
 from dwh_assets_tests.deployments import offline_deployment
 
 FACTS = ServerFacts(
@@ -45,12 +47,14 @@ def test_every_table_and_mart_has_a_loader_job_calling_its_routine(cfg):
     jobs = {(job.name, job.runner): job for job in cron_jobs.desired_jobs(cfg)}
     for spec in catalog.CATALOG:
         job = jobs[(spec.cron_job_name, "loader")]
-        assert job.schedule == spec.schedule and job.command.startswith(f"SELECT {spec.routine}(")
+        timeout = f"SET statement_timeout = '{int(spec.timeout.total_seconds())}s'; "
+        assert job.schedule == spec.schedule and job.command.startswith(f"{timeout}SELECT {spec.routine}(")
         if spec.kind is catalog.Kind.FACT:
             assert f"interval '{spec.lookback_days} days'" in job.command
     for mart in catalog.MARTS:
         job = jobs[(mart.cron_job_name, "loader")]
-        assert job.command == f"SELECT dwh.refresh_pending_mart('{mart.name}')" and job.schedule == mart.schedule
+        assert job.command == (f"SET statement_timeout = '{int(mart.timeout.total_seconds())}s'; "
+                               f"SELECT dwh.refresh_pending_mart('{mart.name}')") and job.schedule == mart.schedule
     assert jobs[(catalog.PARTMAN_MAINTENANCE_JOB, "owner")].command == "CALL partman.run_maintenance_proc()"
     # Each role purges its own run history (row-level security scopes the DELETE).
     assert {runner for name, runner in jobs if name == catalog.PURGE_CRON_HISTORY_JOB} == {"owner", "loader"}
@@ -68,6 +72,27 @@ def test_schedules_and_history_come_from_the_configuration(tmp_path):
     assert jobs[("dwh:refresh_mart_org_daily_usage", "loader")].schedule == "*/30 * * * *"
     purge = jobs[(catalog.PURGE_CRON_HISTORY_JOB, "owner")]
     assert purge.schedule == "0 1 * * *" and "interval '3 days'" in purge.command
+
+
+def test_a_jobs_timeout_comes_from_the_configuration(tmp_path, monkeypatch):
+    """[timeouts] (or DWH_TIMEOUTS__<JOB>) bound that job's runs; the others keep the catalog's."""
+    monkeypatch.setenv("DWH_TIMEOUTS__INSTANCE_STATE", "45")
+    cfg = offline_deployment(tmp_path, timeouts={"org_daily_usage": 90})
+    commands = {job.name: job.command for job in cron_jobs.desired_jobs(cfg) if job.runner == "loader"}
+    assert commands["dwh:refresh_instance_state"].startswith("SET statement_timeout = '45s'; SELECT dwh.refresh_instance_state(")
+    assert commands["dwh:refresh_mart_org_daily_usage"] == (
+        "SET statement_timeout = '90s'; SELECT dwh.refresh_pending_mart('org_daily_usage')")
+    default = int(catalog.get("events").timeout.total_seconds())
+    assert commands["dwh:refresh_events"].startswith(f"SET statement_timeout = '{default}s'; ")
+
+
+@pytest.mark.parametrize("timeouts, problem", [
+    ({"partman_maintenance": 60}, "no refresh job named partman_maintenance; known: daily_signups, events"),
+    ({"events": 0}, "a timeout is at least one second"),
+])
+def test_an_unknown_or_empty_timeout_is_refused(tmp_path, timeouts, problem):
+    with pytest.raises(DeploymentError, match=re.escape(problem)):
+        offline_deployment(tmp_path, timeouts=timeouts)
 
 
 # ----- the bootstrap plan --------------------------------------------------------------------

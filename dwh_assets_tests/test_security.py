@@ -49,7 +49,7 @@ def test_no_secret_in_dagster_runs_or_event_metadata(stack, cfg, clerk):
     from dwh_assets.local.dagster import venv_bin
 
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
-    argv = [venv_bin("dagster"), "asset", "materialize", "-m", "dwh_assets.definitions", "--select", "dwh/users"]
+    argv = [venv_bin("dg"), "launch", "-m", "dwh_assets.definitions", "--assets", "dwh/users"]
     ok = subprocess.run(argv, cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600, check=False)
     assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
     clerk.request("POST", "/_admin/faults", {"status": 503, "path": "/v1/users"})

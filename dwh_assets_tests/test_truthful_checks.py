@@ -34,13 +34,13 @@ def test_a_fresh_deployments_partial_first_day_does_not_fail_samples_complete(cf
         first = conn.execute("SELECT min(ts) AS ts FROM dwh.metrics").fetchone()["ts"]
         assert first.date() == cfg.history_start and first > start, "the first day of history is partial"
         passed, metadata = _samples_complete().run(conn, window)
-        assert passed and metadata["days_checked"] == 2 and metadata["incomplete_days"] == "none", metadata
+        assert passed and metadata["days_checked"] == 2 and metadata["missing_times"] == "none", metadata
         # A sample time missing from a complete day still fails it, naming the day (rolled back).
         day = cfg.history_start + dt.timedelta(days=1)
         conn.execute("DELETE FROM dwh.metrics WHERE ts = %s", (dt.datetime.combine(day, dt.time(12), UTC),))
         passed, metadata = _samples_complete().run(conn, window)
         conn.rollback()
-    assert not passed and metadata["incomplete_days"].startswith(f"{day}: "), metadata
+    assert not passed and metadata["missing_times"] == f"{day} 12:00 UTC", metadata
 
 
 def test_pg_cron_job_health_before_any_run_is_not_a_pass(stack, cfg):

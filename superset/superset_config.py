@@ -14,6 +14,9 @@ from pathlib import Path
 SECRET_KEY = Path(os.environ["DWH_SUPERSET_SECRET_KEY_FILE"]).read_text().strip()
 SQLALCHEMY_DATABASE_URI = os.environ["DWH_SUPERSET_METADATA_URI"]
 SQLALCHEMY_TRACK_MODIFICATIONS = False
+# The metadata database is the stack's Postgres, which may restart under Superset: a pooled
+# connection is tested before use, so the first request after a restart does not fail on it.
+SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
 
 # Loopback only, plain HTTP: the session cookie cannot be Secure here.
 SESSION_COOKIE_SECURE = False

@@ -19,7 +19,8 @@ Test hooks (bearer-protected as well, never rate limited):
 - ``POST /_admin/faults`` with any of ``fail_after_page`` (serve N data pages normally
   first, default 0), ``status`` (answer that HTTP status), ``malformed_json`` (answer 200
   with truncated JSON), ``delay_seconds`` (sleep before answering), ``offset_shift``
-  (serve from ``offset - k``, as if rows were inserted before the page), ``rate_limit``
+  (serve from ``offset - k``, as if rows were inserted before the page), ``drop_fields``
+  (leave these top-level fields out of every object, as a changed API would), ``rate_limit``
   and ``retry_after`` (override the rate limit and its Retry-After), ``path`` (only for
   that endpoint), ``once`` (clear all faults after the first one fired);
   ``GET``/``DELETE /_admin/faults`` show / clear them.
@@ -67,7 +68,7 @@ ID_PREFIX = {"users": "user", "organizations": "org", "organization_memberships"
 OBJECT_NAME = {"users": "user", "organizations": "organization", "organization_memberships": "organization_membership"}
 FAULT_KEYS = {
     "fail_after_page": int, "status": int, "malformed_json": bool, "delay_seconds": (int, float),
-    "offset_shift": int, "rate_limit": int, "retry_after": int, "path": str, "once": bool,
+    "offset_shift": int, "rate_limit": int, "retry_after": int, "path": str, "once": bool, "drop_fields": list,
 }
 ROLE_PERMISSIONS = {
     "org:admin": ["org:sys_profile:manage", "org:sys_profile:delete", "org:sys_memberships:read",
@@ -289,7 +290,7 @@ class State:
             return {}
         if self.pages_served < f.get("fail_after_page", 0):
             return {}
-        actions = {k: f[k] for k in ("status", "malformed_json", "delay_seconds", "offset_shift") if k in f}
+        actions = {k: f[k] for k in ("status", "malformed_json", "delay_seconds", "offset_shift", "drop_fields") if k in f}
         if actions and f.get("once"):
             self.faults = {}
         return {**actions, "retry_after": f.get("retry_after", 1)} if actions else {}
@@ -387,6 +388,8 @@ class Handler(BaseHTTPRequestHandler):
             rows = [self.state.render(kind, o) for o in ordered[offset:offset + limit]]
             total = len(self.state.objects[kind])
             self.state.pages_served += 1
+        if fault.get("drop_fields"):  # an API version that no longer sends these fields
+            rows = [{k: v for k, v in row.items() if k not in fault["drop_fields"]} for row in rows]
         payload: Any = rows if kind == "users" else {"data": rows, "total_count": total}
         body = json.dumps(payload, ensure_ascii=False).encode()
         if fault.get("malformed_json"):

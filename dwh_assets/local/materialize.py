@@ -1,6 +1,6 @@
 """Fill the warehouse once after ``dwh up``, through Dagster, as a user would from the shell.
 
-Two ``dagster asset materialize`` runs, recorded in Dagster's Postgres storage:
+Two ``dg launch --assets`` runs, recorded in Dagster's Postgres storage:
 
 1. the dimensions (current state, and today's snapshot);
 2. the facts and the marts, the whole history ``history_start...today`` as one range run
@@ -39,9 +39,9 @@ def planned_runs(cfg: StackConfig, today: dt.date) -> list[tuple[str, list[str]]
     ranged = [s.local_table for s in catalog.CATALOG if s.kind is catalog.Kind.FACT] + [m.relation for m in catalog.MARTS]
     select = lambda rels: ",".join(asset_path(r) for r in rels)  # noqa: E731
     return [
-        (f"dimensions, snapshot {today}", ["--select", select(dims)]),
+        (f"dimensions, snapshot {today}", ["--assets", select(dims)]),
         (f"facts and marts, {cfg.history_start}...{today} as one run",
-         ["--select", select(ranged), "--partition-range", f"{cfg.history_start.isoformat()}...{today.isoformat()}"]),
+         ["--assets", select(ranged), "--partition-range", f"{cfg.history_start.isoformat()}...{today.isoformat()}"]),
     ]
 
 
@@ -65,8 +65,8 @@ def materialize_all(cfg: StackConfig, progress: Callable[[str], None] = print) -
     log_path = cfg.log_file("materialize")
     with open(log_path, "a") as log:
         for title, args in planned_runs(cfg, today):
-            argv = [venv_bin("dagster"), "asset", "materialize", "-m", CODE_LOCATION_MODULE, *args]
-            progress(f"  dagster asset materialize {' '.join(args)}")
+            argv = [venv_bin("dg"), "launch", "-m", CODE_LOCATION_MODULE, *args]
+            progress(f"  dg launch {' '.join(args)}")
             since = dt.datetime.now(dt.timezone.utc)
             t0 = time.monotonic()
             log.write(f"\n=== {title}: {' '.join(argv)}\n")

@@ -292,22 +292,32 @@ METRICS = TableSpec(
     checks=(
         # One scan of the window with its bounds as values, so the planner keeps only the window's
         # partitions (a per-day correlated subquery opened every partition of the history each day).
+        # The missing sample times are listed as UTC ranges (a Prometheus that was down: its gap).
         # Days start counting at the first complete day of history: Prometheus holds nothing before
         # the earliest sample, so the day it falls in is partial on every deployment.
         WindowCheck("samples_complete", "Every full past day of the window, from the first complete day of history "
                                         "(the first midnight at or after the earliest sample), holds every sample time "
                                         "of the metrics step.", """
-            SELECT count(*) FILTER (WHERE coalesce(s.stamps, 0) < 86400 / dwh.setting('metrics.step_seconds', '3600')::int) AS bad,
-                   count(*) AS days_checked,
-                   coalesce(string_agg(d::date || ': ' || coalesce(s.stamps, 0), ', ' ORDER BY d)
-                       FILTER (WHERE coalesce(s.stamps, 0) < 86400 / dwh.setting('metrics.step_seconds', '3600')::int), 'none')
-                       AS incomplete_days
-            FROM generate_series(date_trunc('day', %(start)s::timestamptz, 'UTC'), %(end)s::timestamptz - interval '1 day',
-                                 interval '1 day') d
-            LEFT JOIN (SELECT date_trunc('day', m.ts, 'UTC') AS day, count(DISTINCT m.ts) AS stamps FROM dwh.metrics m
-                       WHERE m.ts >= %(start)s AND m.ts < %(end)s GROUP BY 1) s ON s.day = d
-            WHERE d >= %(start)s AND d + interval '1 day' <= least(%(end)s, date_trunc('day', now(), 'UTC'))
-              AND d >= coalesce((SELECT min(m.ts) FROM dwh.metrics m), '-infinity')"""),
+            WITH step AS (SELECT dwh.setting('metrics.step_seconds', '3600')::int * interval '1 second' AS s),
+            days AS (
+                SELECT d FROM generate_series(date_trunc('day', %(start)s::timestamptz, 'UTC'),
+                                              %(end)s::timestamptz - interval '1 day', interval '1 day') d
+                WHERE d >= %(start)s AND d + interval '1 day' <= least(%(end)s, date_trunc('day', now(), 'UTC'))
+                  AND d >= coalesce((SELECT min(m.ts) FROM dwh.metrics m), '-infinity')),
+            stamps AS (SELECT DISTINCT m.ts FROM dwh.metrics m WHERE m.ts >= %(start)s AND m.ts < %(end)s),
+            missing AS (
+                SELECT t, t - row_number() OVER (ORDER BY t) * step.s AS run
+                FROM days, step, generate_series(d, d + interval '1 day' - step.s, step.s) t
+                WHERE NOT EXISTS (SELECT FROM stamps WHERE stamps.ts = t)),
+            gaps AS (SELECT min(t) AS first, max(t) AS last, count(*) AS times FROM missing GROUP BY run)
+            SELECT (SELECT count(DISTINCT date_trunc('day', t, 'UTC')) FROM missing) AS bad,
+                   (SELECT count(*) FROM days) AS days_checked,
+                   (SELECT count(*) FROM missing) AS missing_sample_times,
+                   coalesce((SELECT left(string_agg(to_char(first AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')
+                                       || CASE WHEN times > 1 THEN to_char(last AT TIME ZONE 'UTC', ' "to" HH24:MI') ELSE '' END
+                                       || CASE WHEN (first AT TIME ZONE 'UTC')::date <> (last AT TIME ZONE 'UTC')::date
+                                               THEN to_char(last AT TIME ZONE 'UTC', ' "on" YYYY-MM-DD') ELSE '' END,
+                                       ', ' ORDER BY first), 1000) || ' UTC' FROM gaps), 'none') AS missing_times"""),
     ),
 )
 

@@ -62,8 +62,8 @@ def _entry(entry: TableSpec | MartSpec) -> list[str]:
         tables = [entry.view]
     retention = f"{entry.retention_days} days" if entry.retention_days else "all"
     facts += [f"routine `{entry.routine}({entry.routine_arguments})` in `{entry.routine_file}`; pg_cron job "
-              f"`{entry.cron_job_name}` on `{entry.schedule}` (GMT); overdue after {entry.freshness} (two schedule intervals + its "
-              f"typical duration, {entry.typical_duration}); "
+              f"`{entry.cron_job_name}` on `{entry.schedule}` (GMT), a run cancelled after {entry.timeout}; "
+              f"overdue after {entry.freshness} (two schedule intervals + its typical duration, {entry.typical_duration}); "
               f"partitions kept: {retention}"]
     checks = [c.name for c in entry.checks]
     if checks:

@@ -169,6 +169,9 @@ class TableSpec:
     # How long its refresh usually takes: with two schedule intervals, how stale it may get
     # before it is overdue (``freshness``).
     typical_duration: dt.timedelta = dt.timedelta(minutes=1)
+    # How long one pg_cron run may take (the job's statement_timeout; a deployment may override):
+    # a source that stalls mid-query fails the run, naming the source, instead of holding it forever.
+    timeout: dt.timedelta = dt.timedelta(minutes=10)
     indexes: tuple[Index, ...] = ()
     unique: tuple[tuple[str, ...], ...] = ()
     # Other tables the same refresh writes (each an asset of its own).
@@ -294,6 +297,8 @@ class MartSpec:
     # Days of partitions pg_partman keeps; None keeps them all.
     retention_days: int | None = 400
     typical_duration: dt.timedelta = dt.timedelta(minutes=1)
+    # How long one pg_cron run may take (the job's statement_timeout; a deployment may override).
+    timeout: dt.timedelta = dt.timedelta(minutes=10)
     checks: tuple[WindowCheck, ...] = ()
     # What the view joins at read time besides its table (and its routine reads too, or not).
     view_reads: tuple[str, ...] = ()
@@ -446,6 +451,10 @@ class Catalog:
                 if column.accepted:
                     found.setdefault(column.accepted.name, column.accepted)
         return tuple(found.values())
+
+    def timed_jobs(self) -> dict[str, dt.timedelta]:
+        """Every refresh job, by the name a configuration's [timeouts] uses -> its default timeout."""
+        return {entry.name: entry.timeout for entry in self.refreshed()}
 
     def schedulable_jobs(self, maintenance: dict[str, str]) -> dict[str, str]:
         """Every pg_cron job, by the name a configuration's [schedules] uses -> its default schedule."""

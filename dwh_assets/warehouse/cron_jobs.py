@@ -9,7 +9,8 @@ no superuser is needed, and ``cron.job`` / ``cron.job_run_details`` (row-level-s
 username) show each role its own jobs:
 
 - refresh jobs run as the loader (the Dagster sensor reads their history as the loader),
-  among them one per mart that refreshes the days the copies' refreshes queued;
+  among them one per mart that refreshes the days the copies' refreshes queued; each is
+  bounded by its timeout (the catalog's, or ``[timeouts]`` of the deployment);
 - pg_partman maintenance runs as the owner (it creates and drops partitions);
 - each of them purges its own run history daily (pg_cron keeps it forever otherwise), in
   the database pg_cron lives in, where ``cron.job_run_details`` is.
@@ -19,6 +20,7 @@ After a sync, ``cron_probe`` proves that pg_cron can run a job as each role in e
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -64,6 +66,12 @@ class SyncResult:
         return lines + [f"{len(self.unchanged)} job(s) unchanged"]
 
 
+def with_timeout(command: str, timeout: dt.timedelta) -> str:
+    """``command`` bounded by ``timeout``: pg_cron sends the string as one simple query, in a session of
+    the run's own, where the SET bounds each statement after it and nothing else."""
+    return f"SET statement_timeout = '{max(1, int(timeout.total_seconds()))}s'; {command}"
+
+
 def purge_command(days: int) -> str:
     # Row-level security limits the DELETE to the running role's own history.
     return f"DELETE FROM cron.job_run_details WHERE coalesce(end_time, start_time) < now() - interval '{int(days)} days'"
@@ -71,7 +79,8 @@ def purge_command(days: int) -> str:
 
 def desired_jobs(cfg: DeploymentConfig, entries: Catalog = catalog.PRODUCT) -> list[CronJob]:
     """A refresh job per catalog table and mart (the loader's), pg_partman maintenance, the purges."""
-    jobs = [CronJob(entry.cron_job_name, cfg.schedules.get(entry.name) or entry.schedule, entry.cron_command(), "loader")
+    jobs = [CronJob(entry.cron_job_name, cfg.schedules.get(entry.name) or entry.schedule,
+                    with_timeout(entry.cron_command(), cfg.timeout(entry)), "loader")
             for entry in entries.refreshed()]
     maintenance = catalog.PARTMAN_MAINTENANCE_JOB
     jobs.append(CronJob(maintenance, cfg.schedule(maintenance.removeprefix(CRON_JOB_PREFIX)),
@@ -84,29 +93,43 @@ def desired_jobs(cfg: DeploymentConfig, entries: Catalog = catalog.PRODUCT) -> l
 
 
 def _current(conn: psycopg.Connection) -> dict[str, tuple]:
-    """This role's project jobs: name -> (jobid, schedule, command, database, active)."""
+    """This role's project jobs: name -> (jobid, schedule, command, database, active, nodename, nodeport)."""
     rows = conn.execute(
-        "SELECT jobname, jobid, schedule, command, database, active FROM cron.job "
+        "SELECT jobname, jobid, schedule, command, database, active, nodename, nodeport FROM cron.job "
         "WHERE username = current_user AND starts_with(jobname, %s)",
         (CRON_JOB_PREFIX,),
     ).fetchall()
     return {row[0]: tuple(row[1:]) for row in rows}
 
 
+def _node(conn: psycopg.Connection, database: str, cron_database: str) -> tuple[str, int]:
+    """Where pg_cron connects to run a job scheduled now (``cron.host``, the server's port).
+
+    A job keeps the node it was scheduled with: jobs restored from a dump of another server still
+    name that server's socket and port, and would run there. ``cron.host`` is readable by superusers
+    only, so a job is scheduled and rolled back to see it.
+    """
+    with conn.transaction(force_rollback=True):
+        jobid = schedule(conn, CronJob(f"{CRON_JOB_PREFIX}node", "0 0 31 2 *", "SELECT 1", "loader"), database, cron_database)
+        return conn.execute("SELECT nodename, nodeport FROM cron.job WHERE jobid = %s", (jobid,)).fetchone()
+
+
 def _diff(current: dict[str, tuple], wanted: Iterable[CronJob], databases: tuple[str, str], role: str,
-          result: SyncResult) -> tuple[list, list]:
+          result: SyncResult, node: tuple[str, int] | None = None) -> tuple[list, list]:
     """(jobids to unschedule, jobs to schedule), recording ``<job> (<role>)`` in ``result``.
 
-    ``databases``: (the warehouse, the database pg_cron lives in).
+    ``databases``: (the warehouse, the database pg_cron lives in); ``node``: where pg_cron runs a job
+    scheduled now (``_node``), which every job must name (None: not compared).
     """
     wanted = {job.name: job for job in wanted}
     drop, add = [], []
-    for name, (jobid, schedule, command, db, active) in current.items():
+    for name, (jobid, schedule, command, db, active, *job_node) in current.items():
         job = wanted.get(name)
         if job is None:
             drop.append(jobid)
             result.unscheduled.append(f"{name} ({role})")
-        elif (schedule, command, db, active) != (job.schedule, job.command, job.database(*databases), True):
+        elif (schedule, command, db, active) != (job.schedule, job.command, job.database(*databases), True) \
+                or (node is not None and tuple(job_node) != tuple(node)):
             drop.append(jobid)
             add.append(job)
             result.updated.append(f"{name} ({role})")
@@ -142,7 +165,8 @@ def sync(cfg: DeploymentConfig, cron_database: str, jobs: list[CronJob] | None =
     result = SyncResult()
     for runner, wanted in _by_runner(jobs).items():
         with connect(cfg, runner, cron_database) as conn:
-            drop, add = _diff(_current(conn), wanted, databases, cfg.logins()[runner].user, result)
+            node = _node(conn, cfg.warehouse.database, cron_database)
+            drop, add = _diff(_current(conn), wanted, databases, cfg.logins()[runner].user, result, node)
             with conn.transaction():
                 for jobid in drop:
                     conn.execute("SELECT cron.unschedule(%s)", (jobid,))
@@ -158,8 +182,10 @@ def plan(cfg: DeploymentConfig, cron_database: str, existing_roles: Iterable[str
     existing = set(existing_roles)
     for runner, wanted in _by_runner(desired_jobs(cfg) if jobs is None else jobs).items():
         current: dict[str, tuple] = {}
+        node = None
         if cfg.logins()[runner].user in existing:
             with connect(cfg, runner, cron_database) as conn:
                 current = _current(conn)
-        _diff(current, wanted, (cfg.warehouse.database, cron_database), cfg.logins()[runner].user, result)
+                node = _node(conn, cfg.warehouse.database, cron_database)
+        _diff(current, wanted, (cfg.warehouse.database, cron_database), cfg.logins()[runner].user, result, node)
     return result

@@ -307,6 +307,9 @@ class DeploymentConfig(BaseSettings):
     alerts: AlertsSettings = AlertsSettings()
     # pg_cron schedules (GMT) by job: a catalog table, a mart, or a maintenance job.
     schedules: dict[str, str] = {}
+    # How long one pg_cron run of a table's or a mart's refresh may take, in seconds (its
+    # statement_timeout): past it the run fails, naming what it waited for, and changes nothing.
+    timeouts: dict[str, int] = {}
     # Days of daily partitions pg_partman keeps, by catalog table.
     retention_days: dict[str, int] = {}
     # A closed set of values the catalog checks (e.g. instance_states), where this deployment's
@@ -332,6 +335,18 @@ class DeploymentConfig(BaseSettings):
         for job, schedule in value.items():
             if len(schedule.split()) != 5:
                 raise ValueError(f"{job}: {schedule!r} is not a five-field cron schedule (pg_cron runs in GMT)")
+        return value
+
+    @field_validator("timeouts")
+    @classmethod
+    def _known_refresh_jobs(cls, value: dict[str, int]) -> dict[str, int]:
+        known = catalog.PRODUCT.timed_jobs()
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"no refresh job named {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        bad = {job: seconds for job, seconds in value.items() if seconds < 1}
+        if bad:
+            raise ValueError(f"a timeout is at least one second: {bad}")
         return value
 
     @field_validator("retention_days")
@@ -378,6 +393,11 @@ class DeploymentConfig(BaseSettings):
 
     def schedule(self, job: str) -> str:
         return self.schedules.get(job) or catalog.schedulable_jobs()[job]
+
+    def timeout(self, entry: catalog_model.TableSpec | catalog_model.MartSpec) -> dt.timedelta:
+        """How long one pg_cron run of ``entry``'s refresh may take: this deployment's, or the catalog's."""
+        seconds = self.timeouts.get(entry.name)
+        return dt.timedelta(seconds=seconds) if seconds else entry.timeout
 
     def retention(self, table: str) -> int | None:
         """Days of daily partitions kept for a catalog table or mart (None: all of them)."""

@@ -10,9 +10,12 @@ Against any PostgreSQL 15+ the deployment configuration points at, over TCP:
    catalog: the tables a database lacks with their pg_partman partitions, the repeatable SQL
    (framework, routines, views: re-applied every time) and the comments;
 3. **settings and sources**, as the owner: ``dwh.settings``, foreign servers, user mappings
-   and foreign tables for the configured backends, rebuilt only when their definition changed;
+   and foreign tables for the configured backends, rebuilt only when their definition changed
+   or a Postgres source's tables changed since they were imported (``source_drift``, one line
+   per added, dropped or retyped column: imported again);
 4. **grants, retention, ``dwh.mart_inputs``, ``dwh.refresh_jobs`` and ``dwh.quality_gates``**
-   (each copy's blocking checks, ``warehouse.quality_gate``), as the owner, derived from the catalog; as the admin, the loader login gets the functions that read its own
+   (each copy's blocking checks, ``warehouse.quality_gate``), as the owner, derived from the
+   catalog; as the admin, the loader login gets the functions that read its own
    pg_cron history (``LOADER_DEFINER_FUNCTIONS``);
 5. **pg_cron jobs** (``warehouse.cron_jobs``), each scheduled by the role that runs it, then
    a one-shot probe job per role and database (``warehouse.cron_probe``) proves pg_cron runs them.
@@ -142,6 +145,8 @@ def settings(cfg: DeploymentConfig, cron_database: str, catalog: Catalog = PRODU
     values.update({f"metrics.{purpose}": name for purpose, name in metrics.items()})
     # The checks read the deployment's accepted values here (it may know more instance states).
     values.update({accepted.setting: ",".join(cfg.accepted(accepted)) for accepted in catalog.accepted_values()})
+    # A failed read names the source tables of its refresh (sql/routines/00_source_drift.sql).
+    values.update({f"refresh.sources.{spec.name}": ",".join(spec.sources) for spec in catalog.tables})
     return values
 
 
@@ -159,20 +164,48 @@ def sources_changed(conn: psycopg.Connection, cfg: DeploymentConfig, cron_databa
     return current != wanted, current.get("sources.fingerprint") != wanted["sources.fingerprint"]
 
 
+# Where the source layer's postgres_fdw tables live (the control plane's, the relay's).
+SOURCE_SCHEMAS = tuple(dict.fromkeys(foreign_tables.RELAY_SCHEMAS.values()))
+
+
+def source_drift(conn: psycopg.Connection) -> list[str]:
+    """How the Postgres sources' tables now differ from the warehouse's import of them, a line each.
+
+    Read through the warehouse server (``dwh.source_drift``): a column the source added, dropped
+    or retyped since the last import. Empty before the first import, and when nothing changed.
+    """
+    if conn.execute("SELECT to_regprocedure('dwh.source_drift(regclass)') IS NULL").fetchone()[0]:
+        return []
+    rows = conn.execute(
+        "SELECT ft.ftrelid::regclass::text, d.column_name, d.change, d.was, d.now FROM pg_foreign_table ft "
+        "JOIN pg_class c ON c.oid = ft.ftrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "CROSS JOIN LATERAL dwh.source_drift(ft.ftrelid) d WHERE n.nspname = ANY(%s) ORDER BY 1, 3, 2",
+        (list(SOURCE_SCHEMAS),)).fetchall()
+    return [drift_line(*row) for row in rows]
+
+
+def drift_line(table: str, column: str | None, change: str, was: str | None, now: str | None) -> str:
+    return {"table gone": f"{table}: the source table is gone (or no longer readable)",
+            "gone": f"{table}: column {column} ({was}) is gone at the source",
+            "retyped": f"{table}: column {column} is {now} at the source, it was {was}",
+            "new": f"{table}: column {column} ({now}) is new at the source"}[change]
+
+
 def sync_sources(conn: psycopg.Connection, cfg: DeploymentConfig, cron_database: str,
-                 catalog: Catalog = PRODUCT) -> bool:
-    """Write settings and (re)build the source layer when its definition changed."""
+                 catalog: Catalog = PRODUCT, drift: list[str] | None = None) -> bool:
+    """Write settings and (re)build the source layer when its definition changed, or a source's tables did
+    (``drift``, from ``source_drift``: the tables are imported again)."""
     ddl = source_layer(cfg, cron_database)
     fingerprint = _source_fingerprint(conn, ddl)
     wanted = settings(cfg, cron_database, catalog) | {"sources.fingerprint": fingerprint}
     current = dict(conn.execute("SELECT key, value FROM dwh.settings").fetchall())
-    if current == wanted:
+    if current == wanted and not drift:
         return False
     with conn.transaction():
         conn.execute("DELETE FROM dwh.settings")
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO dwh.settings (key, value) VALUES (%s, %s)", list(wanted.items()))
-        if current.get("sources.fingerprint") != fingerprint:
+        if current.get("sources.fingerprint") != fingerprint or drift:
             # A source switched back to the reader would keep its tembo tables otherwise.
             for source, server in foreign_tables.TEMBO_SERVERS.items():
                 if cfg.backends()[source] != "tembo":
@@ -275,6 +308,8 @@ class MigrateReport:
     migrations: list[str] = field(default_factory=list)
     tables: catalog_ddl.TableSync = field(default_factory=catalog_ddl.TableSync)
     sources: str = "unchanged"
+    # What changed at the Postgres sources since their tables were imported (then imported again).
+    source_drift: list[str] = field(default_factory=list)
     cron: cron_jobs.SyncResult = field(default_factory=cron_jobs.SyncResult)
 
     def summary(self) -> str:
@@ -343,9 +378,13 @@ def migrate(cfg: DeploymentConfig, progress: Progress = print, catalog: Catalog 
     progress(f"migrations: {len(report.migrations)} new ({', '.join(report.migrations) or 'none'}); "
              f"catalog: {report.tables.summary()}; routines and views re-applied")
     with _owner_connect(cfg) as conn:
-        rebuilt = sync_sources(conn, cfg, plan.cron_db, catalog)
+        report.source_drift = source_drift(conn)
+        for line in report.source_drift:
+            progress(f"source changed: {line}")
+        rebuilt = sync_sources(conn, cfg, plan.cron_db, catalog, report.source_drift)
         report.sources = "rebuilt" if rebuilt else "unchanged"
-        progress(f"settings and source foreign tables: {report.sources}")
+        progress(f"settings and source foreign tables: {report.sources}"
+                 + (" (the changed source tables imported again)" if report.source_drift else ""))
         grant_catalog(conn, catalog)
         sync_mart_inputs(conn, catalog)
         sync_refresh_jobs(conn, catalog)
@@ -401,13 +440,15 @@ def plan(cfg: DeploymentConfig, progress: Progress = print, catalog: Catalog = P
         lines.append(f"migrations: {len(pending)} to apply ({', '.join(pending) or 'none'}); routines re-applied")
         with _owner_connect(cfg) as conn:
             settings_differ, ddl_differs = sources_changed(conn, cfg, bootstrap_plan.cron_db, catalog)
+            drift = source_drift(conn)
             absent = [t.relation for t in catalog.all_tables() if not catalog_ddl.database_columns(conn, t.relation)]
             drifted = [d for t in catalog.all_tables() if t.relation not in absent
                        and (d := catalog_ddl.drift(conn, t)) is not None]
         lines.append(f"catalog: {len(absent)} table(s) to create ({', '.join(absent) or 'none'})")
         lines += [f"REFUSED: {d} (a migration must change it)" for d in drifted]
+        lines += [f"source changed: {line}" for line in drift]
         lines.append("settings: " + ("rewritten" if settings_differ else "unchanged")
-                     + "; source foreign tables: " + ("rebuilt" if ddl_differs else "unchanged"))
+                     + "; source foreign tables: " + ("rebuilt" if ddl_differs or drift else "unchanged"))
     lines += [f"pg_cron: {line}" for line in cron_jobs.plan(cfg, bootstrap_plan.cron_db, bootstrap_plan.facts.roles,
                                                             cron_jobs.desired_jobs(cfg, catalog)).lines()]
     return lines

@@ -145,6 +145,25 @@ BEGIN
 END
 $$;
 
+-- The same guard for a fact's window: a source that returns far fewer rows for a window than
+-- the warehouse held has more likely purged them (an event archive kept for a few days) than
+-- lost them, and the warehouse is where that history lives on: refuse instead of emptying it.
+CREATE OR REPLACE FUNCTION dwh.check_window_drop(p_table text, p_start timestamptz, p_end timestamptz,
+                                                 p_source_rows bigint, p_deleted_rows bigint)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_max_drop numeric := dwh.setting('refresh.max_drop_fraction', '0.5')::numeric;
+BEGIN
+    IF p_deleted_rows > 0 AND p_source_rows < p_deleted_rows * (1 - v_max_drop) THEN
+        RAISE EXCEPTION 'dwh.refresh_%: the source returned % rows for [%, %), the warehouse holds %: refusing to delete more than % of the window', p_table, p_source_rows, p_start, p_end, p_deleted_rows, to_char(v_max_drop * 100, 'FM990') || '%'
+            USING HINT = 'Nothing was changed. A source that purged these days no longer holds them, and the warehouse keeps them; if the rows are really gone, raise refresh.max_drop_fraction in dwh.settings for one run.';
+    END IF;
+END
+$$;
+
 -- Upsert the staged source rows into dwh.<p_table> and delete the rows gone at the source.
 -- The stage has the current table's columns; returns {inserted, updated, deleted}.
 CREATE OR REPLACE FUNCTION dwh.merge_dimension(p_table text, p_stage regclass, p_key text[])
@@ -247,8 +266,9 @@ $$;
 -- source read once into pg_temp.stage_<table> by the routine's own query (each scan of a
 -- reader table is a full API read), the drop guard, the routine's statement that queues the
 -- marts' days the change affects (it compares the stage with dwh.<table>), the merge on the
--- primary key, the snapshot and the log row, all in the caller's transaction. A failed
--- source reader is re-raised naming the table and the source.
+-- primary key, the snapshot and the log row, all in the caller's transaction. A failed read
+-- is re-raised naming the table and the source: a source reader's failure, a Postgres source
+-- that changed shape or did not answer within the run's timeout (00_source_drift.sql).
 CREATE OR REPLACE FUNCTION dwh.refresh_dimension(
     p_table text, p_source text, p_snapshot_day date, p_stage text, p_mark_stale text DEFAULT NULL)
 RETURNS dwh.refresh_log
@@ -272,8 +292,18 @@ DECLARE
 BEGIN
     PERFORM dwh.check_snapshot_day(p_table, p_snapshot_day);
     v_wait := dwh.lock_refresh(p_table);
-    EXECUTE format('CREATE TEMP TABLE %I ON COMMIT DROP AS %s', v_stage, p_stage);
-    GET DIAGNOSTICS v_src = ROW_COUNT;
+    BEGIN
+        EXECUTE format('CREATE TEMP TABLE %I ON COMMIT DROP AS %s', v_stage, p_stage);
+        GET DIAGNOSTICS v_src = ROW_COUNT;
+    EXCEPTION
+        WHEN external_routine_exception THEN
+            -- The source reader failed: say which source and why (the data stays as it was).
+            GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+            PERFORM dwh.raise_source_failure(p_table, p_source, v_message, v_detail);
+        WHEN query_canceled OR data_exception OR syntax_error_or_access_rule_violation OR fdw_error THEN
+            PERFORM dwh.raise_source_read_error(p_table, SQLSTATE, SQLERRM);
+            RAISE;
+    END;
     EXECUTE format('SELECT count(*) FROM dwh.%I', p_table) INTO v_current;
     PERFORM dwh.check_source_drop(p_table, v_src, v_current);
     IF p_mark_stale IS NOT NULL THEN
@@ -282,10 +312,5 @@ BEGIN
     v_counts := dwh.merge_dimension(p_table, ('pg_temp.' || quote_ident(v_stage))::regclass, v_key);
     PERFORM dwh.write_snapshot(p_table, p_snapshot_day);
     RETURN dwh.log_refresh(p_table, NULL, NULL, p_snapshot_day, v_counts[1], v_counts[2], v_counts[3], v_src, v_t0, v_wait);
-EXCEPTION WHEN external_routine_exception THEN
-    -- The source reader failed: say which source and why (the data stays as it was).
-    GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
-    PERFORM dwh.raise_source_failure(p_table, p_source, v_message, v_detail);
-    RETURN NULL;
 END
 $$;

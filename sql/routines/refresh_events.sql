@@ -40,8 +40,9 @@ DECLARE
     v_detail text;
     v_code int;
 BEGIN
-    -- The probe: connects (or fails) through postgres_fdw, as the fdw path would.
-    EXECUTE format('SELECT 1 FROM %s LIMIT 1', p_source);
+    -- The probe: connects (or fails) through postgres_fdw, as the fdw path would, and reads the
+    -- columns, so a source that lost one fails here as it would there.
+    EXECUTE format('SELECT %s FROM %s LIMIT 1', (SELECT string_agg(quote_ident(c), ', ') FROM unnest(p_columns) c), p_source);
 
     SELECT ft.ftserver, coalesce(quote_ident(o_schema.option_value), quote_ident(n.nspname)) || '.'
                || coalesce(quote_ident(o_table.option_value), quote_ident(c.relname))
@@ -88,6 +89,7 @@ BEGIN
         format('passfile=''%s''', replace(replace(dwh.setting('control_plane.passfile'), '\', '\\'), '''', '\''')),
         'application_name=''dwh_warehouse_copy'''], ' ');
 
+
     -- -X: no psqlrc; -w: never prompt; -q: no command tag in the data stream.
     v_program := concat_ws(' ', dwh.shell_quote(dwh.setting('control_plane.psql')), '-X', '-w', '-q',
                            '-v', 'ON_ERROR_STOP=1', '-d', dwh.shell_quote(v_conninfo), '-c', dwh.shell_quote(v_remote));
@@ -130,17 +132,25 @@ DECLARE
 BEGIN
     DELETE FROM dwh.events WHERE enqueued_at >= p_start AND enqueued_at < p_end;
     GET DIAGNOSTICS v_del = ROW_COUNT;
-    IF dwh.setting('control_plane.transfer', 'fdw') = 'copy' THEN
-        v_ins := dwh.copy_from_foreign('dwh.events', 'src_control_plane.a_instance_events',
-                                       ARRAY['msg_id', 'read_ct', 'enqueued_at', 'archived_at', 'vt', 'message'],
-                                       'enqueued_at', p_start, p_end);
-    ELSE
-        INSERT INTO dwh.events (msg_id, read_ct, enqueued_at, archived_at, vt, message)
-        SELECT msg_id, read_ct, enqueued_at, archived_at, vt, message
-        FROM src_control_plane.a_instance_events
-        WHERE enqueued_at >= p_start AND enqueued_at < p_end;
-        GET DIAGNOSTICS v_ins = ROW_COUNT;
-    END IF;
+    BEGIN
+        IF dwh.setting('control_plane.transfer', 'fdw') = 'copy' THEN
+            v_ins := dwh.copy_from_foreign('dwh.events', 'src_control_plane.a_instance_events',
+                                           ARRAY['msg_id', 'read_ct', 'enqueued_at', 'archived_at', 'vt', 'message'],
+                                           'enqueued_at', p_start, p_end);
+        ELSE
+            INSERT INTO dwh.events (msg_id, read_ct, enqueued_at, archived_at, vt, message)
+            SELECT msg_id, read_ct, enqueued_at, archived_at, vt, message
+            FROM src_control_plane.a_instance_events
+            WHERE enqueued_at >= p_start AND enqueued_at < p_end;
+            GET DIAGNOSTICS v_ins = ROW_COUNT;
+        END IF;
+    EXCEPTION WHEN query_canceled OR data_exception OR syntax_error_or_access_rule_violation OR fdw_error
+                   OR external_routine_exception THEN
+        -- A source that changed shape or did not answer in time is named (00_source_drift.sql).
+        PERFORM dwh.raise_source_read_error('events', SQLSTATE, SQLERRM);
+        RAISE;
+    END;
+    PERFORM dwh.check_window_drop('events', p_start, p_end, v_ins, v_del);
     PERFORM dwh.mark_marts_stale_window('events', p_start, p_end);
     RETURN dwh.log_refresh('events', p_start, p_end, NULL, v_ins, 0, v_del, v_ins, v_t0, v_wait);
 END

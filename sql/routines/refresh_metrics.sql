@@ -88,7 +88,54 @@ BEGIN
         v_ins_total := v_ins_total + v_ins;
         v_hi := v_lo;
     END LOOP;
+    PERFORM dwh.refuse_absent_metrics(p_start, p_end);
     PERFORM dwh.mark_marts_stale_window('metrics', p_start, p_end);
     RETURN dwh.log_refresh('metrics', p_start, p_end, NULL, v_ins_total, 0, v_del_total, v_src_total, v_t0, v_wait);
+END
+$$;
+
+-- A configured metric without a single sample on a day of the window on which the others have
+-- samples was renamed or is no longer exported (or its name in the deployment is wrong): the
+-- refresh fails naming it and the days, rather than commit the window without it. Day by day,
+-- each query planned with its bounds (one partition), stopping at the first sample it finds.
+CREATE OR REPLACE FUNCTION dwh.refuse_absent_metrics(p_start timestamptz, p_end timestamptz)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+DECLARE
+    v_names text[] := string_to_array(dwh.setting('metrics.names'), ',');
+    v_day timestamptz;
+    v_lo timestamptz;
+    v_hi timestamptz;
+    v_name text;
+    v_found boolean;
+    v_absent text;
+    v_days text[] := '{}';
+BEGIN
+    FOR v_day IN SELECT generate_series(date_trunc('day', p_start), p_end - interval '1 microsecond', interval '1 day') LOOP
+        v_lo := greatest(v_day, p_start);
+        v_hi := least(v_day + interval '1 day', p_end);
+        EXECUTE 'SELECT EXISTS (SELECT FROM dwh.metrics WHERE ts >= $1 AND ts < $2)' INTO v_found USING v_lo, v_hi;
+        CONTINUE WHEN NOT v_found;  -- a day without any sample is the empty-window rule's and samples_complete's
+        FOREACH v_name IN ARRAY v_names LOOP
+            EXECUTE 'SELECT EXISTS (SELECT FROM dwh.metric_series s JOIN dwh.metrics x USING (series_id) '
+                    'WHERE s.metric_name = $3 AND x.ts >= $1 AND x.ts < $2)' INTO v_found USING v_lo, v_hi, v_name;
+            IF NOT v_found AND (v_absent IS NULL OR v_absent = v_name) THEN
+                v_absent := v_name;
+                v_days := v_days || v_day::date::text;
+            END IF;
+        END LOOP;
+    END LOOP;
+    IF v_absent IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'HV005',
+            MESSAGE = format('dwh.refresh_metrics: source Prometheus has no samples of metric %s (table dwh.metrics) on %s, '
+                             'while the other metrics have: renamed or no longer exported', v_absent, array_to_string(v_days, ', ')),
+            HINT = format('Nothing was changed. If Prometheus exports it under another name now, set %s to that name in the '
+                          'deployment configuration and run `dwh migrate`.',
+                          coalesce((SELECT 'prometheus.' || key FROM dwh.settings WHERE key LIKE 'metrics.%' AND value = v_absent
+                                    AND key NOT IN ('metrics.names', 'metrics.step_seconds') LIMIT 1), 'prometheus.metrics'));
+    END IF;
 END
 $$;

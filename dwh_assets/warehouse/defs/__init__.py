@@ -10,18 +10,21 @@ import warnings
 
 import dagster as dg
 
-# Two Dagster 1.13 APIs this code location needs are still marked beta: BackfillPolicy (the
-# only way to run a partition range as one step, one SQL window) and code references (the
-# link from an asset to its SQL file). Silence exactly those warnings, which every CLI call
-# and every daemon reload would otherwise print once per asset.
+# Three Dagster 1.13 APIs this code location needs are still marked beta: BackfillPolicy (the
+# only way to run a partition range as one step, one SQL window), code references (the link
+# from an asset to its SQL file) and multi_observable_source_asset (the only observable asset
+# that takes specs with dependencies: views, dashboards). Silence exactly those warnings,
+# which every CLI call and every daemon reload would otherwise print once per asset.
 for _beta in (r"Parameter `backfill_policy` .* is currently in beta",
-              r"Class `(CodeReferencesMetadataValue|LocalFileCodeReference)` is currently in beta"):
+              r"Class `(CodeReferencesMetadataValue|LocalFileCodeReference)` is currently in beta",
+              r"Function `multi_observable_source_asset` is currently in beta"):
     warnings.filterwarnings("ignore", message=_beta, category=dg.BetaWarning)
 
 from dwh_assets.warehouse import catalog  # noqa: E402 (after the filter: these modules define assets)
 from dwh_assets.warehouse.defs.assets import (  # noqa: E402
     copy_assets,
     mart_assets,
+    refresh_log_spec,
     side_specs,
     source_specs,
 )
@@ -29,7 +32,12 @@ from dwh_assets.warehouse.defs.alert_sensor import AlertWebhookResource, build_a
 from dwh_assets.warehouse.defs.checks import FRESHNESS, PG_CRON_HEALTH, checks_of, freshness_checks, health_checks  # noqa: E402
 from dwh_assets.warehouse.defs.cron_sensor import JobTarget, build_cron_sensor  # noqa: E402
 from dwh_assets.warehouse.defs.dashboard_assets import bookkeeping_specs, dashboard_specs, view_specs  # noqa: E402
-from dwh_assets.warehouse.defs.metadata import key_of  # noqa: E402
+from dwh_assets.warehouse.defs.metadata import key_of, relation_of  # noqa: E402
+from dwh_assets.warehouse.defs.observations import (  # noqa: E402
+    Dependents,
+    build_observation_sensor,
+    observable_assets,
+)
 from dwh_assets.warehouse.defs.partitions import daily_partitions  # noqa: E402
 from dwh_assets.warehouse.defs.resources import WarehouseResource  # noqa: E402
 from dwh_assets.warehouse.defs.schedules import nightly_job, nightly_schedule  # noqa: E402
@@ -66,15 +74,24 @@ def build_definitions(settings: CodeLocationSettings, entries: catalog.Catalog =
     job = nightly_job(settings.nightly_days, entries)
     targets = cron_targets(entries)
     alert = alerting(settings, entries)
+    dashboards = dashboard_specs(settings.dashboards_dir, settings.superset_url)
+    dependents = Dependents(entries, {d.key: tuple(relation_of(dep.asset_key) for dep in d.deps) for d in dashboards})
+    # What Dagster never builds: observed (by the sensor below, or "Observe" in the UI).
+    sources = source_specs(entries)
+    relations = [refresh_log_spec(entries), *bookkeeping_specs(entries), *view_specs(entries), *dashboards]
+    observed = [*sources, *relations]
     return dg.Definitions(
-        assets=[*source_specs(entries), *side_specs(entries), *copy_assets(entries, partitions),
-                *mart_assets(entries, partitions), *bookkeeping_specs(entries), *view_specs(entries),
-                *dashboard_specs(settings.dashboards_dir, settings.superset_url)],
+        assets=[observable_assets("observe_sources", sources, dependents),
+                observable_assets("observe_relations", relations, dependents),
+                *side_specs(entries), *copy_assets(entries, partitions),
+                *mart_assets(entries, partitions)],
         asset_checks=[*health_checks({name: target.asset_key for name, target in targets.items()}),
                       *freshness_checks(entries)],
         jobs=[job],
         schedules=[nightly_schedule(job, settings.history_start, settings.nightly_days, settings.nightly_cron)],
         sensors=[build_cron_sensor(targets, partitions, minimum_interval_seconds=settings.sensor_interval_seconds),
+                 build_observation_sensor(dependents, {spec.key for spec in observed},
+                                          minimum_interval_seconds=settings.sensor_interval_seconds),
                  *alert["sensors"]],
         resources={"warehouse": WarehouseResource(dsn=settings.warehouse_dsn), **alert["resources"]},
         # Every step is one SQL call that works inside Postgres: a process per step would

@@ -46,6 +46,8 @@ SOURCE_FDW = {
     catalog.SourceSystem.PROMETHEUS: "file_fdw + source reader (backend reader) or prometheus_fdw (backend tembo)",
 }
 REFRESH_LOG = catalog.REFRESH_LOG
+# The shared refresh framework: it writes every dwh.refresh_log row (the log's code version).
+REFRESH_FRAMEWORK_FILE = "01_refresh_framework.sql"
 
 
 def _tags(layer: str, system: catalog.SourceSystem | None = None) -> dict[str, str]:
@@ -73,30 +75,38 @@ def source_specs(entries: Catalog) -> list[dg.AssetSpec]:
 
 
 def side_specs(entries: Catalog) -> list[dg.AssetSpec]:
-    """Relations a refresh writes besides its own table, and the refresh log: materialised by those refreshes."""
+    """Relations a refresh writes besides its own table: materialised by those refreshes."""
     specs = []
     for spec in entries.tables:
         written = [*spec.also_writes, *([spec.snapshot] if spec.snapshot else [])]
+        routine_file = entries.sql_path(spec.routine_file)
         for table in written:
             relation = table.relation
+            snapshot = relation == spec.snapshot_table
             what = ("daily snapshots of " + spec.local_table + " (partitioned by snapshot_day)"
-                    if relation == spec.snapshot_table else "written by the refresh of " + spec.local_table)
+                    if snapshot else "written by the refresh of " + spec.local_table)
+            lineage = md.snapshot_lineage(spec) if snapshot else md.catalog_lineage(table.columns)
             specs.append(dg.AssetSpec(
-                key=key_of(relation), deps=[key_of(spec.local_table)] if relation == spec.snapshot_table
-                else [key_of(s) for s in spec.sources],
+                key=key_of(relation), deps=[key_of(spec.local_table)] if snapshot else [key_of(s) for s in spec.sources],
                 description=f"{relation}: {what}; recorded on every refresh of {spec.local_table}.",
                 group_name=spec.group.value, kinds={"postgres", "table"}, owners=list(catalog.OWNERS),
-                tags=_tags("copy", spec.system),
-                metadata=md.table_definition_metadata(relation, spec.routine, entries.sql_path(spec.routine_file),
-                                                      schema=md.catalog_schema(table)),
+                tags=_tags("copy", spec.system), code_version=sql_files.code_version(routine_file),
+                metadata=md.table_definition_metadata(relation, spec.routine, routine_file, schema=md.catalog_schema(table))
+                | md.lineage_metadata(lineage),
             ))
-    specs.append(dg.AssetSpec(
+    return specs
+
+
+def refresh_log_spec(entries: Catalog) -> dg.AssetSpec:
+    """The refresh log: every refresh adds a row, so it is observed, never materialised."""
+    framework = entries.sql_path(REFRESH_FRAMEWORK_FILE)
+    return dg.AssetSpec(
         key=key_of(REFRESH_LOG), description="One row per committed refresh (same transaction as its data): "
                                               "table, window or snapshot, rows, duration, lock wait, backend pid.",
         group_name=catalog.Group.WAREHOUSE.value, kinds={"postgres", "table"}, owners=list(catalog.OWNERS),
-        tags=_tags("bookkeeping"), metadata={md.TABLE_NAME: REFRESH_LOG},
-    ))
-    return specs
+        tags=_tags("bookkeeping"), code_version=sql_files.code_version(framework),
+        metadata={md.TABLE_NAME: REFRESH_LOG, md.CODE_REFERENCES: md.code_reference(framework, "dwh.log_refresh (SQL)")},
+    )
 
 
 def _partition_days(context: dg.AssetExecutionContext) -> tuple[dt.date, dt.date]:
@@ -120,19 +130,38 @@ def _automation_text(job: str, schedule: str) -> str:
     return f" pg_cron job `{job}` refreshes it on `{schedule}` (GMT, the catalog's default); the pg_cron_runs sensor reports each run."
 
 
-def _materialization(conn: psycopg.Connection, relation: str, log: dict[str, Any], lineage: dg.TableColumnLineage,
-                     row_count: int) -> dict[str, Any]:
-    return md.refresh_metadata(log) | {
+def _materialization(conn: psycopg.Connection, relation: str, log: dict[str, Any],
+                     lineage: dg.TableColumnLineage) -> dict[str, Any]:
+    """What every refresh reports: its log row, the columns and lineage, and the rows the relation now holds."""
+    return md.refresh_metadata(log) | md.lineage_metadata(lineage) | {
         md.COLUMN_SCHEMA: md.column_schema(conn, relation),
-        md.COLUMN_LINEAGE: lineage,
-        md.ROW_COUNT: dg.MetadataValue.int(row_count),
+        md.ROW_COUNT: dg.MetadataValue.int(md.count_rows(conn, relation)),
     }
 
 
+def window_rows(conn: psycopg.Connection, entry: catalog.TableSpec | catalog.MartSpec,
+                log: dict[str, Any]) -> dict[dt.date, int] | None:
+    """Rows per day of the refreshed window, after the refresh; None without a window (dimensions)."""
+    if log.get("window_start") is None:
+        return None
+    if isinstance(entry, catalog.MartSpec):
+        return md.rows_by_day(conn, entry.table, "day", log["window_start"], log["window_end"])
+    return md.rows_by_day(conn, entry.local_table, entry.time_column, log["window_start"], log["window_end"])
+
+
+def window_metadata(days: dict[dt.date, int] | None, partition: str | None = None) -> dict[str, Any]:
+    """``rows_in_window`` and, for one day's partition, ``dagster/partition_row_count``."""
+    if days is None:
+        return {}
+    meta: dict[str, Any] = {md.ROWS_IN_WINDOW: dg.MetadataValue.int(sum(days.values()))}
+    if partition is not None:
+        meta[md.PARTITION_ROW_COUNT] = dg.MetadataValue.int(days.get(dt.date.fromisoformat(partition), 0))
+    return meta
+
+
 def copy_materialization(conn: psycopg.Connection, spec: catalog.TableSpec, log: dict[str, Any]) -> dict[str, Any]:
-    """Metadata of a copy's materialization; a fact's row count is its window's (no scan of history)."""
-    rows = int(log["rows_inserted"]) if spec.kind is catalog.Kind.FACT else md.count_rows(conn, spec.local_table)
-    return _materialization(conn, spec.local_table, log, md.copy_column_lineage(conn, spec), rows)
+    """Metadata of a copy's materialization: ``dagster/row_count`` is the whole table's."""
+    return _materialization(conn, spec.local_table, log, md.copy_column_lineage(conn, spec))
 
 
 def side_materializations(conn: psycopg.Connection, spec: catalog.TableSpec, log: dict[str, Any],
@@ -145,14 +174,16 @@ def side_materializations(conn: psycopg.Connection, spec: catalog.TableSpec, log
             qualified(spec.snapshot_table)), (log["snapshot_day"],)).fetchone()["n"]
         events.append(dg.AssetMaterialization(
             asset_key=key_of(spec.snapshot_table), description=f"snapshot of {log['snapshot_day']}",
-            metadata={"snapshot_day": log["snapshot_day"].isoformat(), md.ROW_COUNT: int(rows),
-                      "refresh_log_id": int(log["id"]), md.COLUMN_SCHEMA: md.column_schema(conn, spec.snapshot_table)}
-            | extra))
-    for relation in (t.relation for t in spec.also_writes):
+            metadata={"snapshot_day": log["snapshot_day"].isoformat(), "rows_in_snapshot_day": int(rows),
+                      md.ROW_COUNT: md.count_rows(conn, spec.snapshot_table), "refresh_log_id": int(log["id"]),
+                      md.COLUMN_SCHEMA: md.column_schema(conn, spec.snapshot_table)}
+            | md.lineage_metadata(md.snapshot_lineage(spec)) | extra))
+    for table in spec.also_writes:
         events.append(dg.AssetMaterialization(
-            asset_key=key_of(relation), description=f"written by {spec.routine}",
-            metadata={md.ROW_COUNT: md.count_rows(conn, relation), "refresh_log_id": int(log["id"]),
-                      md.COLUMN_SCHEMA: md.column_schema(conn, relation)} | extra))
+            asset_key=key_of(table.relation), description=f"written by {spec.routine}",
+            metadata={md.ROW_COUNT: md.count_rows(conn, table.relation), "refresh_log_id": int(log["id"]),
+                      md.COLUMN_SCHEMA: md.column_schema(conn, table.relation)}
+            | md.lineage_metadata(md.catalog_lineage(table.columns)) | extra))
     return events
 
 
@@ -172,7 +203,7 @@ def _copy_asset_args(entries: Catalog, spec: catalog.TableSpec, checks: list[Ref
         check_specs=[c.spec() for c in checks],
         metadata=md.table_definition_metadata(spec.local_table, spec.routine, sql_path, spec.cron_job_name,
                                               spec.schedule, md.catalog_schema(spec.table))
-        | {"table_kind": spec.kind.value},
+        | md.lineage_metadata(md.catalog_copy_lineage(spec)) | {"table_kind": spec.kind.value},
     )
 
 
@@ -189,7 +220,9 @@ def _fact_asset(entries: Catalog, spec: catalog.TableSpec, partitions: dg.Partit
             context.log.info(md.describe_refresh(log))
             for event in side_materializations(conn, spec, log):
                 context.log_event(event)
-            return dg.MaterializeResult(metadata=copy_materialization(conn, spec, log),
+            days = window_rows(conn, spec, log)
+            single = first.isoformat() if first == last else None
+            return dg.MaterializeResult(metadata=copy_materialization(conn, spec, log) | window_metadata(days, single),
                                         check_results=[c.result(conn, log) for c in checks])
 
     return refresh_fact
@@ -220,7 +253,8 @@ def copy_assets(entries: Catalog, partitions: dg.PartitionsDefinition) -> list[d
 
 
 def mart_materialization(conn: psycopg.Connection, mart: catalog.MartSpec, log: dict[str, Any]) -> dict[str, Any]:
-    return _materialization(conn, mart.relation, log, md.mart_column_lineage(mart), int(log["rows_inserted"]))
+    """Metadata of a mart's materialization: ``dagster/row_count`` counts the view's rows."""
+    return _materialization(conn, mart.relation, log, md.mart_column_lineage(mart))
 
 
 def _mart_asset(entries: Catalog, mart: catalog.MartSpec, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -246,7 +280,8 @@ def _mart_asset(entries: Catalog, mart: catalog.MartSpec, partitions: dg.Partiti
         # while the mart is current. fresh_within_schedule counts every run of its job instead.
         check_specs=[c.spec() for c in checks],
         metadata=md.table_definition_metadata(mart.relation, mart.routine, sql_path, mart.cron_job_name,
-                                              mart.schedule, md.catalog_schema(mart.view)) | {"stored_in": mart.table},
+                                              mart.schedule, md.catalog_schema(mart.view))
+        | md.lineage_metadata(md.mart_column_lineage(mart)) | {"stored_in": mart.table},
     )
     def refresh_mart(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         first, last = _partition_days(context)
@@ -254,7 +289,9 @@ def _mart_asset(entries: Catalog, mart: catalog.MartSpec, partitions: dg.Partiti
         with warehouse.connect() as conn:
             log = warehouse.refresh_mart(conn, mart, start, end)
             context.log.info(md.describe_refresh(log))
-            return dg.MaterializeResult(metadata=mart_materialization(conn, mart, log),
+            days = window_rows(conn, mart, log)
+            single = first.isoformat() if first == last else None
+            return dg.MaterializeResult(metadata=mart_materialization(conn, mart, log) | window_metadata(days, single),
                                         check_results=[c.result(conn, log) for c in checks])
 
     return refresh_mart

@@ -23,9 +23,12 @@ judges every run once it has ended (docs/architecture.md, "pg_cron facts"):
   (days the quality gate holds back, with the reason).
 
 Run health belongs to the check ``pg_cron_job_health`` of the job's asset. The cursor (a
-small JSON object in Dagster's storage) holds the last runid read, the runs still open and,
-per job, the last start seen, so a tick costs O(new runs), not O(history). Each tick says
-what it reported ("reported 3 pg_cron runs: 4 materializations, 0 failures").
+small JSON object in Dagster's storage, shown on the sensor's page) holds the last runid read
+and the runs still open, so reading runs costs O(new runs), not O(history); each job's latest
+start comes from pg_cron's history when the missed-schedule check needs it. Each tick says
+what it reported as its skip reason ("reported 3 committed pg_cron refresh(es) ..."): a
+sensor that launches no run is "skipped" to Dagster 1.13, whose tick list counts run
+requests only (docs/dagster-ui.md).
 
 The daemon evaluates the sensor at most every ``DWH_SENSOR_INTERVAL_SECONDS`` seconds
 (``defs.settings``; default 30, tests and demos lower it to see pg_cron runs sooner).
@@ -66,24 +69,41 @@ def _short_time(value: str) -> str:
 
 @dataclass
 class CronCursor:
+    """What a tick must remember, and no more: usually just ``{"runid":N}``.
+
+    Each job's latest start is read from pg_cron's history on every tick (``last_start`` is
+    never stored). A job that has not run yet is judged from when the sensor first saw it:
+    ``since`` (its first tick) for the jobs there were then, ``first_seen`` for a job created
+    later (a pg_cron jobid above ``jobid``), kept until it runs. ``missed_reported`` is kept
+    only while the job is still behind its schedule.
+    """
+
     runid: int | None = None  # every run up to here has been read
     open_runs: list[int] = field(default_factory=list)  # read but not yet ended
     stuck_reported: list[int] = field(default_factory=list)
-    last_start: dict[str, str] = field(default_factory=dict)  # job -> latest start seen
-    first_seen: dict[str, str] = field(default_factory=dict)  # job -> when the sensor first saw it
+    since: str | None = None  # the sensor's first tick that read the jobs
+    jobid: int | None = None  # the highest pg_cron jobid of a watched job seen so far
+    first_seen: dict[str, str] = field(default_factory=dict)  # job created after ``since`` that has not run yet
     missed_reported: dict[str, str] = field(default_factory=dict)  # job -> schedule tick reported
     fresh: dict[str, bool] = field(default_factory=dict)  # job -> the freshness verdict last reported
+    last_start: dict[str, str] = field(default_factory=dict, compare=False)  # job -> latest start (this tick only)
 
     @classmethod
     def parse(cls, raw: str | None) -> "CronCursor":
-        return cls(**json.loads(raw)) if raw else cls()
+        values = json.loads(raw) if raw else {}
+        values.pop("last_start", None)  # written by earlier versions; now read from pg_cron each tick
+        return cls(**values)
 
     def dump(self) -> str:
         """Compact, sorted JSON with times to the second; empty fields are left out."""
+        started = {job: dt.datetime.fromisoformat(t) for job, t in self.last_start.items()}
         values = asdict(self)
-        for name in ("last_start", "first_seen", "missed_reported"):
-            values[name] = {job: _short_time(t) for job, t in values[name].items()}
-        return json.dumps({k: v for k, v in values.items() if v not in ([], {})}, sort_keys=True,
+        del values["last_start"]
+        values["since"] = _short_time(self.since) if self.since else None
+        values["first_seen"] = {job: _short_time(t) for job, t in self.first_seen.items() if job not in started}
+        values["missed_reported"] = {job: _short_time(tick) for job, tick in self.missed_reported.items()
+                                     if job not in started or started[job] < dt.datetime.fromisoformat(tick)}
+        return json.dumps({k: v for k, v in values.items() if v not in ([], {}, None)}, sort_keys=True,
                           separators=(",", ":"))
 
 
@@ -186,7 +206,8 @@ class CronRunJudge:
                 tick = croniter(job["schedule"], now - self.schedule_grace).get_prev(dt.datetime)
             except (CroniterBadCronError, CroniterBadDateError):
                 continue  # pg_cron's '30 seconds' / '@reboot' or a date that never comes: no tick to miss
-            seen = [dt.datetime.fromisoformat(t) for t in (cursor.last_start.get(name), cursor.first_seen.get(name)) if t]
+            seen = [dt.datetime.fromisoformat(t) for t in
+                    (cursor.last_start.get(name), cursor.first_seen.get(name) or cursor.since) if t]
             if not seen or max(seen) >= tick - dt.timedelta(seconds=1):
                 continue
             if cursor.missed_reported.get(name) == tick.isoformat():
@@ -221,6 +242,9 @@ class CronRunJudge:
 # are never visited and the query stays O(new runs) however long dwh.refresh_log grows (B3).
 REFRESH_LOGS = ("SELECT * FROM dwh.refresh_log WHERE backend_pid = ANY(%(pids)s) "
                 "AND finished_at >= %(since)s AND started_at >= %(since)s ORDER BY id")
+# Each job with its latest start in the history pg_cron keeps (one scan of it, when caught up).
+JOB_ROWS = ("SELECT j.jobid, j.jobname, j.schedule, j.active, max(r.start_time) AS last_start FROM cron.job j "
+            "LEFT JOIN cron.job_run_details r USING (jobid) WHERE j.jobname = ANY(%s) GROUP BY 1, 2, 3, 4")
 RUN_COLUMNS = ("SELECT r.runid, r.jobid, j.jobname, r.job_pid, r.status, r.return_message, r.start_time, r.end_time "
                "FROM cron.job_run_details r JOIN cron.job j USING (jobid) ")
 
@@ -257,16 +281,14 @@ def evaluate_cron_runs(warehouse: WarehouseResource, judge: CronRunJudge, raw_cu
             "pids": pids,
             "since": min((r["start_time"] for r in runs if r["start_time"]), default=now) - dt.timedelta(seconds=5),
         }).fetchall() if pids else []
-        job_rows = cron.execute("SELECT jobname, schedule, active FROM cron.job WHERE jobname = ANY(%s)",
-                                (jobs,)).fetchall() if caught_up else []
+        job_rows = cron.execute(JOB_ROWS, (jobs,)).fetchall() if caught_up else []
+        for job in job_rows:
+            if job["last_start"] is not None:
+                cursor.last_start[job["jobname"]] = job["last_start"].isoformat()
 
         still_open: list[int] = []
         for run in runs:
             name = run["jobname"]
-            if run["start_time"] is not None:
-                prev = cursor.last_start.get(name)
-                if prev is None or dt.datetime.fromisoformat(prev) < run["start_time"]:
-                    cursor.last_start[name] = run["start_time"].isoformat()
             log = _matching_log(run, judge.targets[name].log_table, logs, now)
             events, keep = judge.judge(run, now, int(run["job_pid"] or 0) in alive, log, cursor)
             report.events += events
@@ -278,8 +300,7 @@ def evaluate_cron_runs(warehouse: WarehouseResource, judge: CronRunJudge, raw_cu
         report.events = _with_table_reports(conn, judge, report, schedules)
     cursor.open_runs = still_open
     cursor.stuck_reported = [r for r in cursor.stuck_reported if r in still_open]
-    for job in job_rows:
-        cursor.first_seen.setdefault(job["jobname"], now.isoformat())
+    remember_jobs(cursor, job_rows, now)
     open_jobs = {r["jobname"] for r in runs if int(r["runid"]) in still_open}
     report.events += judge.missed(job_rows, cursor, now, open_jobs)
     if caught_up:
@@ -295,23 +316,22 @@ def _with_table_reports(conn: psycopg.Connection, judge: CronRunJudge, report: T
     its data checks evaluated now, in the same tick."""
     checks = {t.log_table: checks_of(t.spec) for t in judge.targets.values() if t.spec is not None}
     by_run = {int(run["runid"]): (job, log) for job, run, log in report.committed}
+    tables: dict[int, tuple[dict[str, Any], dict | None]] = {}  # per run: its table metadata, its window's rows by day
     events: list = []
     for event in report.events:
         if not isinstance(event, dg.AssetMaterialization):
             events.append(event)
             continue
-        job, log = by_run[int(event.metadata["pg_cron_runid"].value)]
-        spec = judge.targets[job].spec
+        runid = int(event.metadata["pg_cron_runid"].value)
+        job, log = by_run[runid]
+        if runid not in tables:
+            tables[runid] = _table_report(conn, judge.targets[job].spec, log)
+        table, days = tables[runid]
         extra = {"pg_cron_schedule": schedules.get(job, "")} if job in schedules else {}
-        if isinstance(spec, catalog.TableSpec):
-            table = assets.copy_materialization(conn, spec, log)
-        elif isinstance(spec, catalog.MartSpec):
-            table = assets.mart_materialization(conn, spec, log)
-        else:
-            table = {}
         events.append(dg.AssetMaterialization(asset_key=event.asset_key, partition=event.partition,
                                               description=event.description,
-                                              metadata={**event.metadata, **table, **extra}))
+                                              metadata={**event.metadata, **table, **extra,
+                                                        **assets.window_metadata(days, event.partition)}))
     reported: set[int] = set()
     for job, run, log in report.committed:
         spec = judge.targets[job].spec
@@ -335,6 +355,29 @@ def _held_days(conn: psycopg.Connection, judge: CronRunJudge, report: TickReport
              and (spec in refreshed or any(isinstance(r, catalog.TableSpec) and r.name in spec.stale_when
                                            for r in refreshed))]
     return [check.evaluation(conn, {}, {}) for mart in marts for check in mart_checks(mart) if check.name == HELD_CHECK]
+
+
+def remember_jobs(cursor: CronCursor, job_rows: list[dict[str, Any]], now: dt.datetime) -> None:
+    """When the sensor first saw each job: its first tick for the jobs there were, or now for a new one."""
+    if not job_rows:
+        return
+    if cursor.since is None:
+        cursor.since = now.isoformat()
+    elif cursor.jobid is not None:
+        for job in job_rows:
+            if int(job["jobid"]) > cursor.jobid and job["last_start"] is None:
+                cursor.first_seen.setdefault(job["jobname"], now.isoformat())
+    cursor.jobid = max([*(int(job["jobid"]) for job in job_rows), *([cursor.jobid] if cursor.jobid else [])])
+
+
+def _table_report(conn: psycopg.Connection, spec: catalog.TableSpec | catalog.MartSpec | None,
+                  log: dict[str, Any]) -> tuple[dict[str, Any], dict | None]:
+    """What a Dagster run of the same refresh records, once per pg_cron run however many partitions it touched."""
+    if isinstance(spec, catalog.TableSpec):
+        return assets.copy_materialization(conn, spec, log), assets.window_rows(conn, spec, log)
+    if isinstance(spec, catalog.MartSpec):
+        return assets.mart_materialization(conn, spec, log), assets.window_rows(conn, spec, log)
+    return {}, None
 
 
 def _matching_log(run: dict[str, Any], table: str, logs: list[dict[str, Any]], now: dt.datetime) -> dict[str, Any] | None:

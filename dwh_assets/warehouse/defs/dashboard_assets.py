@@ -19,7 +19,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dwh_assets.warehouse import catalog
+from dwh_assets.warehouse import catalog, sql_files
 from dwh_assets.warehouse.defs import metadata as md
 from dwh_assets.warehouse.defs.metadata import key_of
 from dwh_assets.warehouse.superset_export import load_bundle
@@ -40,8 +40,11 @@ def view_specs(entries: catalog.Catalog = catalog.PRODUCT) -> list[dg.AssetSpec]
             description=f"{view.description} A view (no refresh: computed when read) over {', '.join(view.reads)}.",
             group_name=view.group.value,
             kinds={"postgres", "view"},
-            metadata={"relation": view.relation, "relation_kind": "view", md.COLUMN_SCHEMA: md.catalog_schema(view),
-                      md.CODE_REFERENCES: md.code_reference(entries.sql_path(view.sql_file), f"{view.relation} (SQL)")},
+            owners=list(catalog.OWNERS),
+            code_version=sql_files.code_version(entries.sql_path(view.sql_file)),
+            metadata={md.TABLE_NAME: view.relation, "relation_kind": "view", md.COLUMN_SCHEMA: md.catalog_schema(view),
+                      md.CODE_REFERENCES: md.code_reference(entries.sql_path(view.sql_file), f"{view.relation} (SQL)")}
+            | md.lineage_metadata(md.catalog_lineage(view.columns)),
         )
         for view in entries.views
     ]
@@ -50,7 +53,7 @@ def view_specs(entries: catalog.Catalog = catalog.PRODUCT) -> list[dg.AssetSpec]
 def bookkeeping_specs(entries: catalog.Catalog = catalog.PRODUCT) -> list[dg.AssetSpec]:
     return [
         dg.AssetSpec(key=key_of(relation), description=text, group_name=catalog.Group.WAREHOUSE.value, kinds={"postgres"},
-                     metadata={"relation": relation})
+                     owners=list(catalog.OWNERS), metadata={md.TABLE_NAME: relation})
         for relation, text in entries.external
     ]
 
@@ -69,6 +72,7 @@ def dashboard_specs(directory: Path, superset_url: str) -> list[dg.AssetSpec]:
             description=dash.description or dash.title,
             group_name=DASHBOARDS_GROUP,
             kinds={"superset"},
+            code_version=sql_files.code_version(dash.path),
             metadata={
                 "url": dg.MetadataValue.url(f"{base}{dash.url_path}"),
                 "dashboard_title": dash.title,

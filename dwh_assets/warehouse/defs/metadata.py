@@ -5,32 +5,64 @@
   ``code_version`` is a hash of that SQL file;
 - materialization metadata (read from the database after each refresh, whoever ran it):
   ``dagster/column_schema`` with the columns' ``COMMENT``s, ``dagster/column_lineage``
-  (source column -> copy column -> mart column), ``dagster/row_count`` and the routine's
+  (source column -> copy column -> mart column), ``dagster/row_count`` (the rows the table
+  holds after the refresh), ``rows_in_window`` (the refreshed window's) and the routine's
   ``dwh.refresh_log`` row.
+
+Dagster 1.13's open-source UI draws ``dagster/column_lineage`` nowhere (its column-lineage
+views are Dagster+ only), so the same lineage is also rendered as a markdown table
+(``column_lineage``: "column <- source columns"), on the definition from the catalog and on
+each materialization from the database.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import psycopg
-
-from pathlib import Path
+from psycopg import sql
 
 from dwh_assets.warehouse import catalog
-from dwh_assets.warehouse.catalog_model import Table, ViewSpec
+from dwh_assets.warehouse.catalog_model import Column, Table, ViewSpec
 
 TABLE_NAME = "dagster/table_name"
 COLUMN_SCHEMA = "dagster/column_schema"
 COLUMN_LINEAGE = "dagster/column_lineage"
 ROW_COUNT = "dagster/row_count"
+PARTITION_ROW_COUNT = "dagster/partition_row_count"
+ROWS_IN_WINDOW = "rows_in_window"
 CODE_REFERENCES = "dagster/code_references"
+# The rendered lineage table, what an open-source UI user reads (see the module docstring).
+LINEAGE_TABLE = "column_lineage"
+# Foreign tables mirror the names of the copies they feed: their schemas start with this.
+SOURCE_SCHEMA_PREFIX = "src_"
 
 
 def key_of(relation: str) -> dg.AssetKey:
-    """``schema.table`` -> ``AssetKey([schema, table])``."""
-    return dg.AssetKey(relation.split(".", 1))
+    """``schema.table`` -> ``AssetKey([schema, table])``; a source foreign table
+    ``src_<system>.<table>`` -> ``AssetKey(["<system>.<table>"])``, the source system's own name.
+
+    The lineage graph labels a node with its key's last part only, and zoomed out cuts it to
+    18 characters at a ``_`` or ``.``: a source keyed ``[src_clerk, users]`` would be a second
+    "users" next to ``dwh/users``, and ``src_clerk.organizations`` and
+    ``src_control_plane.organizations`` would both read "src….organizations". Keyed
+    "clerk.organizations" and "control_plane.organizations" they stay apart at any zoom.
+    """
+    schema, table = relation.split(".", 1)
+    if schema.startswith(SOURCE_SCHEMA_PREFIX):
+        return dg.AssetKey([f"{schema.removeprefix(SOURCE_SCHEMA_PREFIX)}.{table}"])
+    return dg.AssetKey([schema, table])
+
+
+def relation_of(key: dg.AssetKey) -> str:
+    """The relation an asset key stands for: the inverse of ``key_of``."""
+    if len(key.path) == 1:
+        system, table = key.path[0].split(".", 1)
+        return f"{SOURCE_SCHEMA_PREFIX}{system}.{table}"
+    return ".".join(key.path)
 
 
 def code_reference(path: Path, label: str) -> dg.CodeReferencesMetadataValue:
@@ -90,8 +122,42 @@ def column_names(conn: psycopg.Connection, relation: str) -> list[str]:
 
 
 def _dep(column_ref: str) -> dg.TableColumnDep:
-    schema, table, column = column_ref.split(".")
-    return dg.TableColumnDep(asset_key=dg.AssetKey([schema, table]), column_name=column)
+    relation, column = column_ref.rsplit(".", 1)
+    return dg.TableColumnDep(asset_key=key_of(relation), column_name=column)
+
+
+def catalog_copy_lineage(spec: catalog.TableSpec) -> dg.TableColumnLineage:
+    """A copy's lineage as the catalog states it: a column's own ``lineage``, else the primary
+    source's column of the same name (what the definition shows before any refresh)."""
+    return dg.TableColumnLineage(deps_by_column={
+        c.name: [_dep(ref) for ref in (c.lineage or (f"{spec.sources[0]}.{c.name}",))]
+        for c in spec.columns if not c.generated or c.lineage
+    })
+
+
+def catalog_lineage(columns: tuple[Column, ...]) -> dg.TableColumnLineage:
+    """The columns' declared lineage (marts, plain tables a refresh also writes)."""
+    return dg.TableColumnLineage(deps_by_column={c.name: [_dep(ref) for ref in c.lineage] for c in columns if c.lineage})
+
+
+def snapshot_lineage(spec: catalog.TableSpec) -> dg.TableColumnLineage:
+    """A dimension's snapshot: each column from the table's column of the same name."""
+    return dg.TableColumnLineage(deps_by_column={
+        c.name: [_dep(f"{spec.local_table}.{c.name}")] for c in spec.columns})
+
+
+def lineage_table(lineage: dg.TableColumnLineage) -> dg.MarkdownMetadataValue:
+    """``dagster/column_lineage`` as a markdown table the open-source UI renders: column <- source columns."""
+    rows = [f"| `{column}` | {', '.join(f'`{relation_of(d.asset_key)}.{d.column_name}`' for d in deps)} |"
+            for column, deps in lineage.deps_by_column.items()]
+    if not rows:
+        return dg.MetadataValue.md("No column lineage is declared for this relation.")
+    return dg.MetadataValue.md("\n".join(["| column | &larr; source columns |", "| --- | --- |", *rows]))
+
+
+def lineage_metadata(lineage: dg.TableColumnLineage) -> dict[str, Any]:
+    """The lineage twice: Dagster's standard entry, and the table a person can read."""
+    return {COLUMN_LINEAGE: lineage, LINEAGE_TABLE: lineage_table(lineage)}
 
 
 def copy_column_lineage(conn: psycopg.Connection, spec: catalog.TableSpec) -> dg.TableColumnLineage:
@@ -110,7 +176,7 @@ def copy_column_lineage(conn: psycopg.Connection, spec: catalog.TableSpec) -> dg
 
 
 def mart_column_lineage(mart: catalog.MartSpec) -> dg.TableColumnLineage:
-    return dg.TableColumnLineage(deps_by_column={c.name: [_dep(ref) for ref in c.lineage] for c in mart.columns if c.lineage})
+    return catalog_lineage(mart.columns)
 
 
 def refresh_metadata(log: dict[str, Any]) -> dict[str, dg.MetadataValue]:
@@ -146,6 +212,25 @@ def describe_refresh(log: dict[str, Any]) -> str:
 
 
 def count_rows(conn: psycopg.Connection, relation: str) -> int:
-    from psycopg import sql
-
     return conn.execute(sql.SQL("SELECT count(*) AS n FROM {}").format(sql.Identifier(*relation.split(".")))).fetchone()["n"]
+
+
+def rows_by_day(conn: psycopg.Connection, relation: str, column: str, start: dt.datetime,
+                end: dt.datetime) -> dict[dt.date, int]:
+    """Rows of ``relation`` per UTC day of the window ``[start, end)``, by ``column`` (a fact's
+    timestamptz, a mart's date ``day``): compared as it is, so only the window's partitions are read."""
+    name = sql.Identifier(column)
+    is_date = conn.execute("SELECT atttypid = 'date'::regtype AS d FROM pg_attribute WHERE attrelid = %s::regclass "
+                           "AND attname = %s", (relation, column)).fetchone()["d"]
+    day = name if is_date else sql.SQL("({} AT TIME ZONE 'UTC')::date").format(name)
+    bounds = (start.astimezone(dt.timezone.utc).date(), _end_day(end)) if is_date else (start, end)
+    rows = conn.execute(sql.SQL("SELECT {day} AS day, count(*) AS n FROM {rel} WHERE {col} >= %s AND {col} < %s "
+                                "GROUP BY 1").format(day=day, rel=sql.Identifier(*relation.split(".")), col=name),
+                        bounds).fetchall()
+    return {r["day"]: int(r["n"]) for r in rows}
+
+
+def _end_day(end: dt.datetime) -> dt.date:
+    """The first UTC day not in a window ending at ``end``."""
+    utc = end.astimezone(dt.timezone.utc)
+    return utc.date() + dt.timedelta(days=1) if utc.time() != dt.time() else utc.date()

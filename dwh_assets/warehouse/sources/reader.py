@@ -447,8 +447,10 @@ class Fields:
             raise ReaderError(f"{self.what}: required field {key!r} is empty")
         return value
 
-    def bigint(self, key: str) -> int | None:
+    def bigint(self, key: str, required: bool = False) -> int | None:
         value = self.obj.get(key)
+        if value is None and required:
+            raise ReaderError(f"{self.what}: required field {key!r} is missing")
         if value is None:
             return None
         if _is_number(value) and float(value).is_integer():
@@ -494,9 +496,11 @@ def user_row(obj: object) -> tuple[str, list]:
         if primary_id is not None and entry.text("id") == primary_id:
             email = entry.text("email_address")
     phones = f.items("phone_numbers")
+    # Required: what the warehouse cannot store as NULL (a field the API stopped sending is
+    # refused, not copied as NULL); the others may be absent (gender, which Clerk no longer sends).
     return user_id, [
         user_id, f.text("first_name"), f.text("last_name"), email, f.text("gender"),
-        f.bigint("created_at"), f.bigint("updated_at"), f.bigint("last_sign_in_at"),
+        f.bigint("created_at", required=True), f.bigint("updated_at", required=True), f.bigint("last_sign_in_at"),
         None if phones is None else len(phones), f.text("username"), attrs_json(f.obj),
     ]
 
@@ -506,8 +510,8 @@ def organization_row(obj: object) -> tuple[str, list]:
     org_id = f.text("id", required=True)
     f.what = f"organization {org_id}"
     return org_id, [
-        org_id, f.text("name"), f.text("slug"), f.bigint("created_at"), f.bigint("updated_at"),
-        f.text("created_by"), attrs_json(f.obj),
+        org_id, f.text("name", required=True), f.text("slug"), f.bigint("created_at", required=True),
+        f.bigint("updated_at", required=True), f.text("created_by"), attrs_json(f.obj),
     ]
 
 
@@ -517,7 +521,7 @@ def membership_row(obj: object) -> tuple[str, list]:
     f.what = f"organization membership {membership_id}"
     user_id = f.text("user_id", required=True, obj=f.nested("public_user_data"))
     org_id = f.text("id", required=True, obj=f.nested("organization"))
-    return membership_id, [user_id, org_id, f.text("role"), attrs_json(f.obj)]
+    return membership_id, [user_id, org_id, f.text("role", required=True), attrs_json(f.obj)]
 
 
 CLERK_TABLES = {
