@@ -8,6 +8,8 @@ The warehouse (any PostgreSQL 15+, configured by a TOML file):
     dwh reader install [--config FILE]         install the source reader (run on the database host)
     dwh relay install [--config FILE]          install the relay: reader + its database (run on the relay's host)
     dwh env [--config FILE]                    shell exports for Dagster and psql (no secrets)
+    dwh forget --user ID | --organization ID [--config FILE]
+                                               erase a Clerk user or organization from every copy and snapshot
 
 The local demo stack (``DWH_HOME``, default ``.dwh/``):
 
@@ -30,6 +32,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from dwh_assets.warehouse.catalog_model import Subject
 from dwh_assets.warehouse.deployment import CONFIG_ENV, DeploymentConfig, DeploymentError
 from dwh_assets.warehouse.errors import DwhError
 
@@ -101,6 +104,15 @@ def cmd_relay_install(args: argparse.Namespace) -> int:
     schemas = install_relay(cfg)
     _print(f"installed the relay in {cfg.relay.host}:{cfg.relay.port}/{cfg.relay.database} "
            f"(reader in {cfg.reader.directory}); it serves {', '.join(schemas)} to {cfg.relay.user}")
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from dwh_assets.warehouse.erasure import check_id, forget
+
+    subject = next(s for s in Subject if getattr(args, s.value) is not None)
+    subject_id = check_id(subject, getattr(args, subject.value))  # refused before any configuration is read
+    _print(forget(deployment(args), subject, subject_id).summary())
     return 0
 
 
@@ -228,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(relay_sub.add_parser("install", help="install the reader and the relay's database (run on the relay's host)")
                 ).set_defaults(func=cmd_relay_install)
     with_config(sub.add_parser("env", help="print shell exports for dagster/psql (no secrets)")).set_defaults(func=cmd_env)
+    forget = with_config(sub.add_parser(
+        "forget", help="erase a Clerk user or organization from every copy and snapshot, in one transaction",
+        description="Erase a subject from the warehouse as the owner (docs/personal-data.md): its rows in every copy "
+                    "and snapshot, its id where it only mentions it; logged as a keyed hash, never the id; the "
+                    "refreshes leave it out from now on."))
+    who = forget.add_mutually_exclusive_group(required=True)
+    for subject in Subject:
+        who.add_argument(f"--{subject.value}", metavar="ID", help=f"the Clerk {subject.value} id")
+    forget.set_defaults(func=cmd_forget)
 
     up = sub.add_parser("up", help="start the local stack (idempotent) and materialise the warehouse")
     up.add_argument("--no-dagster", action="store_true", help="leave Dagster's webserver and daemon out")

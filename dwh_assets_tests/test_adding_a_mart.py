@@ -43,8 +43,9 @@ SIGNUP_DOMAINS = MartSpec(
     description="Sign-ups per UTC day and email domain.",
     columns=(
         Column("day", "date", "The UTC day.", lineage=("dwh.users.created_at",)),
+        # Computed from a personal column, it would be personal too; a domain names a mail provider or a company.
         Column("email_domain", "text", "The domain of the primary email address ('' without one).",
-               lineage=("dwh.users.email",)),
+               lineage=("dwh.users.email",), personal=False),
         Column("signups", "bigint", "Users created that day with that domain.", not_null=True,
                lineage=("dwh.users.user_id",)),
     ),

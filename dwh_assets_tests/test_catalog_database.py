@@ -60,5 +60,6 @@ def test_every_relation_of_dwh_and_mart_is_the_catalogs_or_bookkeeping(superuser
     found = {row[0] for row in superuser.execute(
         "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname IN ('dwh', 'mart') AND c.relkind IN ('r', 'p', 'v', 'm') AND NOT c.relispartition").fetchall()}
-    declared = {item.relation for item in RELATIONS} | set(catalog.CONFIGURATION) | {catalog.REFRESH_LOG}
+    declared = {item.relation for item in RELATIONS} | set(catalog.CONFIGURATION) | {
+        catalog.REFRESH_LOG, catalog.ERASURE_KEY, catalog.ERASURE_LOG}
     assert found == declared

@@ -232,7 +232,8 @@ class Soak:
             cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300, check=False,
         )
         new = sorted(set(self.instance.get_run_ids()) - before)
-        return Outcome(call, done.returncode == 0, run_ids=new, error=done.stderr[-2000:] if done.returncode else "")
+        # The whole stderr: the error names its source above Dagster's stack trace, which alone can exceed 2,000 characters.
+        return Outcome(call, done.returncode == 0, run_ids=new, error=done.stderr if done.returncode else "")
 
     def close(self) -> None:
         for conn in self.connections:
@@ -308,9 +309,9 @@ def assert_copies_equal_sources(cfg, loader: psycopg.Connection) -> None:
 
 
 def snapshot_difference(conn: psycopg.Connection, name: str) -> int:
-    """Rows in dwh.<name> or in its snapshot of today, but not in both."""
-    cols = conn.execute("SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute"
-                        " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (f"dwh.{name}",)).fetchone()[0]
+    """Rows in dwh.<name> or in its snapshot of today, but not in both (in the snapshot's columns: no personal ones)."""
+    cols = conn.execute("SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute WHERE attrelid = %s::regclass"
+                        " AND attnum > 0 AND NOT attisdropped AND attname <> 'snapshot_day'", (f"dwh.{name}_snapshot",)).fetchone()[0]
     columns = sql.SQL(", ").join(map(sql.Identifier, cols))
     current = sql.SQL("SELECT {} FROM {}").format(columns, sql.Identifier("dwh", name))
     snap = sql.SQL("SELECT {} FROM {} WHERE snapshot_day = %(day)s").format(columns, sql.Identifier("dwh", f"{name}_snapshot"))

@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from dwh_assets.local.config import REPO_ROOT
-from dwh_assets.warehouse import catalog, sql_files
+from dwh_assets.warehouse import catalog, catalog_ddl, sql_files
 from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions, cron_targets
 from dwh_assets.warehouse.defs.metadata import key_of, relation_of
 
@@ -87,10 +87,12 @@ def test_each_asset_names_its_table_its_sql_its_owner_and_its_pg_cron_job(graph)
         assert node.owners == list(catalog.OWNERS)
         assert spec.cron_job_name in node.description and meta["pg_cron_job"] == spec.cron_job_name
         assert node.code_version == sql_files.code_version(REPO_ROOT / "sql" / "routines" / spec.routine_file)
-        # The columns are the catalog's, shown before anything ran.
-        columns = spec.columns
-        assert [(c.name, c.type, c.description) for c in meta["dagster/column_schema"].columns] == [
-            (c.name, c.type, c.comment) for c in columns]
+        # The columns are the catalog's, shown before anything ran, described as the database's comments
+        # (a personal column's marked), the personal ones tagged.
+        comments, personal = catalog_ddl.comments(catalog.PRODUCT), catalog.PRODUCT.personal_columns(relation)
+        assert [(c.name, c.type, c.description, dict(c.tags)) for c in meta["dagster/column_schema"].columns] == [
+            (c.name, c.type, comments[("COLUMN", relation, c.name)], {"personal_data": "true"} if c.name in personal else {})
+            for c in spec.columns]
 
 
 def code_versions(entries: catalog.Catalog = catalog.PRODUCT) -> dict[dg.AssetKey, str | None]:

@@ -20,7 +20,7 @@ from dwh_assets_tests.deployments import offline_deployment
 
 FACTS = ServerFacts(
     version=150018, admin="postgres", superuser=True, createrole=True, cron_loaded=True, cron_database="warehouse",
-    available=frozenset({"pg_partman", "pg_cron", "postgres_fdw", "file_fdw", "plpgsql"}),
+    available=frozenset({"pg_partman", "pg_cron", "postgres_fdw", "file_fdw", "pgcrypto", "plpgsql"}),
     roles=frozenset({"postgres"}),
 )
 
@@ -104,7 +104,7 @@ def test_a_fresh_server_gets_roles_extensions_and_grants(cfg):
     text = statements(plan)
     assert 'CREATE ROLE "dwh_loader" LOGIN PASSWORD \'SCRAM-SHA-256$4096:verifier-of-dwh_loader\'' in text
     assert not any("password-value" in s for s in text), "the password itself never reaches a statement"
-    for extension in ("pg_partman", "postgres_fdw", "file_fdw", "pg_cron"):
+    for extension in ("pg_partman", "postgres_fdw", "file_fdw", "pg_cron", "pgcrypto"):
         assert any(f'CREATE EXTENSION IF NOT EXISTS "{extension}"' in s for s in text), extension
     # pg_partman in its own schema, in the same statement: the check cannot pass without it.
     assert any('CREATE SCHEMA IF NOT EXISTS "partman"' in s and 'CREATE EXTENSION IF NOT EXISTS "pg_partman" SCHEMA "partman"' in s
@@ -114,9 +114,11 @@ def test_a_fresh_server_gets_roles_extensions_and_grants(cfg):
 
 
 def test_existing_roles_are_left_alone(cfg):
-    facts = dataclasses.replace(FACTS, roles=FACTS.roles | {"dwh_owner", "dwh_loader", "dwh_reader"})
+    facts = dataclasses.replace(FACTS, roles=FACTS.roles | {"dwh_owner", "dwh_loader", "dwh_reader", "dwh_personal_reader"})
     plan = bootstrap.plan_bootstrap(cfg, facts, fake_verifier)
-    assert not [s for s in plan.warehouse if s.role]
+    # Only the personal reader's membership, verified (skipped when held): the prerequisites script creates it bare.
+    assert [(s.what, s.verify is not None) for s in plan.warehouse if s.role] == [
+        ("grant dwh_reader to dwh_personal_reader", True)]
 
 
 def test_a_missing_role_without_a_password_is_a_problem_naming_where_to_put_it(tmp_path):

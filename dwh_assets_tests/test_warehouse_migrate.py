@@ -37,7 +37,8 @@ EXPECTED_FOREIGN_TABLES = {
 
 
 def inventory(conn: psycopg.Connection) -> dict[str, list]:
-    """What migrate creates, without oids: relations, columns, routines, partman config, cron jobs."""
+    """What migrate creates, without oids: relations, columns (and their grants), the grants on
+    partitions, routines, partman config, cron jobs."""
     return {
         "relations": conn.execute(
             "SELECT n.nspname, c.relname, c.relkind, pg_get_userbyid(c.relowner), c.relacl::text FROM pg_class c"
@@ -46,10 +47,14 @@ def inventory(conn: psycopg.Connection) -> dict[str, list]:
             " ORDER BY 1, 2", (OUR_SCHEMAS,),
         ).fetchall(),
         "columns": conn.execute(
-            "SELECT c.oid::regclass::text, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull"
+            "SELECT c.oid::regclass::text, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attacl::text"
             " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = ANY(%s) AND NOT c.relispartition AND a.attnum > 0 AND NOT a.attisdropped"
             " ORDER BY 1, a.attnum", (OUR_SCHEMAS,),
+        ).fetchall(),
+        "partition_grants": conn.execute(
+            "SELECT DISTINCT i.inhparent::regclass::text, c.relacl::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY(%s) ORDER BY 1, 2", (OUR_SCHEMAS,),
         ).fetchall(),
         "routines": conn.execute(
             "SELECT p.oid::regprocedure::text, p.prosecdef, p.proconfig, p.proacl::text FROM pg_proc p"

@@ -33,6 +33,8 @@ EXTENSION_PACKAGES = {"pg_partman": "postgresql-15-partman", "pg_cron": "postgre
 # The loader's search_path, so `\dE` and ad-hoc queries find the warehouse's relations.
 LOADER_SEARCH_PATH = ("dwh", "mart", "src_control_plane", "src_clerk", "src_prometheus", "public")
 READER_SEARCH_PATH = ("mart", "dwh", "public")
+# The project's roles that no login is configured as: the grants name them all.
+PRIVILEGE_ROLES = (*GROUPS.values(), catalog.PERSONAL_READER_GROUP)
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,7 @@ def _roles(plan: BootstrapPlan, cfg: DeploymentConfig, verifier: Verifier) -> No
                 sql.SQL("GRANT {} TO {}").format(_ident(group), _ident(login.user)),
                 f"the admin role cannot grant {group}: it needs CREATEROLE (or ADMIN OPTION on {group})", role=True,
                 verify=_member(login.user, group)))
+    _personal_reader(plan, need_role)
     if not plan.facts.superuser:
         # PG 15: creating a schema for another role, and handing functions to the loader, need membership in it.
         for member_of in dict.fromkeys((catalog.OWNER_GROUP, cfg.logins()["loader"].user)):
@@ -250,6 +253,19 @@ def _roles(plan: BootstrapPlan, cfg: DeploymentConfig, verifier: Verifier) -> No
                 sql.SQL("GRANT {} TO {}").format(_ident(member_of), _ident(plan.facts.admin)),
                 f"the admin role cannot grant itself {member_of}: it needs CREATEROLE", role=True,
                 verify=_member(plan.facts.admin, member_of)))
+
+
+def _personal_reader(plan: BootstrapPlan, need_role: str) -> None:
+    """The role that reads personal columns too: a member of the reader, granted to no login by migrate."""
+    personal, reader = catalog.PERSONAL_READER_GROUP, catalog.READER_GROUP
+    if personal not in plan.facts.roles:
+        plan.warehouse.append(Statement(f"create role {personal}", sql.SQL("CREATE ROLE {} NOLOGIN").format(
+            _ident(personal)), need_role, role=True))
+    # Also when the role exists: the managed prerequisites script creates it bare.
+    plan.warehouse.append(Statement(
+        f"grant {reader} to {personal}", sql.SQL("GRANT {} TO {}").format(_ident(reader), _ident(personal)),
+        f"the admin role cannot grant {reader}: it needs CREATEROLE (or ADMIN OPTION on {reader})", role=True,
+        verify=_member(personal, reader)))
 
 
 def _member(member: str, role: str) -> sql.Composable:
@@ -303,6 +319,8 @@ def plan_bootstrap(cfg: DeploymentConfig, facts: ServerFacts, verifier: Verifier
     _grant(plan, w, f"grant create on schema public to {catalog.OWNER_GROUP}", "GRANT CREATE ON SCHEMA public TO {}", owner,
            verify=_holds("SELECT has_schema_privilege({}, 'public', 'CREATE')", catalog.OWNER_GROUP))
     _extension(plan, w, "pg_partman", db, schema="partman", schema_owner=catalog.OWNER_GROUP)
+    # `dwh forget` logs a keyed hash (HMAC) of an erased id; pgcrypto is trusted: the database's owner may create it.
+    _extension(plan, w, "pgcrypto", db, schema="public")
     _grant(plan, w, f"let {catalog.OWNER_GROUP} maintain pg_partman's configuration",
            "GRANT ALL ON SCHEMA partman TO {0}; GRANT ALL ON ALL TABLES IN SCHEMA partman TO {0}; "
            "GRANT ALL ON ALL SEQUENCES IN SCHEMA partman TO {0}; "
@@ -440,7 +458,7 @@ def try_bootstrap(cfg: DeploymentConfig, plan: BootstrapPlan, owner_checks: list
     """
     trial = Trial(problems=list(plan.problems), prerequisites=Prerequisites(
         warehouse_db=plan.warehouse_db, server=f"{cfg.warehouse.host}:{cfg.warehouse.port}", admin=plan.facts.admin,
-        missing_groups=tuple(g for g in GROUPS.values() if g not in plan.facts.roles)))
+        missing_groups=tuple(g for g in PRIVILEGE_ROLES if g not in plan.facts.roles)))
     if trial.problems and not plan.facts.cron_loaded:
         return trial
     roles = [s for s in plan.warehouse if s.role]

@@ -37,6 +37,7 @@ from dwh_assets.warehouse.catalog_model import (  # noqa: F401 (the grammar, re-
     PENDING_MART_ROUTINE_ARGUMENTS,
     ROUTINE_ARGUMENTS,
     AcceptedValues,
+    Erase,
     Catalog,
     Column,
     Group,
@@ -44,6 +45,8 @@ from dwh_assets.warehouse.catalog_model import (  # noqa: F401 (the grammar, re-
     Kind,
     MartSpec,
     SourceSystem,
+    Subject,
+    SubjectColumn,
     Table,
     TableSpec,
     ViewSpec,
@@ -55,7 +58,9 @@ from dwh_assets.warehouse.sql_files import ROUTINES_DIR, VIEWS_DIR
 # roles (the configuration's warehouse.owner / loader / reader) are members of them, or are them.
 OWNER_GROUP = "dwh_owner"      # owns every object, runs migrations and pg_partman maintenance
 LOADER_GROUP = "dwh_loader"    # runs the refresh routines (pg_cron, Dagster), reads sources
-READER_GROUP = "dwh_reader"    # reads dwh and mart, nothing else
+READER_GROUP = "dwh_reader"    # reads dwh and mart, nothing else, and no personal column
+# Reads the personal columns too (a member of the reader): granted deliberately, by hand, to a login.
+PERSONAL_READER_GROUP = "dwh_personal_reader"
 
 # Usage metrics copied from Prometheus, by what the marts use them for. A deployment may
 # name them differently (prometheus.metrics in its configuration); the marts read the
@@ -118,19 +123,20 @@ USERS = TableSpec(
     description="Clerk users, with the primary email address, kept equal to the source.",
     schedule="*/15 * * * *",
     columns=(
-        Column("user_id", "text", "Clerk user id (user_...)."),
-        Column("first_name", "text", "First name."),
-        Column("last_name", "text", "Last name."),
-        Column("email", "text", "The primary email address (the one primary_email_address_id names), NULL when there is none."),
-        Column("gender", "text", "Gender, as Clerk holds it (often NULL)."),
+        Column("user_id", "text", "Clerk user id (user_...).", subject=Subject.USER),
+        Column("first_name", "text", "First name.", personal=True),
+        Column("last_name", "text", "Last name.", personal=True),
+        Column("email", "text", "The primary email address (the one primary_email_address_id names), NULL when there is none.",
+               personal=True),
+        Column("gender", "text", "Gender, as Clerk holds it (often NULL).", personal=True),
         Column("created_at", TS, "When the user signed up.", not_null=True),
         Column("updated_at", TS, "When Clerk last changed the user.", not_null=True),
-        Column("last_sign_in_at", TS, "Last sign-in, NULL if never."),
+        Column("last_sign_in_at", TS, "Last sign-in, NULL if never.", personal=True),
         Column("phone_numbers", "integer", "How many phone numbers the user has (the numbers are in attrs).",
-               not_null=True, default="0"),
-        Column("username", "text", "Username, if the Clerk instance uses them."),
+               not_null=True, default="0", personal=True),
+        Column("username", "text", "Username, if the Clerk instance uses them.", personal=True),
         Column("attrs", "jsonb", "The whole Clerk user object, as JSON (fields without a column of their own).",
-               not_null=True, default=ATTRS),
+               not_null=True, default=ATTRS, personal=True),
     ),
     indexes=(Index(("created_at",), "users_created_at"),),
 )
@@ -145,12 +151,12 @@ ORGANIZATIONS = TableSpec(
     description="Clerk organizations, with the plan from the control plane, kept equal to the sources.",
     schedule="*/15 * * * *",
     columns=(
-        Column("organization_id", "text", "Clerk organization id (org_...)."),
+        Column("organization_id", "text", "Clerk organization id (org_...).", subject=Subject.ORGANIZATION),
         Column("name", "text", "Organization name.", not_null=True),
         Column("slug", "text", "URL slug, NULL when unset."),
         Column("plan", "text", "Billing plan, from the control plane's organizations (free, hobby, pro, enterprise).",
                lineage=("src_control_plane.organizations.plan",)),
-        Column("created_by", "text", "The user who created it, NULL when unknown."),
+        Column("created_by", "text", "The user who created it, NULL when unknown (or forgotten).", subject=Subject.USER),
         Column("created_at", TS, "When it was created.", not_null=True),
         Column("updated_at", TS, "When Clerk last changed it.", not_null=True),
         Column("attrs", "jsonb", "The whole Clerk organization object, as JSON.", not_null=True, default=ATTRS),
@@ -167,12 +173,15 @@ ORGANIZATION_MEMBERSHIPS = TableSpec(
     description="Who belongs to which organization, with their role.",
     schedule="*/15 * * * *",
     columns=(
-        Column("organization_id", "text", "The organization.", references="dwh.organizations.organization_id"),
-        Column("user_id", "text", "The member.", references="dwh.users.user_id"),
+        Column("organization_id", "text", "The organization.", references="dwh.organizations.organization_id",
+               subject=Subject.ORGANIZATION),
+        Column("user_id", "text", "The member.", references="dwh.users.user_id", subject=Subject.USER),
         Column("role", "text", "The member's role (org:admin, org:member, ...).", not_null=True),
         Column("created_at", TS, "When the membership began (from the Clerk object), NULL when unknown.",
                lineage=("src_clerk.organization_memberships.attrs",)),
-        Column("attrs", "jsonb", "The whole Clerk membership object, as JSON.", not_null=True, default=ATTRS),
+        # Clerk's membership object carries the member's public_user_data: names, email, image.
+        Column("attrs", "jsonb", "The whole Clerk membership object, as JSON (with the member's names and email).",
+               not_null=True, default=ATTRS, personal=True),
     ),
     indexes=(Index(("user_id",), "organization_memberships_user"),),
 )
@@ -367,7 +376,7 @@ DAILY_SIGNUPS = MartSpec(
         Column("day", "date", DAY.comment, lineage=("dwh.users.created_at",)),
         Column("signups", "bigint", "Users created that day.", not_null=True, lineage=("dwh.users.user_id",)),
         Column("with_email", "bigint", "Of them, users with a primary email address.", not_null=True,
-               lineage=("dwh.users.email",)),
+               lineage=("dwh.users.email",), personal=False),  # a count of addresses, none of them
         Column("total_users", "bigint", "Users created up to the end of the day (computed at read time).", stored=False,
                lineage=("dwh.users.user_id", "dwh.users.created_at")),
     ),
@@ -565,7 +574,10 @@ PRODUCT = Catalog(
 
 # Configuration tables `dwh migrate` writes (not data: no lineage, no asset).
 CONFIGURATION = ("dwh.settings", "dwh.refresh_jobs", "dwh.mart_inputs", "dwh.mart_pending", "dwh.cron_probe",
-                 "dwh.quality_gates", "dwh.copy_gate")
+                 "dwh.subject_columns", "dwh.quality_gates", "dwh.copy_gate")
+# What `dwh forget` keeps (created by a migration; the owner's alone): the key of its hashes, its log.
+ERASURE_KEY = "dwh.erasure_key"
+ERASURE_LOG = "dwh.erasure_log"
 # The refresh log every refresh writes (an asset of its own; created by migration 0002).
 REFRESH_LOG = "dwh.refresh_log"
 

@@ -9,9 +9,12 @@
   copy's routine, then the views (a mart's file holds its view and routine), each after the
   views it reads. All ``CREATE OR REPLACE``, applied on every run;
 - **comments**: ``COMMENT ON`` every catalog table, view and column, written only where the
-  database's differs (a mart's column is described once, for its table and its view);
+  database's differs (a mart's column is described once, for its table and its view; a
+  personal column's begins with ``[personal data]``);
 - **grants**: EXECUTE on the refresh routines to the loader; SELECT on every catalog
-  relation to the loader and the reader.
+  relation to the loader; to the reader SELECT on every catalog relation, or on its columns
+  but the personal ones, which only the personal reader may read. Partitions are granted to
+  nobody: reading a partition directly would skip its parent's column privileges.
 
 Everything here is idempotent: a second run finds nothing to create and no comment to change.
 """
@@ -24,7 +27,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from dwh_assets.warehouse.catalog_model import Catalog, Column, Table, ViewSpec
+from dwh_assets.warehouse.catalog_model import Catalog, Column, Table, ViewSpec, marked
 from dwh_assets.warehouse.errors import DwhError
 
 
@@ -190,8 +193,9 @@ def comments(catalog: Catalog) -> dict[tuple[str, str, str | None], str]:
     for item in (*catalog.all_tables(), *catalog.all_views()):
         kind = "TABLE" if isinstance(item, Table) else "VIEW"
         found[(kind, item.relation, None)] = item.comment if isinstance(item, Table) else item.description
+        personal = catalog.personal_columns(item.relation)
         for column in item.columns:
-            found[("COLUMN", item.relation, column.name)] = column.comment
+            found[("COLUMN", item.relation, column.name)] = marked(column.comment, column.name in personal)
     return found
 
 
@@ -223,10 +227,56 @@ def sync_comments(conn: psycopg.Connection, catalog: Catalog) -> int:
 # ----- grants ---------------------------------------------------------------------------------------
 
 
-def grants(catalog: Catalog, loader: str, reader: str) -> list[sql.Composable]:
-    loader_id, reader_id = sql.Identifier(loader), sql.Identifier(reader)
+def grants(catalog: Catalog, loader: str, reader: str, personal_reader: str) -> list[sql.Composable]:
+    """Every grant on the catalog's routines and relations, exact whatever was granted before."""
+    loader_id = sql.Identifier(loader)
     statements = [sql.SQL("GRANT EXECUTE ON FUNCTION {}({}) TO {}").format(
         ident(entry.routine), sql.SQL(entry.routine_arguments), loader_id) for entry in catalog.refreshed()]
-    statements += [sql.SQL("GRANT SELECT ON {} TO {}, {}").format(ident(item.relation), loader_id, reader_id)
-                   for item in (*catalog.all_tables(), *catalog.all_views())]
+    for item in (*catalog.all_tables(), *catalog.all_views()):
+        statements.append(sql.SQL("GRANT SELECT ON {} TO {}").format(ident(item.relation), loader_id))
+        statements += reader_grants(item, catalog.personal_columns(item.relation), reader, personal_reader)
     return statements
+
+
+def reader_grants(item: Table | ViewSpec, personal: frozenset[str], reader: str,
+                  personal_reader: str) -> list[sql.Composable]:
+    """The reader's SELECT on the relation, or on its columns but ``personal``; those to the personal reader.
+
+    Revoked first: a table-level REVOKE takes every column privilege with it, so what stays is
+    what the catalog says now (a column marked personal since the last run included).
+    """
+    relation, reader_id, personal_id = ident(item.relation), sql.Identifier(reader), sql.Identifier(personal_reader)
+    revoke = sql.SQL("REVOKE SELECT ON {} FROM {}, {}").format(relation, reader_id, personal_id)
+    if not personal:
+        return [revoke, sql.SQL("GRANT SELECT ON {} TO {}").format(relation, reader_id)]
+
+    def columns(names: list[str]) -> sql.Composable:
+        return sql.SQL(", ").join(map(sql.Identifier, names))
+
+    public = [c.name for c in item.columns if c.name not in personal]
+    private = [c.name for c in item.columns if c.name in personal]
+    return [revoke,
+            sql.SQL("GRANT SELECT ({}) ON {} TO {}").format(columns(public), relation, reader_id),
+            sql.SQL("GRANT SELECT ({}) ON {} TO {}").format(columns(private), relation, personal_id)]
+
+
+# Partitions of the catalog's tables that a role may read directly (a partition's own grants,
+# not its parent's column privileges, decide what a query naming it sees).
+READABLE_PARTITIONS = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relispartition AND n.nspname IN ('dwh', 'mart')
+  AND (has_table_privilege(%(reader)s, c.oid, 'SELECT') OR has_any_column_privilege(%(reader)s, c.oid, 'SELECT')
+       OR has_table_privilege(%(personal)s, c.oid, 'SELECT') OR has_any_column_privilege(%(personal)s, c.oid, 'SELECT'))
+ORDER BY 1, 2
+"""
+
+
+def revoke_partitions(conn: psycopg.Connection, reader: str, personal_reader: str) -> int:
+    """Take from the readers what they may read of partitions directly (the default privileges of a
+    warehouse migrated before 0005 gave it to new tables); returns how many partitions."""
+    found = conn.execute(READABLE_PARTITIONS, {"reader": reader, "personal": personal_reader}).fetchall()
+    for schema, name in found:
+        conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}, {}").format(
+            sql.Identifier(schema, name), sql.Identifier(reader), sql.Identifier(personal_reader)))
+    return len(found)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dwh_assets.warehouse import quality_gate
 from dwh_assets.warehouse.catalog import MAINTENANCE_SCHEDULES, PRODUCT, Catalog
-from dwh_assets.warehouse.catalog_model import Column, Kind, MartSpec, Table, TableSpec, ViewSpec
+from dwh_assets.warehouse.catalog_model import Column, Erase, Kind, MartSpec, Table, TableSpec, ViewSpec, marked
 
 HEADER = """# The catalog
 
@@ -18,19 +18,32 @@ add an entry: [adding-a-table.md](adding-a-table.md).
 """
 
 
+PERSONAL_INTRO = """Columns marked personal in the catalog, or computed from one (their `COMMENT` begins with
+`[personal data]`; Dagster tags them `personal_data`). `dwh_reader` may not select them; a login
+granted `dwh_personal_reader` may. Snapshots keep none of them. Why, for how long, and how to erase:
+[personal-data.md](personal-data.md)."""
+
+SUBJECTS_INTRO = """Where the id of a subject of `dwh forget --user` / `--organization` is held: its rows go where
+the id is part of the entry's key, else the value is cleared (in `attrs` too)."""
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _columns(item: Table | ViewSpec) -> list[str]:
+def _columns(item: Table | ViewSpec, catalog: Catalog) -> list[str]:
     rows = ["| column | type | what it holds | rules |", "| --- | --- | --- | --- |"]
+    personal = catalog.personal_columns(item.relation)
     for column in item.columns:
-        rows.append(f"| `{column.name}` | {column.type} | {_cell(column.comment)} | {_rules(item, column)} |")
+        rows.append(f"| `{column.name}` | {column.type} | {_cell(marked(column.comment, column.name in personal))} | "
+                    f"{_rules(item, column)} |")
     return rows
 
 
 def _rules(item: Table | ViewSpec, column: Column) -> str:
     rules = []
+    if column.subject:
+        rules.append(f"{column.subject.value} id (`dwh forget --{column.subject.value}`)")
     if isinstance(item, Table) and column.name in item.primary_key:
         rules.append("key")
     if isinstance(item, Table) and column.name == item.partition_by:
@@ -46,14 +59,16 @@ def _rules(item: Table | ViewSpec, column: Column) -> str:
     return "; ".join(rules)
 
 
-def _entry(entry: TableSpec | MartSpec) -> list[str]:
+def _entry(entry: TableSpec | MartSpec, catalog: Catalog) -> list[str]:
     if isinstance(entry, TableSpec):
         title = f"`{entry.local_table}` ({entry.kind.value})"
         facts = [f"sources: {', '.join(f'`{s}`' for s in entry.sources)}",
                  f"key: ({', '.join(entry.key)})" + (f"; partitioned by day of `{entry.time_column}`, pg_cron "
                                                      f"re-reads {entry.lookback_days} day(s) back"
                                                      if entry.kind is Kind.FACT else
-                                                     f"; daily snapshots in `{entry.snapshot_table}`")]
+                                                     f"; daily snapshots in `{entry.snapshot_table}`"
+                                                     + (" (without the personal columns)"
+                                                        if len(entry.snapshot.columns) <= len(entry.columns) else ""))]
         tables = [entry.table, *entry.also_writes]
     else:
         title = f"`{entry.relation}` (mart)"
@@ -77,7 +92,7 @@ def _entry(entry: TableSpec | MartSpec) -> list[str]:
     for table in tables:
         if len(tables) > 1:
             lines += [f"`{table.relation}`:", ""]
-        lines += [*_columns(table), ""]
+        lines += [*_columns(table, catalog), ""]
     return lines
 
 
@@ -86,18 +101,32 @@ def _view_reads(view: ViewSpec) -> str:
     return f"reads: {', '.join(f'`{r}`' for r in view.reads)}; " if view.reads else ""
 
 
+def _personal_data(catalog: Catalog) -> list[str]:
+    """The inventory of personal data and of where dwh forget finds each subject (docs/personal-data.md)."""
+    lines = ["## Personal data", "", PERSONAL_INTRO, "", "| relation | column | what it holds |", "| --- | --- | --- |"]
+    for item in (*catalog.all_tables(), *catalog.all_views()):
+        personal = catalog.personal_columns(item.relation)
+        lines += [f"| `{item.relation}` | `{c.name}` | {_cell(c.comment)} |" for c in item.columns if c.name in personal]
+    lines += ["", SUBJECTS_INTRO, "", "| subject | relation | column | dwh forget |", "| --- | --- | --- | --- |"]
+    for found in sorted(catalog.subject_columns(), key=lambda f: (f.subject.value, f.relation, f.column)):
+        what = "deletes the row" if found.erase is Erase.ROW else "clears the value"
+        lines.append(f"| {found.subject.value} | `{found.relation}` | `{found.column}` | {what} |")
+    return lines + [""]
+
+
 def render(catalog: Catalog = PRODUCT) -> str:
     lines = [HEADER, "## Copies of the sources", ""]
     for spec in catalog.tables:
-        lines += _entry(spec)
+        lines += _entry(spec, catalog)
     lines += ["## Marts", ""]
     for mart in catalog.marts:
-        lines += _entry(mart)
+        lines += _entry(mart, catalog)
     lines += ["## Views", ""]
     for view in catalog.views:
         lines += [f"### `{view.relation}`", "", view.description, "",
                   f"- {_view_reads(view)}defined in `{view.sql_file}`", "",
-                  *_columns(view), ""]
+                  *_columns(view, catalog), ""]
+    lines += _personal_data(catalog)
     lines += ["## Accepted values", "", "| set | default | dwh.settings key |", "| --- | --- | --- |"]
     lines += [f"| `{a.name}` | {', '.join(a.values)} | `{a.setting}` |" for a in catalog.accepted_values()]
     lines += ["", "## Maintenance jobs", "", "| job | default schedule (GMT) |", "| --- | --- |"]

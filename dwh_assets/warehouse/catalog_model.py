@@ -14,7 +14,9 @@ A ``Catalog`` holds three kinds of entries, each stated once and everything else
   it reads. Its SQL file holds the view.
 
 ``Column`` carries what a column is (type as PostgreSQL's ``format_type`` prints it, comment,
-lineage) and what must hold of it (``references``, ``accepted``). A new per-column or
+lineage), what must hold of it (``references``, ``accepted``) and what it says about people:
+``personal`` (personal data: readable by ``dwh_personal_reader`` only, never kept in a snapshot)
+and ``subject`` (whose id it holds: where ``dwh forget`` looks). A new per-column or
 per-relation fact is one more field here, read by whatever derives from it.
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from enum import Enum
 from pathlib import Path
 
@@ -40,6 +43,28 @@ class SourceSystem(str, Enum):
     CLERK = "clerk"
     CONTROL_PLANE = "control_plane"
     PROMETHEUS = "prometheus"
+
+
+class Subject(str, Enum):
+    """Whom ``dwh forget --<subject> ID`` erases: the people and organizations of Clerk."""
+
+    USER = "user"
+    ORGANIZATION = "organization"
+
+
+class Erase(str, Enum):
+    """What ``dwh forget`` does where a subject's id is held (and what a refresh does to the source's rows)."""
+
+    ROW = "row"        # the id is (part of) the row's key: the row is about the subject, it goes
+    VALUE = "value"    # the id only mentions the subject: the value is cleared, the row stays
+
+
+# How a personal column's COMMENT (and its description in Dagster and the docs) begins.
+PERSONAL_MARK = "[personal data]"
+
+
+def marked(comment: str, personal: bool) -> str:
+    return f"{PERSONAL_MARK} {comment}" if personal else comment
 
 
 class Group(str, Enum):
@@ -87,7 +112,13 @@ class Column:
     accepted: AcceptedValues | None = None
     # Marts only: False for a column the view computes at read time (not in mart.<name>_days).
     stored: bool = True
-
+    # Personal data (docs/personal-data.md): True, or False for a column computed from personal
+    # columns that holds none (a count); None: as its lineage, personal when a column it is
+    # computed from is (Catalog.personal_columns).
+    personal: bool | None = None
+    # The subject whose id the column holds (dwh forget): its rows go where the column is part
+    # of the entry's key, else the value is cleared (in attrs too, the Clerk object it came from).
+    subject: Subject | None = None
 
 
 @dataclass(frozen=True)
@@ -209,16 +240,35 @@ class TableSpec:
 
     @property
     def snapshot(self) -> Table | None:
-        """A dimension's daily snapshots: its columns as ``LIKE`` copies them, after the day."""
+        """A dimension's daily snapshots: its columns but the personal ones, after the day.
+
+        History is for counting (how many existed on a day), which needs no personal data; a
+        person's data kept in 400 daily copies would leave the warehouse only with the last one.
+        """
         if self.kind is not Kind.DIMENSION:
             return None
         day = Column("snapshot_day", "date", "The day the snapshot was taken (the partition key).", not_null=True)
+        kept = [c for c in self.columns if not c.personal]
         return Table(self.snapshot_table,
-                     f"Daily snapshots of {self.local_table}: its rows as of each snapshot_day (partitioned by day).",
-                     # The columns as CREATE TABLE ... (LIKE ...) copies them: type and NOT NULL, nothing computed.
-                     (day, *(Column(c.name, c.type, c.comment, not_null=self.table.not_null(c)) for c in self.columns)),
+                     f"Daily snapshots of {self.local_table}: its rows as of each snapshot_day, without its personal "
+                     "columns (partitioned by day).",
+                     # Type and NOT NULL, as CREATE TABLE ... (LIKE ...) copies them; nothing computed.
+                     (day, *(Column(c.name, c.type, c.comment, not_null=self.table.not_null(c), subject=c.subject)
+                             for c in kept)),
                      partition_by="snapshot_day", premake_back_days=7,
                      indexes=(Index(("snapshot_day",)),))
+
+    def subject_columns(self) -> tuple[SubjectColumn, ...]:
+        """Where this entry's tables hold a subject's id, and what dwh forget does there."""
+        found = []
+        for column in self.columns:
+            if column.subject is None:
+                continue
+            erase = Erase.ROW if column.name in self.key else Erase.VALUE
+            for table in (self.table, self.snapshot):
+                if table is not None:
+                    found.append(SubjectColumn(self.name, table.relation, column.name, column.subject, erase))
+        return tuple(found)
 
     @property
     def tables(self) -> tuple[Table, ...]:
@@ -270,6 +320,17 @@ class TableSpec:
                 f"date_trunc('day', now()) + interval '1 day')"
             )
         return f"SELECT {self.routine}(current_date)"
+
+
+@dataclass(frozen=True)
+class SubjectColumn:
+    """A column holding a subject's id (``dwh.subject_columns``, which dwh forget and the refreshes read)."""
+
+    copy: str          # the entry, as dwh.refresh_log names it (its refresh lock)
+    relation: str      # its table or its snapshot table
+    column: str
+    subject: Subject
+    erase: Erase
 
 
 PENDING_MART_ROUTINE = "dwh.refresh_pending_mart"
@@ -443,6 +504,32 @@ class Catalog:
             if item.relation == relation:
                 return item
         raise KeyError(f"no relation {relation} in the catalog")
+
+    @cached_property
+    def _personal(self) -> dict[str, frozenset[str]]:
+        columns = {(item.relation, c.name): c for item in (*self.all_tables(), *self.all_views()) for c in item.columns}
+
+        def personal(key: tuple[str, str], path: tuple[tuple[str, str], ...] = ()) -> bool:
+            column = columns[key]
+            if column.personal is not None or key in path:
+                return bool(column.personal)
+            # Lineage into a source (src_*) or outside the catalog carries no mark.
+            return any(personal(ref, (*path, key)) for ref in (tuple(r.rsplit(".", 1)) for r in column.lineage)
+                       if ref in columns)
+
+        found: dict[str, set[str]] = {}
+        for key in columns:
+            found.setdefault(key[0], set())
+            if personal(key):
+                found[key[0]].add(key[1])
+        return {relation: frozenset(names) for relation, names in found.items()}
+
+    def personal_columns(self, relation: str) -> frozenset[str]:
+        """The relation's columns holding personal data: marked so, or computed from one (``Column.personal``)."""
+        return self._personal.get(relation, frozenset())
+
+    def subject_columns(self) -> tuple[SubjectColumn, ...]:
+        return tuple(found for spec in self.tables for found in spec.subject_columns())
 
     def accepted_values(self) -> tuple[AcceptedValues, ...]:
         found: dict[str, AcceptedValues] = {}

@@ -13,9 +13,10 @@ Against any PostgreSQL 15+ the deployment configuration points at, over TCP:
    and foreign tables for the configured backends, rebuilt only when their definition changed
    or a Postgres source's tables changed since they were imported (``source_drift``, one line
    per added, dropped or retyped column: imported again);
-4. **grants, retention, ``dwh.mart_inputs``, ``dwh.refresh_jobs`` and ``dwh.quality_gates``**
-   (each copy's blocking checks, ``warehouse.quality_gate``), as the owner, derived from the
-   catalog; as the admin, the loader login gets the functions that read its own
+4. **grants, retention, ``dwh.mart_inputs``, ``dwh.refresh_jobs``, ``dwh.subject_columns`` and
+   ``dwh.quality_gates``** (each copy's blocking checks, ``warehouse.quality_gate``), as the
+   owner, derived from the catalog (the reader's column privileges from its personal marks);
+   as the admin, the loader login gets the functions that read its own
    pg_cron history (``LOADER_DEFINER_FUNCTIONS``);
 5. **pg_cron jobs** (``warehouse.cron_jobs``), each scheduled by the role that runs it, then
    a one-shot probe job per role and database (``warehouse.cron_probe``) proves pg_cron runs them.
@@ -51,6 +52,7 @@ from dwh_assets.warehouse.catalog import (
     OWNER_GROUP,
     PENDING_MART_ROUTINE,
     PENDING_MART_ROUTINE_ARGUMENTS,
+    PERSONAL_READER_GROUP,
     PRODUCT,
     READER_GROUP,
     Catalog,
@@ -216,11 +218,15 @@ def sync_sources(conn: psycopg.Connection, cfg: DeploymentConfig, cron_database:
 
 
 def grant_catalog(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> None:
-    """The loader runs the catalog's routines; the loader and the reader read its relations."""
+    """The loader runs the catalog's routines; the loader and the readers read its relations (the
+    reader all but the personal columns), and no reader a partition directly."""
     loader = sql.Identifier(LOADER_GROUP)
     with conn.transaction():
-        for statement in catalog_ddl.grants(catalog, LOADER_GROUP, READER_GROUP):
+        for statement in catalog_ddl.grants(catalog, LOADER_GROUP, READER_GROUP, PERSONAL_READER_GROUP):
             conn.execute(statement)
+        catalog_ddl.revoke_partitions(conn, READER_GROUP, PERSONAL_READER_GROUP)
+        # The checks excuse the ids of forgotten subjects that non-personal copies still hold.
+        conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION dwh.is_forgotten(text, text) TO {}").format(loader))
         conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {}({}) TO {}").format(
             catalog_ddl.ident(PENDING_MART_ROUTINE), sql.SQL(PENDING_MART_ROUTINE_ARGUMENTS), loader))
         # Dagster's checks read settings (the metrics step, the cron database); settings hold no secrets.
@@ -259,8 +265,8 @@ def hand_functions_to_loader(cfg: DeploymentConfig) -> list[str]:
     return refused
 
 
-def _sync_rows(conn: psycopg.Connection, table: str, columns: tuple[str, ...], wanted: set[tuple]) -> None:
-    """Make a table of the catalog's facts hold exactly ``wanted`` (rows of ``columns``)."""
+def _sync_rows(conn: psycopg.Connection, table: str, columns: tuple[str, ...], wanted: set[tuple[str, ...]]) -> None:
+    """Make a table of the catalog's facts hold exactly ``wanted``."""
     names = sql.SQL(", ").join(map(sql.Identifier, columns))
     select = sql.SQL("SELECT {} FROM {}").format(names, catalog_ddl.ident(table))
     if set(conn.execute(select).fetchall()) == wanted:
@@ -269,7 +275,7 @@ def _sync_rows(conn: psycopg.Connection, table: str, columns: tuple[str, ...], w
         conn.execute(sql.SQL("DELETE FROM {}").format(catalog_ddl.ident(table)))
         with conn.cursor() as cur:
             cur.executemany(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-                catalog_ddl.ident(table), names, sql.SQL(", ").join(sql.Placeholder() * len(columns))), sorted(wanted))
+                catalog_ddl.ident(table), names, sql.SQL(", ").join([sql.Placeholder()] * len(columns))), sorted(wanted))
 
 
 def sync_mart_inputs(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> None:
@@ -288,6 +294,12 @@ def sync_quality_gates(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> 
     """dwh.quality_gates: each copy's blocking checks, the SQL its refreshes run (``quality_gate``)."""
     _sync_rows(conn, "dwh.quality_gates", ("copy", "check_name", "description", "query"),
                quality_gate.gate_rows(catalog.tables))
+
+
+def sync_subject_columns(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> None:
+    """dwh.subject_columns: where each subject's id is held, which dwh forget and the refreshes read."""
+    _sync_rows(conn, "dwh.subject_columns", ("copy", "relation", "column_name", "subject", "erase"),
+               {(s.copy, s.relation, s.column, s.subject.value, s.erase.value) for s in catalog.subject_columns()})
 
 
 def sync_retention(conn: psycopg.Connection, cfg: DeploymentConfig, catalog: Catalog = PRODUCT) -> None:
@@ -389,6 +401,7 @@ def migrate(cfg: DeploymentConfig, progress: Progress = print, catalog: Catalog 
         sync_mart_inputs(conn, catalog)
         sync_refresh_jobs(conn, catalog)
         sync_quality_gates(conn, catalog)
+        sync_subject_columns(conn, catalog)
         sync_retention(conn, cfg, catalog)
     for warning in hand_functions_to_loader(cfg):
         progress(f"warning: {warning}")

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from dwh_assets.warehouse.catalog import PRODUCT, Catalog, ViewSpec
+from dwh_assets.warehouse.catalog_model import marked
 from dwh_assets.warehouse.errors import DwhError
 
 # libyaml's safe loader where PyYAML was built with it (about 10x faster: the code location
@@ -121,7 +122,8 @@ def describe_dataset(data: dict, catalog: Catalog = PRODUCT) -> dict:
     export drops them again, so a description lives in the catalog only.
     """
     relation = catalog.relation(f"{data.get('schema')}.{data.get('table_name')}")
-    comments = {c.name: c.comment for c in relation.columns}
+    personal = catalog.personal_columns(relation.relation)
+    comments = {c.name: marked(c.comment, c.name in personal) for c in relation.columns}
     described = dict(data, description=relation.description if isinstance(relation, ViewSpec) else relation.comment)
     described["columns"] = [dict(col, description=comments.get(col.get("column_name"))) for col in data.get("columns") or []]
     return described

@@ -205,7 +205,7 @@ BEGIN
 END
 $$;
 
--- Today's snapshot partition = the current table.
+-- Today's snapshot partition = the current table, in the snapshot's columns (no personal ones).
 CREATE OR REPLACE FUNCTION dwh.write_snapshot(p_table text, p_day date)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -214,10 +214,14 @@ SET TimeZone = 'UTC'
 AS $$
 DECLARE
     v_rows bigint;
+    v_cols text := (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute
+                    WHERE attrelid = ('dwh.' || p_table || '_snapshot')::regclass AND attnum > 0 AND NOT attisdropped
+                      AND attname <> 'snapshot_day');
 BEGIN
     PERFORM dwh.ensure_partitions('dwh.' || p_table || '_snapshot', p_day::timestamptz, (p_day + 1)::timestamptz);
     EXECUTE format('DELETE FROM dwh.%I WHERE snapshot_day = $1', p_table || '_snapshot') USING p_day;
-    EXECUTE format('INSERT INTO dwh.%I SELECT $1, * FROM dwh.%I', p_table || '_snapshot', p_table) USING p_day;
+    EXECUTE format('INSERT INTO dwh.%I (snapshot_day, %s) SELECT $1, %s FROM dwh.%I', p_table || '_snapshot', v_cols, v_cols, p_table)
+        USING p_day;
     GET DIAGNOSTICS v_rows = ROW_COUNT;
     RETURN v_rows;
 END
@@ -304,6 +308,8 @@ BEGIN
             PERFORM dwh.raise_source_read_error(p_table, SQLSTATE, SQLERRM);
             RAISE;
     END;
+    -- Whom `dwh forget` erased stays out while the source still holds them (03_erasure.sql).
+    v_src := v_src - dwh.leave_out_forgotten(p_table, ('pg_temp.' || quote_ident(v_stage))::regclass);
     EXECUTE format('SELECT count(*) FROM dwh.%I', p_table) INTO v_current;
     PERFORM dwh.check_source_drop(p_table, v_src, v_current);
     IF p_mark_stale IS NOT NULL THEN

@@ -91,7 +91,8 @@ def side_specs(entries: Catalog) -> list[dg.AssetSpec]:
                 description=f"{relation}: {what}; recorded on every refresh of {spec.local_table}.",
                 group_name=spec.group.value, kinds={"postgres", "table"}, owners=list(catalog.OWNERS),
                 tags=_tags("copy", spec.system), code_version=sql_files.code_version(routine_file),
-                metadata=md.table_definition_metadata(relation, spec.routine, routine_file, schema=md.catalog_schema(table))
+                metadata=md.table_definition_metadata(relation, spec.routine, routine_file,
+                                                      schema=md.catalog_schema(table, entries.personal_columns(relation)))
                 | md.lineage_metadata(lineage),
             ))
     return specs
@@ -202,7 +203,7 @@ def _copy_asset_args(entries: Catalog, spec: catalog.TableSpec, checks: list[Ref
         freshness_policy=_freshness_policy(spec),
         check_specs=[c.spec() for c in checks],
         metadata=md.table_definition_metadata(spec.local_table, spec.routine, sql_path, spec.cron_job_name,
-                                              spec.schedule, md.catalog_schema(spec.table))
+                                              spec.schedule, md.catalog_schema(spec.table, entries.personal_columns(spec.local_table)))
         | md.lineage_metadata(md.catalog_copy_lineage(spec)) | {"table_kind": spec.kind.value},
     )
 
@@ -279,8 +280,8 @@ def _mart_asset(entries: Catalog, mart: catalog.MartSpec, partitions: dg.Partiti
         # queued day materializes nothing (daily_signups when nobody signs up): it would turn red
         # while the mart is current. fresh_within_schedule counts every run of its job instead.
         check_specs=[c.spec() for c in checks],
-        metadata=md.table_definition_metadata(mart.relation, mart.routine, sql_path, mart.cron_job_name,
-                                              mart.schedule, md.catalog_schema(mart.view))
+        metadata=md.table_definition_metadata(mart.relation, mart.routine, sql_path, mart.cron_job_name, mart.schedule,
+                                              md.catalog_schema(mart.view, entries.personal_columns(mart.relation)))
         | md.lineage_metadata(md.mart_column_lineage(mart)) | {"stored_in": mart.table},
     )
     def refresh_mart(context: dg.AssetExecutionContext, warehouse: WarehouseResource):

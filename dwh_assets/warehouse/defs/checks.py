@@ -101,11 +101,15 @@ def _references_resolve(table: Table) -> Evaluate:
     def evaluate(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
         metadata: dict[str, Any] = dict(scope)
         for column, parent, parent_column in refs:
+            # The id of a subject `dwh forget` erased may stay where it is no personal data (the
+            # instances of a forgotten organization): not dangling. Hashed only for what dangles.
             row = conn.execute(sql.SQL(
-                "SELECT count(*) AS dangling FROM {} t WHERE {} AND t.{} IS NOT NULL AND NOT EXISTS "
-                "(SELECT 1 FROM {} p WHERE p.{} = t.{})").format(
-                    qualified(table.relation), where, sql.Identifier(column), qualified(parent),
-                    sql.Identifier(parent_column), sql.Identifier(column)), _params(log)).fetchone()
+                "WITH dangling AS MATERIALIZED (SELECT t.{} AS id FROM {} t WHERE {} AND t.{} IS NOT NULL AND NOT EXISTS "
+                "(SELECT 1 FROM {} p WHERE p.{} = t.{})) "
+                "SELECT count(*) AS dangling FROM dangling WHERE NOT dwh.is_forgotten(%(parent)s, id::text)").format(
+                    sql.Identifier(column), qualified(table.relation), where, sql.Identifier(column), qualified(parent),
+                    sql.Identifier(parent_column), sql.Identifier(column)),
+                _params(log) | {"parent": f"{parent}.{parent_column}"}).fetchone()
             metadata[f"dangling_{column}"] = int(row["dangling"])
         return not any(v for k, v in metadata.items() if k.startswith("dangling_")), metadata
 

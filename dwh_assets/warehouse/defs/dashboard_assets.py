@@ -42,7 +42,8 @@ def view_specs(entries: catalog.Catalog = catalog.PRODUCT) -> list[dg.AssetSpec]
             kinds={"postgres", "view"},
             owners=list(catalog.OWNERS),
             code_version=sql_files.code_version(entries.sql_path(view.sql_file)),
-            metadata={md.TABLE_NAME: view.relation, "relation_kind": "view", md.COLUMN_SCHEMA: md.catalog_schema(view),
+            metadata={md.TABLE_NAME: view.relation, "relation_kind": "view",
+                      md.COLUMN_SCHEMA: md.catalog_schema(view, entries.personal_columns(view.relation)),
                       md.CODE_REFERENCES: md.code_reference(entries.sql_path(view.sql_file), f"{view.relation} (SQL)")}
             | md.lineage_metadata(md.catalog_lineage(view.columns)),
         )

@@ -4,7 +4,8 @@
   default schedule, a code reference to the SQL file that builds the table, owners, tags;
   ``code_version`` is a hash of that SQL file;
 - materialization metadata (read from the database after each refresh, whoever ran it):
-  ``dagster/column_schema`` with the columns' ``COMMENT``s, ``dagster/column_lineage``
+  ``dagster/column_schema`` with the columns' ``COMMENT``s (a personal column tagged
+  ``personal_data``, as in the definition's schema), ``dagster/column_lineage``
   (source column -> copy column -> mart column), ``dagster/row_count`` (the rows the table
   holds after the refresh), ``rows_in_window`` (the refreshed window's) and the routine's
   ``dwh.refresh_log`` row.
@@ -26,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from dwh_assets.warehouse import catalog
-from dwh_assets.warehouse.catalog_model import Column, Table, ViewSpec
+from dwh_assets.warehouse.catalog_model import PERSONAL_MARK, Column, Table, ViewSpec, marked
 
 TABLE_NAME = "dagster/table_name"
 COLUMN_SCHEMA = "dagster/column_schema"
@@ -39,6 +40,8 @@ CODE_REFERENCES = "dagster/code_references"
 LINEAGE_TABLE = "column_lineage"
 # Foreign tables mirror the names of the copies they feed: their schemas start with this.
 SOURCE_SCHEMA_PREFIX = "src_"
+# The tag of a column holding personal data (docs/personal-data.md).
+PERSONAL_TAG = "personal_data"
 
 
 def key_of(relation: str) -> dg.AssetKey:
@@ -70,12 +73,18 @@ def code_reference(path: Path, label: str) -> dg.CodeReferencesMetadataValue:
         dg.LocalFileCodeReference(file_path=str(path), line_number=1, label=label)])
 
 
-def catalog_schema(item: Table | ViewSpec) -> dg.TableSchema:
+def personal_tags(personal: bool) -> dict[str, str]:
+    """A personal column's tag in Dagster's column schema (its description begins with the mark too)."""
+    return {PERSONAL_TAG: "true"} if personal else {}
+
+
+def catalog_schema(item: Table | ViewSpec, personal: frozenset[str] = frozenset()) -> dg.TableSchema:
     """The columns as the catalog declares them: what the asset shows before any materialization."""
     return dg.TableSchema(columns=[
-        dg.TableColumn(name=c.name, type=c.type, description=c.comment,
+        dg.TableColumn(name=c.name, type=c.type, description=marked(c.comment, c.name in personal),
                        constraints=dg.TableColumnConstraints(
-                           nullable=not (item.not_null(c) if isinstance(item, Table) else c.not_null)))
+                           nullable=not (item.not_null(c) if isinstance(item, Table) else c.not_null)),
+                       tags=personal_tags(c.name in personal))
         for c in item.columns
     ])
 
@@ -108,11 +117,13 @@ ORDER BY a.attnum
 
 
 def column_schema(conn: psycopg.Connection, relation: str) -> dg.TableSchema:
-    """The relation's columns with their types and ``COMMENT``s, as the database has them."""
+    """The relation's columns with their types and ``COMMENT``s, as the database has them (a personal
+    column's comment carries the catalog's mark, which becomes its tag)."""
     rows = conn.execute(COLUMNS, (relation,)).fetchall()
     return dg.TableSchema(columns=[
         dg.TableColumn(name=r["name"], type=r["type"], description=r["description"],
-                       constraints=dg.TableColumnConstraints(nullable=not r["not_null"]))
+                       constraints=dg.TableColumnConstraints(nullable=not r["not_null"]),
+                       tags=personal_tags((r["description"] or "").startswith(PERSONAL_MARK)))
         for r in rows
     ])
 
@@ -141,9 +152,10 @@ def catalog_lineage(columns: tuple[Column, ...]) -> dg.TableColumnLineage:
 
 
 def snapshot_lineage(spec: catalog.TableSpec) -> dg.TableColumnLineage:
-    """A dimension's snapshot: each column from the table's column of the same name."""
+    """A dimension's snapshot: each of its columns (no personal one) from the table's column of the same name."""
+    kept = {c.name for c in spec.snapshot.columns}
     return dg.TableColumnLineage(deps_by_column={
-        c.name: [_dep(f"{spec.local_table}.{c.name}")] for c in spec.columns})
+        c.name: [_dep(f"{spec.local_table}.{c.name}")] for c in spec.columns if c.name in kept})
 
 
 def lineage_table(lineage: dg.TableColumnLineage) -> dg.MarkdownMetadataValue:
