@@ -20,11 +20,18 @@ every refresh the hour logged (``defs.checks.checks_by_log_table``, as the pg_cr
 sensor evaluates them in the tick that reports the refresh). Nothing else runs on either stack meanwhile: their pg_cron
 jobs are paused.
 
+The facts' jobs run their scheduled command, so the hour includes every arrival watermark
+lookup (``dwh.refresh_with_arrivals``: one pushed-down ``GROUP BY`` per events and state
+refresh; the warm-up hour starts the watermarks). The **daily reconciliation**
+(``dwh:reconcile_facts``, 02:40, not in the hour) is measured next to it, once per round in
+a process of its own, on the same warehouse: its own cost, and the hour with it.
+
 The hours run in fresh processes (``benchmarks.child``), alternating between the two
 warehouses (60, 365, 60, 365, ... ``--repeat`` times each, after one untimed warm-up
 hour each), and the fastest of each is compared: the goal is the 365-day hour within
 1.3x of the 60-day hour. Each step's time is kept (``details``); the table lists the
-hour and its step kinds.
+hour and its step kinds, the reconciliation and the hour with it. The host's load average
+before and after each measurement is kept too (``details.load``): the machine is shared.
 
 **Checked**: every job, mart refresh and check ran without an error, and every refresh
 left exactly one ``dwh.refresh_log`` row (``copy = source``: the hour's work is ``jobs /
@@ -39,6 +46,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import tempfile
 import time
 from contextlib import ExitStack
@@ -66,6 +74,7 @@ GOAL_RATIO = 1.3
 EVENT_RATE_DAYS = 60
 UTC = dt.timezone.utc
 STEP_TARGET = "benchmarks.b6_steady_hour:run_hour"
+RECONCILE_TARGET = "benchmarks.b6_steady_hour:run_reconciliation"
 
 
 # ----- the hour's schedule ----------------------------------------------------------------------
@@ -180,6 +189,22 @@ def run_hour(probe, *, dsns: dict[str, str], steps: list[dict], history_start: s
     return sum(int(r) for _, _, r in logged)
 
 
+def run_reconciliation(probe, *, dsn: str, breakdown: str) -> int:
+    """The daily reconciliation's job command, as pg_cron runs it; what it found per fact to ``breakdown``."""
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+        probe.watch_backend(conn)
+        started = conn.execute("SELECT now() AS now").fetchone()["now"]
+        conn.execute(catalog.PRODUCT.reconciliation.cron_command())
+        found = conn.execute(
+            "SELECT table_name, days_compared, source_rows, copy_rows, cardinality(differing_days) AS differing, "
+            "error, extract(epoch FROM finished_at - started_at) AS seconds FROM dwh.reconciliation "
+            "WHERE started_at >= %s ORDER BY id", (started,)).fetchall()
+    Path(breakdown).write_text(json.dumps(found, default=str))
+    return sum(int(r["days_compared"]) for r in found)
+
+
 # ----- the two warehouses -------------------------------------------------------------------------
 
 
@@ -257,12 +282,15 @@ def run(ctx: BenchContext) -> BenchResult:
 def measure_hours(ctx: BenchContext, warehouses: dict[int, LocalStack], result: BenchResult) -> None:
     today = dt.datetime.now(UTC).date()
     runs: dict[int, list[dict]] = {days: [] for days in warehouses}
+    reconciliations: dict[int, list[dict]] = {days: [] for days in warehouses}
+    result.details["load"] = []
     plan = {days: hour_plan(stack.cfg, today) for days, stack in warehouses.items()}
     result.details["plan"] = [f"{s.minute:02d} {s.label}" for s in plan[HISTORIES[0]]]
     for rnd in range(ctx.repeat + 1):  # round 0: warm-up, not timed
         for days, stack in warehouses.items():
             ctx.progress(f"B6: {'warm-up' if rnd == 0 else f'run {rnd}'}: the hour at {days} days ...")
             cfg = stack.cfg
+            load = os.getloadavg()[0]
             with tempfile.NamedTemporaryFile(prefix="b6-", suffix=".json") as breakdown:
                 m = ctx.measure(STEP_TARGET, preload=("dagster", "dwh_assets.warehouse.defs.checks"),
                                 dsns={"loader": cfg.dsn(WAREHOUSE_DB, LOADER_ROLE),
@@ -270,11 +298,60 @@ def measure_hours(ctx: BenchContext, warehouses: dict[int, LocalStack], result: 
                                 steps=[s.__dict__ for s in plan[days]],
                                 history_start=cfg.history_start.isoformat(), breakdown=breakdown.name)
                 report = json.loads(Path(breakdown.name).read_text())
+            with tempfile.NamedTemporaryFile(prefix="b6-reconcile-", suffix=".json") as breakdown:
+                r = ctx.measure(RECONCILE_TARGET, dsn=cfg.dsn(WAREHOUSE_DB, LOADER_ROLE), breakdown=breakdown.name)
+                found = json.loads(Path(breakdown.name).read_text())
+            result.details["load"].append({"round": rnd, "days": days, "load_1m_before": round(load, 2),
+                                           "load_1m_after": round(os.getloadavg()[0], 2)})
             if rnd:
                 runs[days].append({"measurement": m.__dict__, **report})
-            ctx.progress(f"B6: the hour at {days} days: {m.seconds:.1f} s")
+                reconciliations[days].append({"measurement": r.__dict__, "facts": found})
+            ctx.progress(f"B6: the hour at {days} days: {m.seconds:.1f} s; the reconciliation {r.seconds:.1f} s "
+                         f"(load {load:.1f})")
     result.rows, result.goals = summarise(plan, runs)
+    result.rows += reconciliation_rows(runs, reconciliations)
     result.details["runs"] = runs
+    result.details["reconciliations"] = reconciliations
+
+
+def _reconciled(run: dict) -> str:
+    """What a reconciliation did: facts compared, kept days, days that differed, errors."""
+    facts = run["facts"]
+    return (f"{len(facts)} facts, {sum(int(f['days_compared']) for f in facts)} days compared, "
+            f"{sum(int(f['differing'] or 0) for f in facts)} differing, {sum(1 for f in facts if f['error'])} errors")
+
+
+def reconciliation_rows(runs: dict[int, list[dict]], reconciliations: dict[int, list[dict]]) -> list[Row]:
+    """The daily reconciliation at each history (its fastest run), and the hour with it (the fastest of
+    each, added: the day's one reconciliation next to one steady hour). A filled warehouse equals its
+    sources: every kept day compared, none differing."""
+    rows = []
+    for days, measured in reconciliations.items():
+        if not measured:
+            continue
+        fastest = min(measured, key=lambda r: r["measurement"]["seconds"])
+        m = fastest["measurement"]
+        hour = min(run["measurement"]["seconds"] for run in runs[days])
+        compared = sum(int(f["days_compared"]) for f in fastest["facts"])
+        per_fact = "; ".join(f"{f['table_name']} {float(f['seconds']):.2f} s ({f['days_compared']} days)"
+                             for f in fastest["facts"])
+        for method, seconds, note in (("the daily reconciliation", m["seconds"], per_fact),
+                                      ("the hour + the reconciliation", hour + m["seconds"], "")):
+            rows.append(Row(
+                benchmark=NAME, case=f"{days} days of history", method=method, rows=int(m["rows"]), seconds=seconds,
+                client_peak_mb=round(m["client_peak_rss"] / 2**20, 1),
+                client_base_mb=round(m["client_base_rss"] / 2**20, 1),
+                server_peak_mb=None if m["server_peak_uss"] is None else round(m["server_peak_uss"] / 2**20, 1),
+                server_programs_peak_mb=None, checksum=_reconciled(fastest),
+                source_checksum=f"{len(fastest['facts'])} facts, {compared} days compared, 0 differing, 0 errors",
+                runs=[round(r["measurement"]["seconds"], 3) for r in measured], note=note))
+    short, long_ = HISTORIES
+    by_method = {(r.case, r.method): r for r in rows}
+    for r in rows:
+        other = by_method.get((f"{short} days of history", r.method))
+        if r.case.startswith(f"{long_} ") and other is not None and other.seconds > 0:
+            r.ratio, r.ratio_to = r.seconds / other.seconds, f"{short}-day time"
+    return rows
 
 
 def _work(plan: list[Step], report: dict) -> str:

@@ -171,14 +171,110 @@ def render_all(base_url: str, user: str, password: str, dashboards: dict[str, in
             browser.close()
 
 
-if __name__ == "__main__":  # a look by hand: python -m dwh_assets_tests.superset_browser URL USER PASSWORD_FILE
+# ----- native filters ------------------------------------------------------------------------------
+
+
+@dataclass
+class ChartAnswer:
+    slice_id: int
+    filters: list        # what the chart's (first) query filtered on
+    rows: list           # the rows of each of its results
+
+
+class ChartTraffic:
+    """A page's chart data requests and their answers, in order, each with the chart (slice id) it is for."""
+
+    def __init__(self, page: Page):
+        self.answers: list[ChartAnswer] = []
+        page.on("response", self._on_response)
+
+    def _on_response(self, resp: Response) -> None:
+        if "/api/v1/chart/data" not in resp.url or resp.request.method != "POST":
+            return
+        body = resp.request.post_data_json or {}
+        slice_id = (body.get("form_data") or {}).get("slice_id")
+        try:
+            results = resp.json().get("result") or []
+        except Exception:  # noqa: BLE001 (an HTML error page: no rows)
+            results = []
+        if slice_id is not None:
+            self.answers.append(ChartAnswer(int(slice_id), (body.get("queries") or [{}])[0].get("filters") or [],
+                                            [r.get("data") for r in results]))
+
+    def latest(self, since: int = 0) -> dict[int, ChartAnswer]:
+        """The last answer for each chart among those after the first ``since``."""
+        return {a.slice_id: a for a in self.answers[since:]}
+
+    def wait_for(self, page: Page, slice_ids: set[int], since: int = 0, timeout_s: float = 180) -> dict[int, ChartAnswer]:
+        deadline = time.monotonic() + timeout_s
+        while not slice_ids <= set(self.latest(since)) and time.monotonic() < deadline:
+            page.wait_for_timeout(500)
+        missing = slice_ids - set(self.latest(since))
+        assert not missing, f"no chart data came for charts {sorted(missing)} within {timeout_s:.0f}s"
+        return self.latest(since)
+
+
+def pick_in_filter(page: Page, filter_id: str, value: str) -> None:
+    """Choose one value in a native select filter of the filter bar, as a person does, and apply it."""
+    box = page.locator(f"[id='{filter_id}']")
+    box.click()
+    box.fill(value)
+    option = page.locator(".ant-select-item-option", has_text=value)
+    option.first.wait_for(timeout=60_000)
+    option.filter(has_text=value).first.click()
+    page.keyboard.press("Escape")
+    page.locator("[data-test='filter-bar__apply-button']").click()
+
+
+def filter_badges(page: Page) -> dict[str, bool]:
+    """Each chart's title -> whether it carries the applied-filters badge."""
+    holders = page.locator(".dashboard-component-chart-holder")
+    return {holders.nth(i).locator("[data-test='editable-title']").first.inner_text().strip():
+            holders.nth(i).locator("[data-test='applied-filter-count']").count() > 0 for i in range(holders.count())}
+
+
+def explore_query_context(page: Page, base_url: str, chart_id: int, timeout_s: float = 120) -> dict:
+    """The query context Superset's Explore builds for a chart (what its Save stores), from its data request."""
+    with page.expect_request(lambda r: "/api/v1/chart/data" in r.url and r.method == "POST", timeout=timeout_s * 1000) as req:
+        page.goto(f"{base_url}/explore/?slice_id={chart_id}", wait_until="domcontentloaded")
+    return req.value.post_data_json
+
+
+def save_query_contexts(base_url: str, user: str, password: str, charts: dict[int, str], store) -> None:
+    """Open each chart (id -> name) in Explore and ``store(id, query_context)``, as Explore's Save would."""
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            login(page, base_url, user, password)
+            for chart_id, name in charts.items():
+                context = explore_query_context(page, base_url, chart_id)
+                assert context.get("queries"), f"{name}: Explore sent no query"
+                store(chart_id, context)
+        finally:
+            browser.close()
+
+
+if __name__ == "__main__":
+    # A look by hand:                python -m dwh_assets_tests.superset_browser URL USER PASSWORD_FILE
+    # Save every chart's query context (then `dwh dashboards export`): ... --save-query-contexts
     import sys
 
     from dwh_assets.warehouse.superset_export import load_bundle
 
+    url, user, password = sys.argv[1], sys.argv[2], Path(sys.argv[3]).read_text().strip()
+    if "--save-query-contexts" in sys.argv:
+        from dwh_assets.local.config import load_config
+        from dwh_assets.local.superset import SupersetApi, save_query_context
+
+        api = SupersetApi(load_config())
+        charts = {c["id"]: c["slice_name"] for c in api.list_all("chart", ["id", "slice_name"])}
+        save_query_contexts(url, user, password, charts, lambda chart_id, context: save_query_context(api, chart_id, context))
+        print(f"saved the query context of {len(charts)} chart(s)")
+        sys.exit(0)
     bundle = load_bundle()
     wanted = {d.slug: len(d.chart_uuids) for d in bundle.dashboards.values()}
-    reports = render_all(sys.argv[1], sys.argv[2], Path(sys.argv[3]).read_text().strip(), wanted, Path("test-artifacts"))
+    reports = render_all(url, user, password, wanted, Path("test-artifacts"))
     for r in reports.values():
         print(json.dumps({"slug": r.slug, "charts": r.charts_on_page, "drawn": r.drawn, "data": len(r.data),
                           "errors": r.errors, "empty": r.empty}, indent=1))

@@ -119,4 +119,14 @@ def test_b6_compares_one_fleet_with_two_histories(report: dict) -> None:
     assert [row["case"] for row in hours] == ["60 days of history", "365 days of history"]
     for row in b6_report["rows"]:
         assert row["checksum"] == row["source_checksum"], row
+    # The daily reconciliation, measured next to the hour: every fact, every kept day, none differing.
+    reconciled = {row["case"]: row for row in b6_report["rows"] if row["method"] == "the daily reconciliation"}
+    assert set(reconciled) == {"60 days of history", "365 days of history"}
+    for days in ("60", "365"):
+        for run in b6_report["details"]["reconciliations"][days]:
+            assert {f["table_name"] for f in run["facts"]} == {s.name for s in catalog.PRODUCT.reconciled()}
+            assert all(f["error"] is None and f["differing"] == 0 for f in run["facts"]), run["facts"]
+    compared = {days: {f["table_name"]: f["days_compared"] for f in b6_report["details"]["reconciliations"][days][0]["facts"]}
+                for days in ("60", "365")}
+    assert compared["365"]["events"] > 5 * compared["60"]["events"] >= 5 * 60
     assert [goal["goal"] for goal in b6_report["goals"]] == ["the hour at 365 days within 1.3x of the hour at 60 days"]

@@ -137,3 +137,38 @@ def test_a_deployments_accepted_values_reach_dwh_settings(tmp_path):
 def test_an_unknown_or_malformed_set_of_accepted_values_is_refused(tmp_path, values, problem):
     with pytest.raises(DeploymentError, match=problem):
         deployment(tmp_path, accepted_values=values)
+
+
+def test_every_fact_says_how_its_late_rows_are_found():
+    """An arrival column is one the control plane's contract holds (with the index the source
+    contract asks for); Prometheus has none and re-reads its lookback."""
+    contract = {relation.split(".")[1]: columns for relation, columns in catalog.CONTROL_PLANE_CONTRACT.items()}
+    contract_doc = (DOCS.parent / "source-contract.md").read_text()
+    for spec in PRODUCT.tables:
+        if spec.kind is not catalog.Kind.FACT:
+            assert spec.arrival is None, spec.name
+            continue
+        assert spec.arrival is not None and spec.arrival.reason, spec.name
+        source = spec.sources[0].split(".")[1]
+        if spec.system is catalog.SourceSystem.CONTROL_PLANE:
+            assert spec.arrival.column in contract[source], (spec.name, spec.arrival.column)
+            assert f"({spec.arrival.column})" in spec.arrival.source_index
+            assert f"`{source} ({spec.arrival.column})`" in contract_doc, spec.name
+        else:
+            assert spec.arrival.column is None and spec.lookback_days >= 1, spec.name
+    assert {spec.name for spec in PRODUCT.reconciled()} == {s.name for s in PRODUCT.tables if s.kind is catalog.Kind.FACT}
+
+
+def test_the_arrival_watermarks_and_the_reconciliation_come_from_the_catalog():
+    rows = {spec.name: catalog_ddl.arrival_row(spec) for spec in PRODUCT.reconciled()}
+    # (source, time column, arrival column, overlap, checksum column, how a day is counted)
+    assert rows["events"][:3] == ("src_control_plane.a_instance_events", "enqueued_at", "archived_at")
+    assert rows["events"][4:] == ("msg_id", "fdw")
+    assert rows["instance_state"][2] == "id" and rows["instance_state"][4:] == ("id", "fdw")
+    assert rows["metrics"][2] is None and rows["metrics"][4:] == (None, "prometheus")
+    reconciliation = PRODUCT.reconciliation
+    assert catalog.schedulable_jobs()[reconciliation.name] == reconciliation.schedule
+    assert reconciliation.table in PRODUCT.all_tables()
+    granted = {str(g.as_string(None)) for g in catalog_ddl.grants(PRODUCT, "l", "r", "p")}
+    assert 'GRANT EXECUTE ON FUNCTION "dwh"."reconcile_facts"() TO "l"' in granted
+    assert 'GRANT EXECUTE ON FUNCTION "dwh"."refresh_with_arrivals"(text, timestamptz, timestamptz) TO "l"' in granted

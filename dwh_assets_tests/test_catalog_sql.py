@@ -19,7 +19,7 @@ from dwh_assets.warehouse.catalog import PRODUCT
 from dwh_assets.warehouse.sql_files import MIGRATIONS_DIR, SQL_DIR
 
 # Routines of the shared framework whose names look like an entry's.
-FRAMEWORK_ROUTINES = {"dwh.refresh_pending_mart", "dwh.refresh_dimension"}
+FRAMEWORK_ROUTINES = {"dwh.refresh_pending_mart", "dwh.refresh_dimension", catalog.ARRIVALS_ROUTINE, "dwh.refresh_days"}
 FUNCTION = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+(\w+\.\w+)\s*\(", re.I)
 VIEW = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(\w+\.\w+)\s+AS\b", re.I)
 # What a statement reads: FROM / JOIN followed by a schema-qualified relation or function.
@@ -78,6 +78,13 @@ def test_each_entrys_file_defines_its_routine_with_the_catalogs_signature(entry)
         f"{entry.routine_file} must define {entry.routine}({entry.routine_arguments}) RETURNS dwh.refresh_log"
 
 
+def test_the_late_data_routines_have_the_signatures_the_jobs_and_grants_use():
+    defined = {name: args for text in all_sql().values() for name, (args, _returns) in functions(text).items()}
+    assert defined[catalog.ARRIVALS_ROUTINE] == catalog.ARRIVALS_ROUTINE_ARGUMENTS
+    for routine, arguments in catalog_ddl.late_data_routines(PRODUCT):
+        assert defined[routine] == arguments, routine
+
+
 def test_no_file_defines_a_refresh_routine_the_catalog_does_not_declare():
     declared = {entry.routine for entry in PRODUCT.refreshed()} | FRAMEWORK_ROUTINES
     defined = {name for text in all_sql().values() for name in functions(text) if name.startswith("dwh.refresh_")}
@@ -86,7 +93,7 @@ def test_no_file_defines_a_refresh_routine_the_catalog_does_not_declare():
 
 def test_every_sql_file_belongs_to_an_entry_the_framework_or_a_migration():
     owned = {PRODUCT.sql_path(e.routine_file) for e in PRODUCT.refreshed()} | {
-        PRODUCT.sql_path(v.sql_file) for v in PRODUCT.views}
+        PRODUCT.sql_path(v.sql_file) for v in PRODUCT.views} | {PRODUCT.sql_path(PRODUCT.reconciliation.routine_file)}
     framework = set(catalog_ddl.framework_files(PRODUCT))
     for path, text in all_sql().items():
         if path.parent == MIGRATIONS_DIR or path in owned:

@@ -154,6 +154,8 @@ def test_tables_match_the_contract(cp):
     indexed = set(cp.execute("SELECT schemaname, tablename, indexdef FROM pg_indexes").fetchall())
     assert any(t == "instance_state_history" and "(changed_at)" in d for _, t, d in indexed)
     assert any(t == "a_instance_events" and "(enqueued_at)" in d for _, t, d in indexed)
+    # The warehouse's arrival lookup (docs/source-contract.md).
+    assert any(t == "a_instance_events" and "(archived_at)" in d for _, t, d in indexed)
     assert any(t == "a_instance_events" and d.startswith("CREATE UNIQUE") and "(msg_id)" in d for _, t, d in indexed)
 
 
@@ -310,7 +312,7 @@ def test_failed_load_leaves_previous_data(world, scratch_dsn, monkeypatch):
     with psycopg.connect(scratch_dsn) as scratch:
         assert checksums(scratch) == before
         # the dropped-for-loading indexes came back with the rollback
-        assert scalar(scratch, "SELECT count(*) FROM pg_indexes WHERE tablename = 'a_instance_events'") == 2
+        assert scalar(scratch, "SELECT count(*) FROM pg_indexes WHERE tablename = 'a_instance_events'") == 3
 
 
 def test_progress_is_reported_per_chunk(world, scratch_dsn, monkeypatch):

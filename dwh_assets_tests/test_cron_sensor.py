@@ -170,7 +170,7 @@ def test_sensor_reports_each_kind_of_pg_cron_run_exactly_once(cfg, loader, cron_
     # the committed refresh's data checks, evaluated in the same tick (and only its)
     assert set(data) == {(key_of("dwh.instances"), "row_count_matches_source"), (key_of("dwh.instances"), "references_resolve")}
     assert all(c.passed and c.metadata["pg_cron_runid"].value == runids["dwhtest:ok"] for c in data.values()), \
-        {name: (c.passed, {k: v.value for k, v in c.metadata.items()}) for (_key, name), c in data.items()}
+        {key: (c.passed, {k: v.value for k, v in c.metadata.items()}) for key, c in data.items()}
     assert result.skip_reason.skip_message.startswith("reported 1 committed pg_cron refresh(es)")
 
     cursor = CronCursor.parse(result.cursor)
@@ -255,3 +255,46 @@ def test_code_location_maps_every_pg_cron_job_to_its_asset(cfg, superuser):
         assert graph.has(target.asset_key)
     sensor = defs.resolve_sensor_def("pg_cron_runs")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_a_run_that_commits_several_refreshes_reports_each():
+    """A fact's scheduled refresh with late days, and the reconciliation with its repairs: one pg_cron
+    run, several dwh.refresh_log rows from its backend, each reported as what it refreshed."""
+    reconciliation = catalog.PRODUCT.reconciliation
+    events = catalog.get("events")
+    targets = {events.cron_job_name: JobTarget(key_of("dwh.events"), "events", "window", events),
+               reconciliation.cron_job_name: JobTarget(key_of(reconciliation.relation), reconciliation.log_table,
+                                                       None, reconciliation)}
+    days = [dt.date(2026, 11, d) for d in (1, 20, 21, 22)]
+    judge = CronRunJudge(targets, {d.isoformat() for d in days}, stuck_after=dt.timedelta(hours=1),
+                         commit_grace=dt.timedelta(seconds=60), schedule_grace=dt.timedelta(minutes=2))
+    start = dt.datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+    def run(job: str, runid: int) -> dict:
+        return {"jobname": job, "runid": runid, "status": "succeeded", "job_pid": 7, "start_time": start,
+                "end_time": start + dt.timedelta(seconds=5), "return_message": "1 row"}
+
+    def log(table: str, first: dt.date | None, days_: int = 1, log_id: int = 1) -> dict:
+        window = (None, None) if first is None else (
+            dt.datetime.combine(first, dt.time(), UTC), dt.datetime.combine(first + dt.timedelta(days=days_), dt.time(), UTC))
+        return {"id": log_id, "table_name": table, "window_start": window[0], "window_end": window[1],
+                "snapshot_day": None, "rows_inserted": 1, "rows_updated": 0, "rows_deleted": 1, "rows_source": 1,
+                "duration_ms": 1.0, "lock_wait_ms": 0.0, "backend_pid": 7, "started_at": start}
+
+    late_day, window = log("events", days[0], log_id=1), log("events", days[2], 2, log_id=2)
+    events_out, keep = judge.judge(run(events.cron_job_name, 1), start + dt.timedelta(minutes=5), False,
+                                   [late_day, window], CronCursor())
+    assert not keep
+    assert [(e.asset_key, e.partition) for e in events_out if isinstance(e, dg.AssetMaterialization)] == [
+        (key_of("dwh.events"), "2026-11-01"), (key_of("dwh.events"), "2026-11-21"), (key_of("dwh.events"), "2026-11-22")]
+    assert [e.passed for e in events_out if isinstance(e, dg.AssetCheckEvaluation)] == [True]
+
+    repair, own = log("events", days[1], log_id=3), log(reconciliation.log_table, None, log_id=4)
+    out, _ = judge.judge(run(reconciliation.cron_job_name, 2), start + dt.timedelta(minutes=5), False, [repair, own],
+                         CronCursor())
+    assert [(e.asset_key, e.partition) for e in out if isinstance(e, dg.AssetMaterialization)] == [
+        (key_of("dwh.events"), "2026-11-20"), (key_of(reconciliation.relation), None)]
+    # The repairs alone do not prove the reconciliation committed: its own row does.
+    out, _ = judge.judge(run(reconciliation.cron_job_name, 3), start + dt.timedelta(minutes=5), False, [repair],
+                         CronCursor())
+    assert [(e.check_name, e.passed) for e in out] == [(PG_CRON_HEALTH, False)]

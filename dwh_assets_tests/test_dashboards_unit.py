@@ -216,9 +216,10 @@ def test_the_export_keeps_the_canonical_uri_and_no_instance_ids():
     chart = {"uuid": "u", "params": {"datasource": "7__table", "slice_id": 3, "dashboards": [1], "metric": "m"}}
     assert superset._normalise(Path("charts/x.yaml"), chart)
     assert chart["params"] == {"metric": "m"}
-    dash = {"position": {"CHART-a": {"type": "CHART", "meta": {"chartId": 42, "uuid": "u"}}}}
+    dash = {"position": {"CHART-a": {"type": "CHART", "meta": {"chartId": 42, "uuid": "u"}},
+                         "CHART-b": {"type": "CHART", "meta": {"chartId": 7, "uuid": "v"}}}}
     assert superset._normalise(Path("dashboards/x.yaml"), dash)
-    assert dash["position"]["CHART-a"]["meta"]["chartId"] == 0
+    assert [dash["position"][k]["meta"]["chartId"] for k in ("CHART-a", "CHART-b")] == [1, 2]  # the file's, in layout order
 
 
 def test_the_repository_files_are_already_normalised(bundle):
@@ -227,5 +228,5 @@ def test_the_repository_files_are_already_normalised(bundle):
         if rel.startswith("charts/"):
             assert not {"datasource", "slice_id", "dashboards"} & set(data["params"]), rel
         if rel.startswith("dashboards/"):
-            ids = {i["meta"]["chartId"] for i in data["position"].values() if isinstance(i, dict) and i.get("type") == "CHART"}
-            assert ids == {0}, rel
+            ids = [i["meta"]["chartId"] for i in data["position"].values() if isinstance(i, dict) and i.get("type") == "CHART"]
+            assert ids == list(range(1, len(ids) + 1)), rel

@@ -113,7 +113,10 @@ def test_changing_a_routines_sql_changes_that_assets_code_version_only(tmp_path)
 def test_every_pg_cron_job_of_an_asset_has_a_sensor_target():
     targets = cron_targets()
     jobs = {spec.cron_job_name for spec in catalog.CATALOG} | {mart.cron_job_name for mart in catalog.MARTS}
-    assert set(targets) == jobs
+    reconciliation = catalog.PRODUCT.reconciliation
+    assert set(targets) == jobs | {reconciliation.cron_job_name}
+    # The reconciliation's runs materialise its own table (and the days it replaces, through their logs).
+    assert targets[reconciliation.cron_job_name].log_table == reconciliation.log_table
     for spec in catalog.CATALOG:
         target = targets[spec.cron_job_name]
         assert target.partitioned == ("window" if spec.kind is catalog.Kind.FACT else None)

@@ -290,7 +290,7 @@ def test_marts_are_built_from_the_copies(materialized):
         signups = reader.execute("SELECT coalesce(sum(signups), 0) FROM mart.daily_signups WHERE day >= %s",
                                  (start,)).fetchone()[0]
         users = reader.execute("SELECT count(*) FROM dwh.users WHERE created_at >= %s", (start,)).fetchone()[0]
-        storage = reader.execute("SELECT sum(storage_gb_days) FROM mart.org_daily_usage").fetchone()[0]
+        storage = reader.execute("SELECT sum(storage_gib_days) FROM mart.org_daily_usage").fetchone()[0]
         states = reader.execute("SELECT sum(transitions) FROM mart.instance_state_daily").fetchone()[0]
     with materialized.control_plane.connect(CP_DB) as cp:
         changes = cp.execute("SELECT count(*) FROM public.instance_state_history WHERE changed_at >= %s",

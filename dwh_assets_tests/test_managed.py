@@ -346,6 +346,18 @@ def test_metrics_through_the_relay_equal_prometheus(deployed, cfg):
             assert expected and len(local) == len(set(local)) and set(local) == expected, metric
 
 
+def test_the_reconciliation_counts_every_fact_through_the_relay(deployed):
+    """The daily job's command, as the loader: the control plane's per-day counts and Prometheus' (the
+    relay's dwh.relay_metric_day_counts, through dblink) each answer, for every kept day up to yesterday."""
+    with deployed.connect("loader") as wh:
+        found = wh.execute(f"SELECT table_name, error, days_compared, source_rows FROM "
+                           f"{catalog.PRODUCT.reconciliation.routine}() ORDER BY 1").fetchall()
+    assert [row[0] for row in found] == sorted(spec.name for spec in catalog.PRODUCT.reconciled())
+    for table, error, days, source_rows in found:
+        assert error is None, (table, error)
+        assert days > 0 and source_rows > 0, (table, days, source_rows)
+
+
 # ----- the fault matrix: a sentence each time, nothing half-done -----------------------------------------
 
 

@@ -78,9 +78,9 @@ def expected_org_daily_usage(conn: psycopg.Connection, first: dt.date, end: dt.d
     samples = frame(conn, "SELECT s.organization_id, m.ts, m.value FROM dwh.metrics m"
                           " JOIN dwh.metric_series s USING (series_id) WHERE s.metric_name = %s", (STORAGE_METRIC,))
     samples["day"] = utc(samples.ts).dt.date
-    storage = (samples.groupby(["organization_id", "day"]).value.sum() / 1024**3 * step / 86400).rename("storage_gb_days")
+    storage = (samples.groupby(["organization_id", "day"]).value.sum() / 1024**3 * step / 86400).rename("storage_gib_days")
 
-    out = usage.join(storage, how="outer").fillna({"instances": 0, "vcpu_hours": 0.0, "storage_gb_days": 0.0})
+    out = usage.join(storage, how="outer").fillna({"instances": 0, "vcpu_hours": 0.0, "storage_gib_days": 0.0})
     out.index.names = ["organization_id", "day"]
     out = out.reset_index()
     out = out[(out.day >= first) & (out.day < end)]
@@ -107,7 +107,7 @@ def assert_org_daily_usage_matches(conn: psycopg.Connection, first: dt.date, end
         differ = both[both[col].fillna("") != both[f"{col}_pd"].fillna("")]
         sample = differ[["organization_id", "day", col, f"{col}_pd"]].head()
         assert differ.empty, f"{col} differs from pandas in {len(differ)} rows:\n{sample}"
-    for col in ("vcpu_hours", "storage_gb_days"):
+    for col in ("vcpu_hours", "storage_gib_days"):
         diff = (both[col].astype(float) - both[f"{col}_pd"]).abs()
         worst = both.loc[diff.idxmax(), ["organization_id", "day", col, f"{col}_pd"]].tolist()
         assert diff.max() <= TOLERANCE, f"{col} differs from pandas by up to {diff.max()}: {worst}"
@@ -119,7 +119,7 @@ def test_org_daily_usage_window_matches_pandas(snapshot):
     assert (log["table_name"], log["window_start"], log["window_end"]) == ("mart.org_daily_usage", *WINDOW)
     rows = assert_org_daily_usage_matches(snapshot, WINDOW[0].date(), WINDOW[1].date())
     assert log["rows_inserted"] == rows
-    assert snapshot.execute("SELECT sum(storage_gb_days) FROM mart.org_daily_usage WHERE day >= %s",
+    assert snapshot.execute("SELECT sum(storage_gib_days) FROM mart.org_daily_usage WHERE day >= %s",
                             (WINDOW[0].date(),)).fetchone()[0] > 0
 
 
@@ -129,7 +129,11 @@ def test_daily_signups_match_pandas_with_the_running_total(snapshot):
     mart = frame(snapshot, "SELECT day, signups, with_email, total_users FROM mart.daily_signups ORDER BY day")
     users = frame(snapshot, "SELECT created_at, email FROM dwh.users")
     users["day"] = utc(users.created_at).dt.date
-    expected = users.groupby("day").agg(signups=("day", "size"), with_email=("email", "count")).reset_index()
+    per_day = users.groupby("day").agg(signups=("day", "size"), with_email=("email", "count"))
+    # Every UTC day from the first sign-up through today, a day without one as zeros.
+    today = pd.Timestamp.now(tz="UTC").date()
+    days = pd.Index(pd.date_range(min(per_day.index), today, freq="D").date, name="day")
+    expected = per_day.reindex(days, fill_value=0).reset_index()
     expected["total_users"] = expected.signups.cumsum()
     assert len(mart) > 1 and mart.total_users.iloc[-1] == len(users)
     pd.testing.assert_frame_equal(mart, expected, check_dtype=False)

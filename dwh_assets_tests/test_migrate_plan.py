@@ -48,13 +48,19 @@ def test_every_table_and_mart_has_a_loader_job_calling_its_routine(cfg):
     for spec in catalog.CATALOG:
         job = jobs[(spec.cron_job_name, "loader")]
         timeout = f"SET statement_timeout = '{int(spec.timeout.total_seconds())}s'; "
-        assert job.schedule == spec.schedule and job.command.startswith(f"{timeout}SELECT {spec.routine}(")
+        assert job.schedule == spec.schedule
+        if spec.arrival is not None:  # the fact's routine for its window and the days that received late rows
+            assert job.command.startswith(f"{timeout}SELECT {catalog.ARRIVALS_ROUTINE}('{spec.name}', ")
+        else:
+            assert job.command.startswith(f"{timeout}SELECT {spec.routine}(")
         if spec.kind is catalog.Kind.FACT:
             assert f"interval '{spec.lookback_days} days'" in job.command
     for mart in catalog.MARTS:
         job = jobs[(mart.cron_job_name, "loader")]
         assert job.command == (f"SET statement_timeout = '{int(mart.timeout.total_seconds())}s'; "
                                f"SELECT dwh.refresh_pending_mart('{mart.name}')") and job.schedule == mart.schedule
+    reconciliation = catalog.PRODUCT.reconciliation
+    assert jobs[(reconciliation.cron_job_name, "loader")].command == f"SELECT count(*) FROM {reconciliation.routine}()"
     assert jobs[(catalog.PARTMAN_MAINTENANCE_JOB, "owner")].command == "CALL partman.run_maintenance_proc()"
     # Each role purges its own run history (row-level security scopes the DELETE).
     assert {runner for name, runner in jobs if name == catalog.PURGE_CRON_HISTORY_JOB} == {"owner", "loader"}
@@ -79,7 +85,7 @@ def test_a_jobs_timeout_comes_from_the_configuration(tmp_path, monkeypatch):
     monkeypatch.setenv("DWH_TIMEOUTS__INSTANCE_STATE", "45")
     cfg = offline_deployment(tmp_path, timeouts={"org_daily_usage": 90})
     commands = {job.name: job.command for job in cron_jobs.desired_jobs(cfg) if job.runner == "loader"}
-    assert commands["dwh:refresh_instance_state"].startswith("SET statement_timeout = '45s'; SELECT dwh.refresh_instance_state(")
+    assert commands["dwh:refresh_instance_state"].startswith("SET statement_timeout = '45s'; SELECT dwh.refresh_with_arrivals('instance_state', ")
     assert commands["dwh:refresh_mart_org_daily_usage"] == (
         "SET statement_timeout = '90s'; SELECT dwh.refresh_pending_mart('org_daily_usage')")
     default = int(catalog.get("events").timeout.total_seconds())

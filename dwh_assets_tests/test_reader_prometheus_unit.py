@@ -6,7 +6,9 @@ test_prometheus_source.py."""
 from __future__ import annotations
 
 import ast
+import csv
 import datetime as dt
+import io
 import random
 import sys
 from pathlib import Path
@@ -120,3 +122,42 @@ def test_reader_is_stdlib_only_and_python_39_syntax():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported - {"__future__"} <= sys.stdlib_module_names
+
+
+# ----- per-day sample counts (the daily reconciliation) ------------------------------------------
+
+class CountingPrometheus:
+    """Answers ``count(<metric>)`` query_range requests: ``series`` series at every evaluation time."""
+
+    def __init__(self, series: int):
+        self.series = series
+        self.requests: list[dict] = []
+
+    def get_json(self, path: str) -> dict:
+        from urllib.parse import parse_qs, urlsplit
+        query = {k: v[0] for k, v in parse_qs(urlsplit(path).query).items()}
+        self.requests.append(query)
+        start, end, step = int(query["start"]), int(query["end"]), int(query["step"])
+        values = [[t, str(self.series)] for t in range(start, end + 1, step)]
+        return {"status": "success", "data": {"resultType": "matrix", "result": [{"metric": {}, "values": values}]}}
+
+
+def test_day_counts_sum_the_series_counted_at_every_step_per_utc_day(monkeypatch):
+    fake = CountingPrometheus(series=5)
+    monkeypatch.setattr(r, "HttpSource", lambda _url, _settings: fake)
+    settings = dict(r.DEFAULT_SETTINGS, max_points_per_request=30)
+    out = io.BytesIO()
+    r.read_prometheus_days(settings, 10 * DAY, 12 * DAY, 3600, ["m_a", "m_b"]).write_to(out)
+    rows = list(csv.reader(io.StringIO(out.getvalue().decode())))
+    assert rows == [[m, day, "120"] for m in ("m_a", "m_b") for day in ("1970-01-11", "1970-01-12")]
+    # The metric's count, in requests of at most 30 points, the last ending at the window's last step.
+    assert {q["query"] for q in fake.requests} == {"count(m_a)", "count(m_b)"}
+    assert [(int(q["start"]), int(q["end"])) for q in fake.requests if q["query"] == "count(m_a)"] == [
+        (10 * DAY, 10 * DAY + 29 * 3600), (10 * DAY + 30 * 3600, 12 * DAY - 3600)]
+
+
+@pytest.mark.parametrize("start, end, step", [(10, DAY, 3600), (0, DAY + 1, 3600), (0, DAY, 7), (DAY, 0, 3600)])
+def test_day_counts_refuse_what_is_not_a_window_of_whole_days(start, end, step):
+    with pytest.raises(r.ReaderError) as refused:
+        r.read_prometheus_days(dict(r.DEFAULT_SETTINGS), start, end, step, ["m"])
+    assert refused.value.exit_code == r.EXIT_USAGE

@@ -283,6 +283,36 @@ def backfill(
     return report
 
 
+def add_samples(data_dir: Path, samples: list[tuple[str, dict[str, str], float, int]]) -> int:
+    """Samples written late into a running Prometheus, as a scrape gap filled afterwards is.
+
+    ``samples`` are (metric name, labels, value, epoch seconds) of the gauges this stack exports;
+    promtool turns them into a block that is moved into ``data_dir``, which Prometheus loads at
+    its next block reload (about a minute). Returns how many blocks were added.
+    """
+    families = {name: kind for name, kind, _sample in FAMILIES}
+    staging = data_dir.parent / f"{data_dir.name}.late-{time.time_ns()}"
+    (staging / "blocks").mkdir(parents=True)
+    try:
+        om_file = staging / "late.om"
+        with open(om_file, "w", encoding="utf-8") as out:
+            for name in sorted({s[0] for s in samples}):
+                if families.get(name) != "gauge":
+                    raise StackError(f"{name} is not a gauge this stack exports: only gauges can be back-filled here")
+                out.write(f"# TYPE {name} gauge\n")
+                for _, labels, value, t in sorted((s for s in samples if s[0] == name), key=lambda s: s[3]):
+                    label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+                    out.write(f"{name}{{{label_text}}} {float(value)!r} {int(t)}\n")
+            out.write("# EOF\n")
+        _wait(_promtool(om_file, staging / "blocks", BLOCK_RANGES_S[0]), om_file)
+        blocks = sorted(p for p in (staging / "blocks").iterdir() if p.is_dir())
+        for block in blocks:
+            block.rename(data_dir / block.name)
+        return len(blocks)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="Prometheus --storage.tsdb.path")

@@ -48,7 +48,14 @@ from dwh_assets.local.config import (
     checkout_root,
 )
 from dwh_assets.local.process import ManagedProcess, StackError, tail
-from dwh_assets.warehouse.superset_export import PACKAGED_DASHBOARDS, Bundle, BundleError, describe_dataset, load_bundle
+from dwh_assets.warehouse.catalog import PRODUCT
+from dwh_assets.warehouse.superset_derived import (
+    describe_chart,
+    describe_dashboard,
+    describe_dataset,
+    exported_dashboard,
+)
+from dwh_assets.warehouse.superset_export import PACKAGED_DASHBOARDS, Bundle, BundleError, load_bundle
 
 SUPERSET_VERSION = "6.1.0"
 SUPERSET_FILES = REPO_ROOT / "superset"
@@ -208,6 +215,15 @@ class SupersetApi:
         return self.get(f"/api/v1/{resource}/", q=rison)["result"]
 
 
+def save_query_context(api: SupersetApi, chart_id: int, context: dict) -> None:
+    """Store a chart's query context, as Explore's Save does: what the chart data API and reports run."""
+    resp = api.session.put(f"{api.url}/api/v1/chart/{chart_id}", timeout=api.timeout,
+                           json={"query_context": json.dumps(context), "query_context_generation": True})
+    if resp.status_code != 200:
+        raise StackError(f"superset: saving the query context of chart {chart_id} answered HTTP {resp.status_code}: "
+                         f"{resp.text[:500]}")
+
+
 # Superset 6.1's dashboard import overwrites dashboards only: the charts, datasets and the
 # database it brings along are created when missing but never updated. So each kind is
 # imported by its own endpoint with overwrite, parents first; each import is one transaction.
@@ -215,20 +231,23 @@ IMPORT_STEPS = (("database", "Database"), ("dataset", "SqlaTable"), ("chart", "S
 
 
 def bundle_zip(bundle: Bundle, cfg: StackConfig, model_type: str = "Dashboard") -> bytes:
-    """The bundle as Superset's import ZIP of ``model_type``, its database pointed at this stack's warehouse."""
+    """The bundle as Superset's import ZIP of ``model_type``: its database pointed at this stack's
+    warehouse, and what the catalog derives added (``superset_derived``)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for rel, text in sorted(bundle.files.items()):
-            if rel.startswith(("databases/", "datasets/")) or rel == "metadata.yaml":
-                data = yaml.safe_load(text)
-                if rel == "metadata.yaml":
-                    data["type"] = model_type
-                elif rel.startswith("datasets/"):
-                    data = describe_dataset(data)
-                else:
-                    data["sqlalchemy_uri"] = reader_uri(cfg)
-                text = yaml.safe_dump(data, sort_keys=False)
-            zf.writestr(f"export/{rel}", text)
+            data = yaml.safe_load(text)
+            if rel == "metadata.yaml":
+                data["type"] = model_type
+            elif rel.startswith("datasets/"):
+                data = describe_dataset(data)
+            elif rel.startswith("dashboards/"):
+                data = describe_dashboard(data, bundle)
+            elif rel.startswith("charts/"):
+                data = describe_chart(data)
+            else:
+                data["sqlalchemy_uri"] = reader_uri(cfg)
+            zf.writestr(f"export/{rel}", yaml.safe_dump(data, sort_keys=False))
     return buf.getvalue()
 
 
@@ -272,6 +291,14 @@ def _import_errors(resp: requests.Response) -> str:
 _EXPORT_ID_SUFFIX = re.compile(r"_\d+$")
 
 
+class _ExportDumper(yaml.SafeDumper):
+    """Superset's export YAML, with multi-line strings (a chart's query context) as literal blocks."""
+
+
+_ExportDumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
+
+
 def export_dashboards(cfg: StackConfig, root: Path | None = None) -> list[str]:
     """Write every dashboard in Superset (with its charts, datasets, database) to ``root``.
 
@@ -305,7 +332,7 @@ def export_dashboards(cfg: StackConfig, root: Path | None = None) -> list[str]:
             text = zf.read(name).decode()
             data = yaml.safe_load(text)
             if _normalise(rel, data):
-                text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+                text = yaml.dump(data, Dumper=_ExportDumper, sort_keys=False, allow_unicode=True)
             if isinstance(data, dict) and str(data.get("uuid")) in existing:
                 rel = existing[str(data["uuid"])]
             elif rel.parts[0] in ("charts", "dashboards", "datasets"):
@@ -336,30 +363,58 @@ def _editable_dashboards() -> Path:
     return PACKAGED_DASHBOARDS
 
 
+# What names only one Superset's objects (its ids), in a chart's form data and query context.
+INSTANCE_KEYS = ("datasource", "dashboards", "slice_id", "dashboardId")
+
+
 def _normalise(rel: Path, data: object) -> bool:
-    """Drop what only names this Superset's own ids (the import sets them again from the uuids)."""
+    """Drop what only names this Superset's own ids (the import sets them again from the uuids),
+    and what the import derives from the catalog (``superset_derived``)."""
     if not isinstance(data, dict):
         return False
     if rel.parts[0] == "databases":
         data["sqlalchemy_uri"] = canonical_uri(str(data.get("sqlalchemy_uri", "")))
     elif rel.parts[0] == "charts" and isinstance(data.get("params"), dict):
-        for key in ("datasource", "dashboards", "slice_id"):
+        for key in INSTANCE_KEYS:
             data["params"].pop(key, None)
+        if data.get("query_context"):
+            data["query_context"] = normalised_query_context(str(data["query_context"]))
     elif rel.parts[0] == "datasets":
-        # Descriptions come from the catalog at every import: the repository keeps none. Columns
-        # in name order: Superset exports them in an order of its own, which an import changes.
-        data["description"] = None
-        columns = [c for c in data.get("columns") or [] if isinstance(c, dict)]
-        for column in columns:
-            column["description"] = None
-        data["columns"] = sorted(columns, key=lambda c: str(c.get("column_name")))
+        _normalise_dataset(data)
     elif rel.parts[0] == "dashboards" and isinstance(data.get("position"), dict):
-        for item in data["position"].values():
-            if isinstance(item, dict) and item.get("type") == "CHART":
-                item.setdefault("meta", {})["chartId"] = 0  # required, then replaced on import
+        exported_dashboard(data)
     else:
         return False
     return True
+
+
+def _normalise_dataset(data: dict) -> None:
+    # Descriptions and the catalog's column names come from the catalog at every import: the
+    # repository keeps none. Columns in name order: Superset exports them in an order of its own.
+    data["description"] = None
+    try:
+        labelled = {c.name for c in PRODUCT.relation(f"{data.get('schema')}.{data.get('table_name')}").columns
+                    if c.verbose_name}
+    except KeyError:
+        labelled = set()
+    columns = [c for c in data.get("columns") or [] if isinstance(c, dict)]
+    for column in columns:
+        column["description"] = None
+        if column.get("column_name") in labelled:
+            column["verbose_name"] = None
+    data["columns"] = sorted(columns, key=lambda c: str(c.get("column_name")))
+
+
+def normalised_query_context(text: str) -> str:
+    """A chart's saved query context as the repository keeps it: indented JSON (reviewable in YAML),
+    without this Superset's ids and without its form data (the chart's params: ``describe_chart``)."""
+    context = json.loads(text)
+    context.pop("datasource", None)
+    context.pop("form_data", None)
+    for query in context.get("queries") or []:
+        query.pop("datasource", None)
+        query.pop("url_params", None)
+    return json.dumps(context, indent=1, sort_keys=True) + "\n"
 
 
 def canonical_uri(uri: str) -> str:

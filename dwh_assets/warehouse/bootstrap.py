@@ -246,8 +246,8 @@ def _roles(plan: BootstrapPlan, cfg: DeploymentConfig, verifier: Verifier) -> No
                 verify=_member(login.user, group)))
     _personal_reader(plan, need_role)
     if not plan.facts.superuser:
-        # PG 15: creating a schema for another role, and handing functions to the loader, need membership in it.
-        for member_of in dict.fromkeys((catalog.OWNER_GROUP, cfg.logins()["loader"].user)):
+        # PG 15: creating a schema for another role, and handing functions to a login, need membership in it.
+        for member_of in dict.fromkeys((catalog.OWNER_GROUP, cfg.logins()["loader"].user, cfg.logins()["owner"].user)):
             plan.warehouse.append(Statement(
                 f"grant {member_of} to {plan.facts.admin}",
                 sql.SQL("GRANT {} TO {}").format(_ident(member_of), _ident(plan.facts.admin)),

@@ -32,11 +32,14 @@ from __future__ import annotations
 import re
 
 from dwh_assets.warehouse.catalog_model import (  # noqa: F401 (the grammar, re-exported for readers of the catalog)
+    ARRIVALS_ROUTINE,
+    ARRIVALS_ROUTINE_ARGUMENTS,
     CRON_JOB_PREFIX,
     PENDING_MART_ROUTINE,
     PENDING_MART_ROUTINE_ARGUMENTS,
     ROUTINE_ARGUMENTS,
     AcceptedValues,
+    ArrivalWatermark,
     Erase,
     Catalog,
     Column,
@@ -44,6 +47,7 @@ from dwh_assets.warehouse.catalog_model import (  # noqa: F401 (the grammar, re-
     Index,
     Kind,
     MartSpec,
+    Reconciliation,
     SourceSystem,
     Subject,
     SubjectColumn,
@@ -126,9 +130,10 @@ USERS = TableSpec(
         Column("user_id", "text", "Clerk user id (user_...).", subject=Subject.USER),
         Column("first_name", "text", "First name.", personal=True),
         Column("last_name", "text", "Last name.", personal=True),
-        Column("email", "text", "The primary email address (the one primary_email_address_id names), NULL when there is none.",
+        Column("email", "text", "The primary email address (the one primary_email_address_id names); NULL when there "
+                                "is none (an empty string from Clerk is stored as NULL).", personal=True),
+        Column("gender", "text", "Gender; NULL when Clerk has none, which it sends as an empty string (most users).",
                personal=True),
-        Column("gender", "text", "Gender, as Clerk holds it (often NULL).", personal=True),
         Column("created_at", TS, "When the user signed up.", not_null=True),
         Column("updated_at", TS, "When Clerk last changed the user.", not_null=True),
         Column("last_sign_in_at", TS, "Last sign-in, NULL if never.", personal=True),
@@ -153,10 +158,11 @@ ORGANIZATIONS = TableSpec(
     columns=(
         Column("organization_id", "text", "Clerk organization id (org_...).", subject=Subject.ORGANIZATION),
         Column("name", "text", "Organization name.", not_null=True),
-        Column("slug", "text", "URL slug, NULL when unset."),
+        Column("slug", "text", "URL slug; NULL when unset (an empty string from Clerk is stored as NULL)."),
         Column("plan", "text", "Billing plan, from the control plane's organizations (free, hobby, pro, enterprise).",
                lineage=("src_control_plane.organizations.plan",)),
-        Column("created_by", "text", "The user who created it, NULL when unknown (or forgotten).", subject=Subject.USER),
+        Column("created_by", "text", "The user who created it; NULL when unknown or forgotten (an empty string from "
+                                     "Clerk is stored as NULL).", subject=Subject.USER),
         Column("created_at", TS, "When it was created.", not_null=True),
         Column("updated_at", TS, "When Clerk last changed it.", not_null=True),
         Column("attrs", "jsonb", "The whole Clerk organization object, as JSON.", not_null=True, default=ATTRS),
@@ -224,6 +230,11 @@ INSTANCE_STATE = TableSpec(
     schedule="*/10 * * * *",
     time_column="changed_at",
     lookback_days=1,
+    arrival=ArrivalWatermark(
+        "id", "An identity the control plane takes when it inserts the row: a transition written after the fact "
+              "(a reconciler inserting a past changed_at) still gets a higher id than every row before it, while "
+              "changed_at says when it happened, not when it arrived.",
+        source_index="public.instance_state_history (id), its primary key"),
     columns=(
         Column("id", "bigint", "Transition id at the control plane.", not_null=True),
         Column("instance_id", "uuid", "The instance.", not_null=True),
@@ -245,6 +256,12 @@ EVENTS = TableSpec(
     schedule="*/10 * * * *",
     time_column="enqueued_at",
     lookback_days=1,
+    arrival=ArrivalWatermark(
+        "archived_at", "A row enters pgmq's archive when its message is archived, with archived_at = now(). msg_id "
+                       "is taken when the message is sent, so a message archived days later (a consumer down over a "
+                       "weekend) carries an old msg_id: only archived_at says that the row is new.",
+        source_index="pgmq.a_instance_events (archived_at), which pgmq creates with the queue "
+                     "(archived_at_idx_instance_events)"),
     columns=(
         Column("msg_id", "bigint", "Queue message id.", not_null=True),
         Column("read_ct", "integer", "How often the message was read before it was archived.", not_null=True),
@@ -287,6 +304,12 @@ METRICS = TableSpec(
     schedule="5 * * * *",
     time_column="ts",
     lookback_days=1,
+    arrival=ArrivalWatermark(
+        None, "Prometheus keeps no arrival time. It takes a sample into its head block only up to about an hour "
+              "behind its newest (further only with storage.tsdb.out_of_order_time_window), so re-reading "
+              "yesterday and today (lookback_days) finds every sample scraped or remote-written late; an older "
+              "sample arrives only in a back-filled block (promtool tsdb create-blocks-from), which the daily "
+              "reconciliation's per-day sample count finds."),
     retention_days=180,
     columns=(
         Column("series_id", "bigint", "The series (dwh.metric_series).",
@@ -332,35 +355,51 @@ METRICS = TableSpec(
 
 # ----- marts -----------------------------------------------------------------------------------------
 
-DAY = Column("day", "date", "The UTC day (the partition key of the stored table).")
+DAY = Column("day", "date", "The UTC day (the partition key of the stored table). Today's row is the day so far, as of "
+                            "the mart's last refresh.", label="Day")
+
+# The dimensions dashboards are filtered by (dashboard_filter): each has the same name in every
+# relation that carries it, so one filter applies to every chart of a dashboard that reads it.
+ORGANIZATION_NAME = Column("organization_name", "text", "The organization's current name (joined at read time).",
+                           stored=False, lineage=("dwh.organizations.name",), label="Organization",
+                           dashboard_filter=True)
+PLAN = Column("plan", "text", "The organization's current billing plan (joined at read time).", stored=False,
+              lineage=("dwh.organizations.plan",), label="Plan", dashboard_filter=True)
 
 ORG_DAILY_USAGE = MartSpec(
     name="org_daily_usage",
     reads=("dwh.organizations", "dwh.instances", "dwh.metrics", "dwh.metric_series", "dwh.organization_memberships"),
-    # Organization names are joined at read time (the view): a rename queues nothing.
+    # Organization names and plans are joined at read time (the view): a rename queues nothing.
     stale_when=("instances", "metrics", "organization_memberships"),
     view_reads=("dwh.organizations",),
     key=("organization_id", "day"),
-    description="Per organization and UTC day: instances alive, vCPU-hours, storage GB-days and members.",
+    description="Per organization and UTC day: instances alive, vCPU-hours, storage GiB-days and members. Today's "
+                "row is the day so far, as of the mart's last refresh.",
     columns=(
         Column("organization_id", "text", "The organization.", references="dwh.organizations.organization_id",
                lineage=("dwh.instances.organization_id", "dwh.metric_series.organization_id")),
-        Column("day", "date", DAY.comment, lineage=("dwh.instances.created_at", "dwh.instances.deleted_at", "dwh.metrics.ts")),
-        Column("organization_name", "text", "The organization's current name (joined at read time).", stored=False,
-               lineage=("dwh.organizations.name",)),
+        Column("day", "date", DAY.comment, lineage=("dwh.instances.created_at", "dwh.instances.deleted_at", "dwh.metrics.ts"),
+               label=DAY.label),
+        ORGANIZATION_NAME,
+        PLAN,
         Column("instances", "bigint", "Instances alive at some time of the day.", not_null=True,
-               lineage=("dwh.instances.instance_id", "dwh.instances.created_at", "dwh.instances.deleted_at")),
+               lineage=("dwh.instances.instance_id", "dwh.instances.created_at", "dwh.instances.deleted_at"),
+               label="Instances"),
         Column("vcpu_hours", "numeric", "Provisioned vCPU-hours of the day (cpu x hours alive), 3 decimals.", not_null=True,
-               lineage=("dwh.instances.cpu", "dwh.instances.created_at", "dwh.instances.deleted_at")),
-        Column("storage_gb_days", "numeric", "Storage in use, GB-days (the storage samples of the day), 3 decimals.",
-               not_null=True, lineage=("dwh.metrics.value", "dwh.metric_series.metric_name")),
+               lineage=("dwh.instances.cpu", "dwh.instances.created_at", "dwh.instances.deleted_at"),
+               label="Provisioned", unit="vCPU-hours"),
+        Column("storage_gib_days", "numeric", "Storage in use, GiB-days: the day's storage samples in bytes / 2^30, "
+                                              "times the sample step over a day; 3 decimals.",
+               not_null=True, lineage=("dwh.metrics.value", "dwh.metric_series.metric_name"),
+               label="Storage", unit="GiB-days"),
         Column("members", "bigint", "Members as of the end of the day.", not_null=True,
-               lineage=("dwh.organization_memberships.user_id", "dwh.organization_memberships.created_at")),
+               lineage=("dwh.organization_memberships.user_id", "dwh.organization_memberships.created_at"),
+               label="Members"),
     ),
     checks=(
         WindowCheck("usage_is_not_negative", "No negative instances, vCPU-hours, storage or members on the refreshed days.",
                     "SELECT count(*) AS bad FROM mart.org_daily_usage_days WHERE day >= %(first_day)s "
-                    "AND day < %(end_day)s AND least(instances, vcpu_hours, storage_gb_days, members) < 0"),
+                    "AND day < %(end_day)s AND least(instances, vcpu_hours, storage_gib_days, members) < 0"),
     ),
 )
 
@@ -369,16 +408,19 @@ DAILY_SIGNUPS = MartSpec(
     reads=("dwh.users",),
     stale_when=("users",),
     key=("day",),
-    description="Clerk sign-ups per UTC day (with an email), and the running total of users.",
+    description="Clerk sign-ups per UTC day (with an email), and the running total of users: every day from the "
+                "first sign-up through today (none that day: zeros). Today's row is the day so far, as of the mart's "
+                "last refresh.",
     # One row a day, and the running total needs every day since the first user.
     retention_days=None,
     columns=(
-        Column("day", "date", DAY.comment, lineage=("dwh.users.created_at",)),
-        Column("signups", "bigint", "Users created that day.", not_null=True, lineage=("dwh.users.user_id",)),
+        Column("day", "date", DAY.comment, lineage=("dwh.users.created_at",), label=DAY.label),
+        Column("signups", "bigint", "Users created that day.", not_null=True, lineage=("dwh.users.user_id",),
+               label="Sign-ups"),
         Column("with_email", "bigint", "Of them, users with a primary email address.", not_null=True,
-               lineage=("dwh.users.email",), personal=False),  # a count of addresses, none of them
+               lineage=("dwh.users.email",), label="With an email", personal=False),  # a count of addresses, none of them
         Column("total_users", "bigint", "Users created up to the end of the day (computed at read time).", stored=False,
-               lineage=("dwh.users.user_id", "dwh.users.created_at")),
+               lineage=("dwh.users.user_id", "dwh.users.created_at"), label="Users"),
     ),
     checks=(
         WindowCheck("signups_match_users", "The refreshed days' sign-ups equal the users created on them.", """
@@ -396,18 +438,28 @@ DAILY_SIGNUPS = MartSpec(
 
 INSTANCE_STATE_DAILY = MartSpec(
     name="instance_state_daily",
-    reads=("dwh.instance_state",),
-    stale_when=("instance_state",),
-    key=("day", "state"),
-    description="Per UTC day and state: the instance state transitions into it, and the instances that made them.",
+    reads=("dwh.instance_state", "dwh.instances", "dwh.organizations"),
+    # The owner and region come from the instances' copy, which may arrive after a first transition.
+    stale_when=("instance_state", "instances"),
+    view_reads=("dwh.organizations",),
+    key=("day", "organization_id", "region", "state"),
+    description="Per UTC day, organization, region and state: the instance state transitions into it, and the "
+                "instances that made them. Today's row is the day so far, as of the mart's last refresh.",
     columns=(
-        Column("day", "date", DAY.comment, lineage=("dwh.instance_state.changed_at",)),
+        Column("day", "date", DAY.comment, lineage=("dwh.instance_state.changed_at",), label=DAY.label),
         Column("state", "text", "The state entered (accepted_values.instance_states).", accepted=INSTANCE_STATES,
-               lineage=("dwh.instance_state.state",)),
+               lineage=("dwh.instance_state.state",), label="State", dashboard_filter=True),
         Column("transitions", "bigint", "State changes into it that day.", not_null=True,
-               lineage=("dwh.instance_state.id",)),
+               lineage=("dwh.instance_state.id",), label="Transitions"),
         Column("instances", "bigint", "Distinct instances that entered it that day.", not_null=True,
-               lineage=("dwh.instance_state.instance_id",)),
+               lineage=("dwh.instance_state.instance_id",), label="Instances"),
+        Column("organization_id", "text", "The organization that owns the instances; unknown until the instance "
+                                          "reaches dwh.instances.",
+               lineage=("dwh.instances.organization_id",)),
+        Column("region", "text", "The instances' cloud region; unknown until the instance reaches dwh.instances.",
+               lineage=("dwh.instances.region",), label="Region", dashboard_filter=True),
+        ORGANIZATION_NAME,
+        PLAN,
     ),
 )
 
@@ -415,52 +467,64 @@ INSTANCE_STATE_DAILY = MartSpec(
 
 GROWTH_DAILY = ViewSpec(
     "mart.growth_daily",
-    "Organizations and live instances per UTC day: the dimension snapshot where one was taken, else reconstructed "
-    "from lifetimes.",
+    "Per UTC day, organization and region: the organization and its live instances at the end of the day (today: "
+    "now), from the day's dimension snapshots where they were taken, else reconstructed from lifetimes. From the "
+    "first sign-up, organization or day of history, whichever came first (a day without any organization: one row "
+    "of NULLs). Count organizations with count(DISTINCT organization_id).",
     (
-        Column("day", "date", "The UTC day, from the history start through today."),
-        Column("organizations", "bigint", "Organizations that existed at the end of the day."),
-        Column("instances", "bigint", "Instances alive at the end of the day."),
-        Column("source", "text", "snapshot: counted from that day's dimension snapshots; reconstructed: from "
-                                 "created_at / deleted_at of the current tables."),
+        Column("day", "date", "The UTC day.", label="Day"),
+        Column("organization_id", "text", "An organization that existed at the end of the day (NULL: none did)."),
+        ORGANIZATION_NAME,
+        PLAN,
+        Column("region", "text", "The region of its live instances (NULL: it had none).", label="Region",
+               dashboard_filter=True),
+        Column("instances", "bigint", "Its instances alive at the end of the day in that region.", label="Live instances"),
+        Column("source", "text", "snapshot: from that day's dimension snapshots; reconstructed: from created_at / "
+                                 "deleted_at of the current tables."),
     ),
-    reads=("dwh.organizations", "dwh.instances", "dwh.organizations_snapshot", "dwh.instances_snapshot"),
+    reads=("dwh.organizations", "dwh.instances", "dwh.organizations_snapshot", "dwh.instances_snapshot", "dwh.users"),
     sql_file="growth_daily.sql",
 )
 
 INSTANCE_CURRENT_STATE = ViewSpec(
     "mart.instance_current_state",
-    "Each instance with region, size and its latest state.",
+    "Each instance with its owner, region, size and latest state.",
     (
         Column("instance_id", "uuid", "The instance."),
         Column("organization_id", "text", "The organization that owns it."),
-        Column("region", "text", "Cloud region."),
-        Column("cpu", "integer", "Provisioned vCPUs."),
-        Column("memory_gb", "integer", "Provisioned memory, GB."),
-        Column("size", "text", "vCPUs and memory, as one label."),
+        ORGANIZATION_NAME,
+        PLAN,
+        Column("region", "text", "Cloud region.", label="Region", dashboard_filter=True),
+        Column("cpu", "integer", "Provisioned vCPUs.", label="Provisioned", unit="vCPUs"),
+        Column("memory_gb", "integer", "Provisioned memory, GB.", label="Memory", unit="GB"),
+        Column("size", "text", "vCPUs and memory, as one label.", label="Size"),
         Column("state", "text", "Its latest state; deleted once deleted_at has passed, unknown without a transition "
-                                "in the retained history."),
+                                "in the retained history.", label="State", dashboard_filter=True),
         Column("state_since", TS, "When it entered that state."),
     ),
-    reads=("dwh.instances", "dwh.instance_state"),
+    reads=("dwh.instances", "dwh.instance_state", "dwh.organizations"),
     sql_file="instance_current_state.sql",
 )
 
 CRON_JOB_RUNS = ViewSpec(
     "mart.cron_job_runs",
-    "pg_cron jobs of the warehouse and their runs (14 days): status, duration, failures.",
+    "The warehouse's pg_cron jobs, the loader's refreshes and the owner's maintenance, and their runs (14 days): "
+    "status, duration, failures.",
     (
-        Column("jobname", "text", "The pg_cron job (dwh:...)."),
-        Column("table_name", "text", "What its runs refresh, named as dwh.refresh_log names it (a maintenance job: its own name)."),
-        Column("schedule", "text", "Its schedule (GMT)."),
+        Column("jobname", "text", "The pg_cron job (dwh:...).", label="Job"),
+        Column("table_name", "text", "What its runs refresh, named as dwh.refresh_log names it (a maintenance job: its own name).",
+               label="Table", dashboard_filter=True),
+        Column("runs_as", "text", "The role that owns and runs it: the loader (refreshes) or the owner (maintenance).",
+               label="Runs as"),
+        Column("schedule", "text", "Its schedule (GMT).", label="Schedule (GMT)"),
         Column("active", "boolean", "Whether pg_cron runs it."),
         Column("runid", "bigint", "The run (NULL: the job has not run in 14 days)."),
         Column("status", "text", "pg_cron's status of the run."),
         Column("started_at", TS, "When the run started."),
-        Column("hour", TS, "The hour it started in."),
+        Column("hour", TS, "The hour it started in.", label="Hour"),
         Column("finished_at", TS, "When it ended."),
-        Column("duration_ms", "double precision", "How long it ran, in milliseconds."),
-        Column("failed", "integer", "1 for a failed run, else 0."),
+        Column("duration_ms", "double precision", "How long it ran, in milliseconds.", label="Duration", unit="ms"),
+        Column("failed", "integer", "1 for a failed run, else 0.", label="Failed runs"),
         Column("return_message", "text", "pg_cron's message, cut to 300 characters."),
     ),
     reads=("cron.job_run_details",),
@@ -468,20 +532,26 @@ CRON_JOB_RUNS = ViewSpec(
     group=Group.WAREHOUSE,
 )
 
+# A refresh that replaced data: a window (facts, marts) or a snapshot (dimensions). A mart's pg_cron
+# job that found no day to refresh logs a run of neither, which proves the mart current but
+# refreshed nothing.
 REFRESH_HEALTH_HOURLY = ViewSpec(
     "mart.refresh_health_hourly",
-    "Per table and hour (the last 48 hours complete): committed refreshes, rows, duration, lock waits, failed "
-    "pg_cron runs.",
+    "Per table and hour (the last 48 hours complete): refreshes that replaced data, rows, duration, lock waits, "
+    "failed pg_cron runs.",
     (
-        Column("hour", TS, "The hour."),
-        Column("table_name", "text", "What was refreshed, as dwh.refresh_log names it."),
-        Column("refreshes", "bigint", "Committed refreshes (pg_cron's and Dagster's alike)."),
-        Column("failures", "bigint", "Failed pg_cron runs."),
-        Column("rows_written", "bigint", "Rows inserted, updated and deleted."),
-        Column("rows_read", "bigint", "Rows read from the sources."),
-        Column("avg_duration_ms", "numeric", "Mean refresh duration, milliseconds."),
-        Column("max_duration_ms", "numeric", "Longest refresh duration, milliseconds."),
-        Column("lock_wait_ms", "numeric", "Time spent waiting for a concurrent refresh, milliseconds."),
+        Column("hour", TS, "The hour.", label="Hour"),
+        Column("table_name", "text", "What was refreshed, as dwh.refresh_log names it.", label="Table",
+               dashboard_filter=True),
+        Column("refreshes", "bigint", "Committed refreshes that replaced data (pg_cron's and Dagster's alike); a mart "
+                                      "job's runs that found no day to refresh are not counted.", label="Refreshes"),
+        Column("failures", "bigint", "Failed pg_cron runs.", label="Failed runs"),
+        Column("rows_written", "bigint", "Rows inserted, updated and deleted.", label="Rows written"),
+        Column("rows_read", "bigint", "Rows read from the sources.", label="Rows read"),
+        Column("avg_duration_ms", "numeric", "Mean refresh duration, milliseconds.", label="Mean duration", unit="ms"),
+        Column("max_duration_ms", "numeric", "Longest refresh duration, milliseconds.", label="Longest duration", unit="ms"),
+        Column("lock_wait_ms", "numeric", "Time spent waiting for a concurrent refresh, milliseconds.", label="Lock wait",
+               unit="ms"),
         Column("refreshes_that_waited", "bigint", "Refreshes that waited for a lock."),
     ),
     reads=("dwh.refresh_log", "mart.cron_job_runs"),
@@ -491,13 +561,16 @@ REFRESH_HEALTH_HOURLY = ViewSpec(
 
 REFRESH_LATEST = ViewSpec(
     "mart.refresh_latest",
-    "Each refreshed table: its last committed refresh, age in minutes, refreshes and failed pg_cron runs in 24 hours.",
+    "Each refreshed table: when it was last known current, its age in minutes, refreshes that replaced data and "
+    "failed pg_cron runs in 24 hours.",
     (
-        Column("table_name", "text", "What was refreshed, as dwh.refresh_log names it."),
-        Column("last_refresh", TS, "When its last committed refresh finished."),
-        Column("minutes_ago", "numeric", "Its age, in minutes."),
-        Column("refreshes_24h", "bigint", "Committed refreshes in the last 24 hours."),
-        Column("failures_24h", "bigint", "Failed pg_cron runs in the last 24 hours."),
+        Column("table_name", "text", "What was refreshed, as dwh.refresh_log names it.", label="Table",
+               dashboard_filter=True),
+        Column("last_refresh", TS, "When it was last known current: its last committed refresh, or a mart job's last "
+                                   "run that found no day to refresh.", label="Last refresh (UTC)"),
+        Column("minutes_ago", "numeric", "Its age, in minutes.", label="Minutes ago"),
+        Column("refreshes_24h", "bigint", "Refreshes in the last 24 hours that replaced data.", label="Refreshes (24 h)"),
+        Column("failures_24h", "bigint", "Failed pg_cron runs in the last 24 hours.", label="Failed runs (24 h)"),
     ),
     reads=("dwh.refresh_log", "mart.cron_job_runs"),
     sql_file="refresh_latest.sql",
@@ -542,6 +615,34 @@ QUALITY_GATE = ViewSpec(
     group=Group.WAREHOUSE,
 )
 
+LATE_DATA = ViewSpec(
+    "mart.late_data",
+    "Per fact: how its scheduled refresh follows late rows (the arrival watermark) and what the latest daily "
+    "reconciliation with the source found.",
+    (
+        Column("table_name", "text", "The fact."),
+        Column("arrival_column", "text", "The source column that says a row is new; NULL: the re-read horizon "
+                                         "(Prometheus)."),
+        Column("seen_up_to", "text", "The newest arrival a committed refresh has seen."),
+        Column("late_days_replaced", "bigint", "Days outside its window that scheduled refreshes replaced because "
+                                               "late rows arrived for them."),
+        Column("last_late_day", "date", "The latest such day."),
+        Column("late_days_too_old", "bigint", "Days that received rows older than the history the warehouse keeps "
+                                              "(not copied)."),
+        Column("last_too_old_day", "date", "The latest such day."),
+        Column("reconciled_at", TS, "When the latest reconciliation of the fact ended."),
+        Column("days_compared", "integer", "Days it compared with the source."),
+        Column("differing_days", "integer", "Days whose count differed from the source's."),
+        Column("repaired_days", "integer", "Of them, days it replaced from the source."),
+        Column("kept_days", "integer", "Of them, days the source no longer holds (left as they are)."),
+        Column("repaired", "text", "The repaired days, as a list."),
+        Column("error", "text", "Why the fact could not be reconciled, if it could not."),
+    ),
+    reads=("dwh.reconciliation",),
+    sql_file="late_data.sql",
+    group=Group.WAREHOUSE,
+)
+
 METRIC_SAMPLES = ViewSpec(
     "dwh.metric_samples",
     "dwh.metrics with its series' name and labels: the denormalised shape prometheus_fdw returns.",
@@ -559,22 +660,25 @@ METRIC_SAMPLES = ViewSpec(
 )
 
 # Relations the views read that no entry creates: pg_cron's history (an external asset, so the
-# lineage is complete; the views read it through the SECURITY DEFINER function named here).
+# lineage is complete; the views read it through the SECURITY DEFINER functions named here, one
+# per role whose jobs they show).
 CRON_HISTORY = "cron.job_run_details"
-READ_THROUGH = {"dwh.cron_job_runs": CRON_HISTORY}
+READ_THROUGH = {"dwh.cron_job_runs": CRON_HISTORY, "dwh.cron_owner_job_runs": CRON_HISTORY}
 
 PRODUCT = Catalog(
     tables=(USERS, ORGANIZATIONS, ORGANIZATION_MEMBERSHIPS, INSTANCES, INSTANCE_STATE, EVENTS, METRICS),
     marts=(ORG_DAILY_USAGE, DAILY_SIGNUPS, INSTANCE_STATE_DAILY),
     views=(GROWTH_DAILY, INSTANCE_CURRENT_STATE, CRON_JOB_RUNS, REFRESH_HEALTH_HOURLY, REFRESH_LATEST, REFRESH_FRESHNESS,
-           QUALITY_GATE, METRIC_SAMPLES),
+           QUALITY_GATE, LATE_DATA, METRIC_SAMPLES),
     sql_dirs=(ROUTINES_DIR, VIEWS_DIR),
-    external=((CRON_HISTORY, "pg_cron's run history of the warehouse's jobs (read through dwh.cron_job_runs())."),),
+    external=((CRON_HISTORY, "pg_cron's run history of the warehouse's jobs (read through dwh.cron_job_runs() and "
+                             "dwh.cron_owner_job_runs())."),),
+    reconciliation=Reconciliation(),
 )
 
 # Configuration tables `dwh migrate` writes (not data: no lineage, no asset).
 CONFIGURATION = ("dwh.settings", "dwh.refresh_jobs", "dwh.mart_inputs", "dwh.mart_pending", "dwh.cron_probe",
-                 "dwh.subject_columns", "dwh.quality_gates", "dwh.copy_gate")
+                 "dwh.subject_columns", "dwh.quality_gates", "dwh.copy_gate", "dwh.arrival_watermarks")
 # What `dwh forget` keeps (created by a migration; the owner's alone): the key of its hashes, its log.
 ERASURE_KEY = "dwh.erasure_key"
 ERASURE_LOG = "dwh.erasure_log"

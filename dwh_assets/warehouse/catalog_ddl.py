@@ -11,10 +11,13 @@
 - **comments**: ``COMMENT ON`` every catalog table, view and column, written only where the
   database's differs (a mart's column is described once, for its table and its view; a
   personal column's begins with ``[personal data]``);
-- **grants**: EXECUTE on the refresh routines to the loader; SELECT on every catalog
-  relation to the loader; to the reader SELECT on every catalog relation, or on its columns
-  but the personal ones, which only the personal reader may read. Partitions are granted to
-  nobody: reading a partition directly would skip its parent's column privileges.
+- **grants**: EXECUTE on the refresh routines (and the late-data routines) to the loader;
+  SELECT on every catalog relation to the loader; to the reader SELECT on every catalog
+  relation, or on its columns but the personal ones, which only the personal reader may read.
+  Partitions are granted to nobody: reading a partition directly would skip its parent's
+  column privileges;
+- **arrival watermarks**: each reconciled fact's row of ``dwh.arrival_watermarks``: its source,
+  arrival column, overlap and how the reconciliation counts its days.
 
 Everything here is idempotent: a second run finds nothing to create and no comment to change.
 """
@@ -27,7 +30,17 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from dwh_assets.warehouse.catalog_model import Catalog, Column, Table, ViewSpec, marked
+from dwh_assets.warehouse.catalog_model import (
+    ARRIVALS_ROUTINE,
+    ARRIVALS_ROUTINE_ARGUMENTS,
+    Catalog,
+    Column,
+    SourceSystem,
+    Table,
+    TableSpec,
+    ViewSpec,
+    marked,
+)
 from dwh_assets.warehouse.errors import DwhError
 
 
@@ -161,6 +174,8 @@ def sync_tables(conn: psycopg.Connection, catalog: Catalog) -> TableSync:
 def framework_files(catalog: Catalog) -> list:
     """Files of the catalog's SQL directories that no entry claims: the shared routines, in name order."""
     claimed = {entry.routine_file for entry in catalog.refreshed()} | {v.sql_file for v in catalog.views}
+    if catalog.reconciliation is not None:
+        claimed.add(catalog.reconciliation.routine_file)
     return sorted((p for d in catalog.sql_dirs if d.is_dir() for p in d.glob("*.sql") if p.name not in claimed),
                   key=lambda p: p.name)
 
@@ -168,6 +183,8 @@ def framework_files(catalog: Catalog) -> list:
 def entry_files(catalog: Catalog) -> list:
     """Copies' routines, then views (a mart's file: its view and routine), each after what it reads."""
     files = [catalog.sql_path(spec.routine_file) for spec in catalog.tables]
+    if catalog.reconciliation is not None and catalog.reconciled():
+        files.append(catalog.sql_path(catalog.reconciliation.routine_file))
     files += [catalog.sql_path(view.sql_file) for view in catalog.all_views()]
     return list(dict.fromkeys(files))
 
@@ -227,11 +244,22 @@ def sync_comments(conn: psycopg.Connection, catalog: Catalog) -> int:
 # ----- grants ---------------------------------------------------------------------------------------
 
 
+def late_data_routines(catalog: Catalog) -> list[tuple[str, str]]:
+    """(routine, argument types) of the late-data routines the loader runs, where the catalog has any."""
+    routines = []
+    if catalog.reconciled():
+        routines.append((ARRIVALS_ROUTINE, ARRIVALS_ROUTINE_ARGUMENTS))
+        if catalog.reconciliation is not None:
+            routines += [(catalog.reconciliation.routine, ""), ("dwh.reconcile", "text")]
+    return routines
+
+
 def grants(catalog: Catalog, loader: str, reader: str, personal_reader: str) -> list[sql.Composable]:
     """Every grant on the catalog's routines and relations, exact whatever was granted before."""
     loader_id = sql.Identifier(loader)
-    statements = [sql.SQL("GRANT EXECUTE ON FUNCTION {}({}) TO {}").format(
-        ident(entry.routine), sql.SQL(entry.routine_arguments), loader_id) for entry in catalog.refreshed()]
+    routines = [(entry.routine, entry.routine_arguments) for entry in catalog.refreshed()] + late_data_routines(catalog)
+    statements = [sql.SQL("GRANT EXECUTE ON FUNCTION {}({}) TO {}").format(ident(routine), sql.SQL(arguments), loader_id)
+                  for routine, arguments in routines]
     for item in (*catalog.all_tables(), *catalog.all_views()):
         statements.append(sql.SQL("GRANT SELECT ON {} TO {}").format(ident(item.relation), loader_id))
         statements += reader_grants(item, catalog.personal_columns(item.relation), reader, personal_reader)
@@ -280,3 +308,46 @@ def revoke_partitions(conn: psycopg.Connection, reader: str, personal_reader: st
         conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}, {}").format(
             sql.Identifier(schema, name), sql.Identifier(reader), sql.Identifier(personal_reader)))
     return len(found)
+
+
+# ----- arrival watermarks ------------------------------------------------------------------------
+
+
+ARRIVAL_COLUMNS = ("source", "time_column", "arrival_column", "overlap", "checksum_column", "day_counts")
+
+
+def arrival_row(spec: TableSpec) -> tuple:
+    """A reconciled fact's declaration in dwh.arrival_watermarks (``ARRIVAL_COLUMNS``).
+
+    The reconciliation sums the key per day besides counting when the key is one integer column
+    (a row replaced by another of the same day changes the sum); Prometheus is counted by the reader.
+    """
+    key = spec.table.column(spec.key[0]) if len(spec.key) == 1 else None
+    checksum = key.name if key is not None and key.type in ("bigint", "integer") else None
+    counts = "prometheus" if spec.system is SourceSystem.PROMETHEUS else "fdw"
+    return (spec.sources[0], spec.time_column, spec.arrival.column, spec.arrival.overlap, checksum, counts)
+
+
+def sync_arrival_watermarks(conn: psycopg.Connection, catalog: Catalog) -> None:
+    """Make dwh.arrival_watermarks declare exactly the catalog's reconciled facts. A fact whose
+    source or arrival column changed starts its watermark over; nothing else touches its state."""
+    wanted = {spec.name: arrival_row(spec) for spec in catalog.reconciled()}
+    columns = sql.SQL(", ").join(map(sql.Identifier, ARRIVAL_COLUMNS))
+    found = {row[0]: tuple(row[1:]) for row in conn.execute(
+        sql.SQL("SELECT table_name, {} FROM dwh.arrival_watermarks").format(columns)).fetchall()}
+    if found == wanted:
+        return
+    restart = sql.SQL(", ").join(sql.SQL("{} = CASE WHEN (t.source, t.arrival_column) IS NOT DISTINCT FROM "
+                                         "(excluded.source, excluded.arrival_column) THEN t.{} END").format(
+        sql.Identifier(c), sql.Identifier(c)) for c in ("read_after", "seen_up_to", "next_read_after", "next_since"))
+    with conn.transaction():
+        conn.execute("DELETE FROM dwh.arrival_watermarks WHERE NOT (table_name = ANY(%s))", (list(wanted),))
+        for name, row in wanted.items():
+            if found.get(name) == row:
+                continue
+            conn.execute(sql.SQL(
+                "INSERT INTO dwh.arrival_watermarks AS t (table_name, {columns}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (table_name) DO UPDATE SET ({columns}) = ({excluded}), {restart}").format(
+                    columns=columns, excluded=sql.SQL(", ").join(sql.SQL("excluded.{}").format(sql.Identifier(c))
+                                                                 for c in ARRIVAL_COLUMNS), restart=restart),
+                (name, *row))

@@ -80,6 +80,8 @@ def _entry(entry: TableSpec | MartSpec, catalog: Catalog) -> list[str]:
               f"`{entry.cron_job_name}` on `{entry.schedule}` (GMT), a run cancelled after {entry.timeout}; "
               f"overdue after {entry.freshness} (two schedule intervals + its typical duration, {entry.typical_duration}); "
               f"partitions kept: {retention}"]
+    if isinstance(entry, TableSpec) and entry.arrival is not None:
+        facts.append(_arrival(entry))
     checks = [c.name for c in entry.checks]
     if checks:
         facts.append(f"its own checks: {', '.join(checks)}")
@@ -99,6 +101,26 @@ def _entry(entry: TableSpec | MartSpec, catalog: Catalog) -> list[str]:
 def _view_reads(view: ViewSpec) -> str:
     """Its lineage, when it reads assets (a view of configuration tables reads none)."""
     return f"reads: {', '.join(f'`{r}`' for r in view.reads)}; " if view.reads else ""
+
+
+def _arrival(spec: TableSpec) -> str:
+    arrival = spec.arrival
+    if arrival.column is None:
+        how = f"late data: no arrival column; the scheduled window re-reads {spec.lookback_days} day(s) back. "
+    else:
+        how = (f"late data: arrival watermark `{arrival.column}` (source index {arrival.source_index}; each lookup "
+               f"re-reads the last {arrival.overlap.total_seconds() / 60:g} minutes of arrivals). ")
+    return how + _cell(arrival.reason) + " Reconciled with the source daily."
+
+
+def _reconciliation(catalog: Catalog) -> list[str]:
+    rec = catalog.reconciliation
+    if rec is None or not catalog.reconciled():
+        return []
+    return [f"## The daily reconciliation: `{rec.relation}`", "", rec.description, "",
+            f"- routine `{rec.routine}()` in `{rec.routine_file}`; pg_cron job `{rec.cron_job_name}` on "
+            f"`{rec.schedule}` (GMT); reconciles {', '.join(f'`{s.local_table}`' for s in catalog.reconciled())}",
+            "", *_columns(rec.table, catalog), ""]
 
 
 def _personal_data(catalog: Catalog) -> list[str]:
@@ -121,6 +143,7 @@ def render(catalog: Catalog = PRODUCT) -> str:
     lines += ["## Marts", ""]
     for mart in catalog.marts:
         lines += _entry(mart, catalog)
+    lines += _reconciliation(catalog)
     lines += ["## Views", ""]
     for view in catalog.views:
         lines += [f"### `{view.relation}`", "", view.description, "",

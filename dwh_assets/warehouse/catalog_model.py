@@ -119,6 +119,19 @@ class Column:
     # The subject whose id the column holds (dwh forget): its rows go where the column is part
     # of the entry's key, else the value is cleared (in attrs too, the Clerk object it came from).
     subject: Subject | None = None
+    # What a person calls it, and the unit of its values: the dashboards' column names
+    # (Superset's verbose_name) and what a chart's metric over it must say (GiB-days, ms).
+    label: str | None = None
+    unit: str | None = None
+    # A dimension dashboards are filtered by: a dashboard whose charts read it offers a filter
+    # named by its label, applied to exactly the charts whose relation has it.
+    dashboard_filter: bool = False
+
+    @property
+    def verbose_name(self) -> str | None:
+        if self.label is None:
+            return None
+        return f"{self.label} ({self.unit})" if self.unit else self.label
 
 
 @dataclass(frozen=True)
@@ -155,6 +168,26 @@ class Table:
 
 
 @dataclass(frozen=True)
+class ArrivalWatermark:
+    """How the scheduled refresh of a fact finds the days that received rows after it copied them.
+
+    With a ``column`` (a source column whose value grows as rows arrive, whatever their event
+    time), the pg_cron job runs ``dwh.refresh_with_arrivals``: it looks up the UTC days of the
+    rows that arrived past the watermark (one pushed-down ``GROUP BY`` on that column, which the
+    source indexes: ``source_index``), replaces those days besides its own window and moves the
+    watermark, all in one transaction. The lookup re-reads ``overlap`` of arrivals, so a row whose
+    inserting transaction commits that much after it took its value is still found. Without a
+    column (Prometheus), the job's window is the re-read horizon: ``lookback_days``. Either way
+    the nightly reconciliation compares every retained day with the source.
+    """
+
+    column: str | None
+    reason: str                     # why this column (or none): docs/catalog.md
+    source_index: str = ""          # the index on it the source is expected to have (docs/source-contract.md)
+    overlap: dt.timedelta = dt.timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
 class WindowCheck:
     """A data check: a query over the refreshed window counting the offending rows (zero passes).
 
@@ -173,6 +206,9 @@ class WindowCheck:
 
 
 ROUTINE_ARGUMENTS = {Kind.FACT: "timestamptz, timestamptz", Kind.DIMENSION: "date"}
+# A fact's scheduled refresh when it declares an arrival watermark: the late days, then its window.
+ARRIVALS_ROUTINE = "dwh.refresh_with_arrivals"
+ARRIVALS_ROUTINE_ARGUMENTS = "text, timestamptz, timestamptz"
 
 
 @dataclass(frozen=True)
@@ -195,6 +231,8 @@ class TableSpec:
     # for late data (whole days, ending with today).
     time_column: str | None = None
     lookback_days: int = 0
+    # Facts: how the scheduled refresh finds rows that arrived late (None: only its window).
+    arrival: ArrivalWatermark | None = None
     # pg_partman retention of daily partitions (facts, and dimension snapshots).
     retention_days: int = 400
     # How long its refresh usually takes: with two schedule intervals, how stale it may get
@@ -312,13 +350,17 @@ class TableSpec:
         """How old its latest refresh may get on the catalog's schedule (``warehouse.freshness``)."""
         return expected_within(self.schedule, self.typical_duration)
 
+    def cron_window(self) -> str:
+        """A fact's scheduled window, as SQL: today and the lookback before it (UTC days)."""
+        return (f"date_trunc('day', now()) - interval '{int(self.lookback_days)} days', "
+                f"date_trunc('day', now()) + interval '1 day'")
+
     def cron_command(self) -> str:
-        """The SQL pg_cron runs: the same routine Dagster calls."""
+        """The SQL pg_cron runs: the routine Dagster calls, or the routine for the window and the late days."""
+        if self.kind is Kind.FACT and self.arrival is not None:
+            return f"SELECT {ARRIVALS_ROUTINE}('{self.name}', {self.cron_window()})"
         if self.kind is Kind.FACT:
-            return (
-                f"SELECT {self.routine}(date_trunc('day', now()) - interval '{int(self.lookback_days)} days', "
-                f"date_trunc('day', now()) + interval '1 day')"
-            )
+            return f"SELECT {self.routine}({self.cron_window()})"
         return f"SELECT {self.routine}(current_date)"
 
 
@@ -422,6 +464,59 @@ class MartSpec:
 
 
 @dataclass(frozen=True)
+class Reconciliation:
+    """The daily comparison of every kept day of the facts with their sources, and its pg_cron job.
+
+    ``dwh.reconcile_facts()`` counts each day at the source (a ``GROUP BY`` postgres_fdw pushes
+    down; for Prometheus one ``count()`` query per metric, summed per day by the reader), compares
+    the counts with the copy's, replaces the days that differ and records what it found in
+    ``dwh.reconciliation`` (its asset; its runs are logged in ``dwh.refresh_log`` as ``log_table``).
+    Every fact with an ``arrival`` is reconciled.
+    """
+
+    schedule: str = "40 2 * * *"
+    description: str = ("What the daily reconciliation of the facts with their sources found: per fact and run, "
+                        "the days compared, those that differed, those it replaced from the source.")
+
+    name = "reconcile_facts"           # in a configuration's [schedules]
+    routine = "dwh.reconcile_facts"
+    routine_file = "reconcile_facts.sql"
+    relation = "dwh.reconciliation"
+    log_table = "reconciliation"
+
+    @property
+    def cron_job_name(self) -> str:
+        return f"{CRON_JOB_PREFIX}{self.name}"
+
+    def cron_command(self) -> str:
+        return f"SELECT count(*) FROM {self.routine}()"
+
+    @property
+    def table(self) -> Table:
+        days = "'{}'::date[]"
+        return Table(self.relation, self.description, (
+            Column("id", "bigint", "Identity of the row.", identity=True),
+            Column("table_name", "text", "The fact reconciled (dwh.refresh_log.table_name of its refreshes).", not_null=True),
+            Column("first_day", "date", "The first day compared: the history's start or the retention's, the later."),
+            Column("end_day", "date", "The day after the last compared (today: today's rows are still arriving)."),
+            Column("days_compared", "integer", "Days compared with the source.", not_null=True, default="0"),
+            Column("source_rows", "bigint", "Rows (samples) of those days at the source."),
+            Column("copy_rows", "bigint", "Rows (samples) of those days in the copy, before any repair."),
+            Column("differing_days", "date[]", "Days whose count (or key sum) differed from the source's.",
+                   not_null=True, default=days),
+            Column("repaired_days", "date[]", "Of them, the days replaced from the source in the same transaction.",
+                   not_null=True, default=days),
+            Column("kept_days", "date[]", "Of them, the days left as they are: the source holds nothing for them "
+                                          "any more (Prometheus' own retention).", not_null=True, default=days),
+            Column("error", "text", "Why the fact could not be reconciled (its source failed); NULL when it was."),
+            Column("started_at", "timestamp with time zone", "When this fact's reconciliation started.", not_null=True),
+            Column("finished_at", "timestamp with time zone", "When it ended.", not_null=True),
+            Column("backend_pid", "integer", "The backend that ran it (a pg_cron run's, for the Dagster sensor).",
+                   not_null=True, default="pg_backend_pid()"),
+        ), primary_key=("id",), indexes=(Index(("table_name", "finished_at"), "reconciliation_table_finished"),))
+
+
+@dataclass(frozen=True)
 class ViewSpec:
     """A plain view (computed when read: nothing refreshes it), in its own SQL file."""
 
@@ -453,6 +548,8 @@ class Catalog:
     sql_dirs: tuple[Path, ...] = field(default_factory=tuple)
     # Relations that no entry creates but views read (an external asset each): relation -> description.
     external: tuple[tuple[str, str], ...] = ()
+    # The daily reconciliation of the facts that declare an arrival watermark (None: not run).
+    reconciliation: Reconciliation | None = None
 
     def extended(self, *, tables: tuple[TableSpec, ...] = (), marts: tuple[MartSpec, ...] = (),
                  views: tuple[ViewSpec, ...] = (), sql_dirs: tuple[Path, ...] = ()) -> Catalog:
@@ -477,8 +574,13 @@ class Catalog:
         """Every entry with a refresh routine and a pg_cron job: copies, then marts."""
         return (*self.tables, *self.marts)
 
+    def reconciled(self) -> tuple[TableSpec, ...]:
+        """The facts whose arrivals the scheduled refresh follows and the reconciliation compares."""
+        return tuple(spec for spec in self.tables if spec.kind is Kind.FACT and spec.arrival is not None)
+
     def all_tables(self) -> tuple[Table, ...]:
-        return tuple(t for entry in self.refreshed() for t in entry.tables)
+        tables = tuple(t for entry in self.refreshed() for t in entry.tables)
+        return tables + ((self.reconciliation.table,) if self.reconciliation is not None else ())
 
     def all_views(self) -> tuple[ViewSpec, ...]:
         """Marts' views and plain views, each after the views it reads."""
@@ -546,6 +648,8 @@ class Catalog:
     def schedulable_jobs(self, maintenance: dict[str, str]) -> dict[str, str]:
         """Every pg_cron job, by the name a configuration's [schedules] uses -> its default schedule."""
         jobs = {entry.name: entry.schedule for entry in self.refreshed()}
+        if self.reconciliation is not None:
+            jobs[self.reconciliation.name] = self.reconciliation.schedule
         jobs.update({job.removeprefix(CRON_JOB_PREFIX): schedule for job, schedule in maintenance.items()})
         return jobs
 

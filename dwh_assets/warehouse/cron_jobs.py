@@ -9,8 +9,9 @@ no superuser is needed, and ``cron.job`` / ``cron.job_run_details`` (row-level-s
 username) show each role its own jobs:
 
 - refresh jobs run as the loader (the Dagster sensor reads their history as the loader),
-  among them one per mart that refreshes the days the copies' refreshes queued; each is
-  bounded by its timeout (the catalog's, or ``[timeouts]`` of the deployment);
+  among them one per mart that refreshes the days the copies' refreshes queued, and the
+  daily reconciliation of the facts with their sources; each refresh is bounded by its
+  timeout (the catalog's, or ``[timeouts]`` of the deployment);
 - pg_partman maintenance runs as the owner (it creates and drops partitions);
 - each of them purges its own run history daily (pg_cron keeps it forever otherwise), in
   the database pg_cron lives in, where ``cron.job_run_details`` is.
@@ -78,10 +79,15 @@ def purge_command(days: int) -> str:
 
 
 def desired_jobs(cfg: DeploymentConfig, entries: Catalog = catalog.PRODUCT) -> list[CronJob]:
-    """A refresh job per catalog table and mart (the loader's), pg_partman maintenance, the purges."""
+    """A refresh job per catalog table and mart (the loader's), the facts' daily reconciliation (the
+    loader's: it replaces the days that differ), pg_partman maintenance, the purges."""
     jobs = [CronJob(entry.cron_job_name, cfg.schedules.get(entry.name) or entry.schedule,
                     with_timeout(entry.cron_command(), cfg.timeout(entry)), "loader")
             for entry in entries.refreshed()]
+    reconciliation = entries.reconciliation
+    if reconciliation is not None and entries.reconciled():
+        jobs.append(CronJob(reconciliation.cron_job_name, cfg.schedules.get(reconciliation.name) or reconciliation.schedule,
+                            reconciliation.cron_command(), "loader"))
     maintenance = catalog.PARTMAN_MAINTENANCE_JOB
     jobs.append(CronJob(maintenance, cfg.schedule(maintenance.removeprefix(CRON_JOB_PREFIX)),
                         "CALL partman.run_maintenance_proc()", "owner"))

@@ -14,10 +14,10 @@ Against any PostgreSQL 15+ the deployment configuration points at, over TCP:
    or a Postgres source's tables changed since they were imported (``source_drift``, one line
    per added, dropped or retyped column: imported again);
 4. **grants, retention, ``dwh.mart_inputs``, ``dwh.refresh_jobs``, ``dwh.subject_columns`` and
-   ``dwh.quality_gates``** (each copy's blocking checks, ``warehouse.quality_gate``), as the
-   owner, derived from the catalog (the reader's column privileges from its personal marks);
-   as the admin, the loader login gets the functions that read its own
-   pg_cron history (``LOADER_DEFINER_FUNCTIONS``);
+   ``dwh.quality_gates`` (each copy's blocking checks, ``warehouse.quality_gate``) and
+   ``dwh.arrival_watermarks``**, as the owner, derived from the catalog (the reader's column
+   privileges from its personal marks); as the admin, the loader and owner logins get the
+   functions that read their own pg_cron history (``DEFINER_FUNCTIONS``);
 5. **pg_cron jobs** (``warehouse.cron_jobs``), each scheduled by the role that runs it, then
    a one-shot probe job per role and database (``warehouse.cron_probe``) proves pg_cron runs them.
 
@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import psycopg
 from psycopg import sql
@@ -233,35 +234,40 @@ def grant_catalog(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> None:
         conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION dwh.setting(text, text) TO {}").format(loader))
 
 
-# SECURITY DEFINER functions that must run as the loader login: pg_cron's history is
-# row-level-secured by username, and the refresh jobs are the loader's (migration 0002).
-LOADER_DEFINER_FUNCTIONS = ("dwh.cron_job_runs()",)
+# SECURITY DEFINER functions that must run as a login: pg_cron's history is row-level-secured
+# by username, and each role's jobs are its own (the loader's refreshes: migration 0002; the
+# owner's maintenance: 0008), so each reads them as that login.
+DEFINER_FUNCTIONS: dict[str, Literal["owner", "loader"]] = {
+    "dwh.cron_job_runs()": "loader",
+    "dwh.cron_owner_job_runs()": "owner",
+}
 
 
-def hand_functions_to_loader(cfg: DeploymentConfig) -> list[str]:
-    """As the admin: make the loader login own LOADER_DEFINER_FUNCTIONS; returns what it could not.
+def hand_definer_functions(cfg: DeploymentConfig) -> list[str]:
+    """As the admin: make each of DEFINER_FUNCTIONS owned by its login; returns what it could not.
 
     A new owner needs CREATE on the function's schema, which the loader never has: it is
     granted and revoked around the ALTER in one transaction, so no superuser is needed (the
-    admin is a member of the owner's role and of the loader login, from the bootstrap).
+    admin is a member of the owner's role and of both logins, from the bootstrap).
     """
-    loader = sql.Identifier(cfg.logins()["loader"].user)
     refused = []
     with connect(cfg, "admin") as admin:
-        for function in LOADER_DEFINER_FUNCTIONS:
+        for function, purpose in DEFINER_FUNCTIONS.items():
+            login = cfg.logins()[purpose].user
             owner = admin.execute("SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE oid = to_regprocedure(%s)",
                                   (function,)).fetchone()
-            if owner is None or owner[0] == cfg.logins()["loader"].user:
+            if owner is None or owner[0] == login:
                 continue
-            schema = sql.Identifier(function.split(".")[0])
+            schema, new_owner = sql.Identifier(function.split(".")[0]), sql.Identifier(login)
             try:
                 with admin.transaction():
-                    admin.execute(sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(schema, loader))
-                    admin.execute(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(sql.SQL(function), loader))
-                    admin.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(schema, loader))
+                    admin.execute(sql.SQL("GRANT CREATE ON SCHEMA {} TO {}").format(schema, new_owner))
+                    admin.execute(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(sql.SQL(function), new_owner))
+                    admin.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(schema, new_owner))
             except psycopg.Error as e:
-                refused.append(f"{function} stays owned by {owner[0]}, so the health dashboard shows no pg_cron runs "
-                               f"(the admin role cannot hand it to {cfg.logins()['loader'].user}: {e.diag.message_primary})")
+                refused.append(f"{function} stays owned by {owner[0]}, so the health dashboard shows no pg_cron runs of "
+                               f"the {purpose}'s jobs (the admin role cannot hand it to {login}: "
+                               f"{e.diag.message_primary})")
     return refused
 
 
@@ -402,8 +408,9 @@ def migrate(cfg: DeploymentConfig, progress: Progress = print, catalog: Catalog 
         sync_refresh_jobs(conn, catalog)
         sync_quality_gates(conn, catalog)
         sync_subject_columns(conn, catalog)
+        catalog_ddl.sync_arrival_watermarks(conn, catalog)
         sync_retention(conn, cfg, catalog)
-    for warning in hand_functions_to_loader(cfg):
+    for warning in hand_definer_functions(cfg):
         progress(f"warning: {warning}")
     jobs = cron_jobs.desired_jobs(cfg, catalog)
     report.cron = cron_jobs.sync(cfg, plan.cron_db, jobs)

@@ -26,8 +26,6 @@ from pathlib import Path
 
 import yaml
 
-from dwh_assets.warehouse.catalog import PRODUCT, Catalog, ViewSpec
-from dwh_assets.warehouse.catalog_model import marked
 from dwh_assets.warehouse.errors import DwhError
 
 # libyaml's safe loader where PyYAML was built with it (about 10x faster: the code location
@@ -79,6 +77,8 @@ class Chart:
     name: str
     viz_type: str
     dataset_uuid: str
+    description: str | None = None
+    params: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -113,20 +113,6 @@ class Bundle:
 
     def dashboard_charts(self, dashboard: Dashboard) -> list[Chart]:
         return [self.charts[u] for u in dashboard.chart_uuids]
-
-
-def describe_dataset(data: dict, catalog: Catalog = PRODUCT) -> dict:
-    """A dataset file with its relation's and columns' descriptions from the catalog.
-
-    The repository's files leave them out (``description: null``): the import adds them, the
-    export drops them again, so a description lives in the catalog only.
-    """
-    relation = catalog.relation(f"{data.get('schema')}.{data.get('table_name')}")
-    personal = catalog.personal_columns(relation.relation)
-    comments = {c.name: marked(c.comment, c.name in personal) for c in relation.columns}
-    described = dict(data, description=relation.description if isinstance(relation, ViewSpec) else relation.comment)
-    described["columns"] = [dict(col, description=comments.get(col.get("column_name"))) for col in data.get("columns") or []]
-    return described
 
 
 def _read(root: Path, path: Path) -> dict:
@@ -198,7 +184,9 @@ def load_bundle(root: Path | None = None) -> Bundle:
             bundle.datasets[u] = Dataset(path, u, data.get("schema"), str(data["table_name"]),
                                          str(data["database_uuid"]), data.get("sql"))
         elif kind == "charts":
-            bundle.charts[u] = Chart(path, u, str(data["slice_name"]), str(data["viz_type"]), str(data["dataset_uuid"]))
+            params = data.get("params") if isinstance(data.get("params"), dict) else {}
+            bundle.charts[u] = Chart(path, u, str(data["slice_name"]), str(data["viz_type"]), str(data["dataset_uuid"]),
+                                     data.get("description"), params)
         else:
             bundle.dashboards[u] = Dashboard(path, u, str(data["dashboard_title"]), data.get("slug"),
                                              data.get("description"), _position_charts(rel, data["position"]))

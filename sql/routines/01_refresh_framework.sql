@@ -24,6 +24,16 @@ BEGIN
 END
 $$;
 
+-- The first UTC day a fact's retention keeps (pg_partman drops older partitions); NULL: all.
+CREATE OR REPLACE FUNCTION dwh.retention_start(p_table text)
+RETURNS date
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT (now() AT TIME ZONE 'UTC')::date - retention::interval
+    FROM partman.part_config WHERE parent_table = 'dwh.' || p_table
+$$;
+
 -- Facts: [p_start, p_end) must be non-empty, not in the future, not older than retention.
 CREATE OR REPLACE FUNCTION dwh.check_window(p_table text, p_start timestamptz, p_end timestamptz)
 RETURNS void
@@ -46,7 +56,7 @@ BEGIN
             USING HINT = format('The latest refreshable window ends at %s (end of today, UTC).', v_latest);
     END IF;
     SELECT retention::interval INTO v_retention FROM partman.part_config WHERE parent_table = 'dwh.' || p_table;
-    IF v_retention IS NOT NULL AND p_start < v_latest - v_retention - interval '1 day' THEN
+    IF p_start < dwh.retention_start(p_table)::timestamp AT TIME ZONE 'UTC' THEN
         RAISE EXCEPTION 'dwh.refresh_%: window [%, %) starts before the retention of % (%)', p_table, p_start, p_end, p_table, v_retention
             USING HINT = 'Older partitions are dropped by pg_partman; raise retention_days in the catalog to keep more.';
     END IF;

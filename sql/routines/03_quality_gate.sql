@@ -44,6 +44,7 @@ DECLARE
     v_result jsonb;
     v_checked int := 0;
     v_failures text[] := '{}';
+    v_earlier text;
 BEGIN
     FOR v_gate IN SELECT check_name, query FROM dwh.quality_gates WHERE copy = p_log.table_name ORDER BY check_name LOOP
         EXECUTE format('SELECT to_jsonb(q) FROM (%s) q', v_gate.query) INTO v_result
@@ -57,10 +58,17 @@ BEGIN
     IF v_checked = 0 THEN
         RETURN true;
     END IF;
+    -- The refreshes of one transaction (a scheduled refresh's late days, then its window) are
+    -- judged together: a passing one does not release what an earlier one of them failed.
+    SELECT reason INTO v_earlier FROM dwh.copy_gate WHERE copy = p_log.table_name AND checked_at = now() AND NOT passed;
+    IF v_earlier IS NOT NULL AND cardinality(v_failures) = 0 THEN
+        RETURN true;
+    END IF;
     INSERT INTO dwh.copy_gate AS g (copy, passed, reason, refresh_log_id, checked_at)
     VALUES (p_log.table_name, cardinality(v_failures) = 0,
             CASE WHEN cardinality(v_failures) > 0
-                 THEN array_to_string(v_failures, '; ') || format(' on refresh %s at %s', p_log.id, p_log.finished_at) END,
+                 THEN concat_ws('; ', v_earlier, array_to_string(v_failures, '; ')
+                                || format(' on refresh %s at %s', p_log.id, p_log.finished_at)) END,
             p_log.id, now())
     ON CONFLICT (copy) DO UPDATE SET passed = excluded.passed, reason = excluded.reason,
                                      refresh_log_id = excluded.refresh_log_id, checked_at = excluded.checked_at;

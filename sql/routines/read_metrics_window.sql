@@ -168,3 +168,93 @@ BEGIN
     RETURN v_rows;
 END
 $$;
+
+-- ----- per-day sample counts, for the daily reconciliation ----------------------------------
+
+-- The reader backend's per-day counts of [p_first, p_end): a temporary foreign table whose
+-- program asks Prometheus for count(<metric>) at every step (one series per request) and sums
+-- it per UTC day (rows: metric_name, day, samples); returns its name. Used in the warehouse
+-- and on the relay (dwh.relay_metric_day_counts).
+CREATE OR REPLACE FUNCTION dwh.reader_metric_day_counts_table(p_first date, p_end date, p_step int, p_metrics text[])
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+DECLARE
+    v_ft text := 'prometheus_days_' || pg_backend_pid() || '_' || txid_current() || '_' || floor(random() * 1e9)::bigint;
+    v_args text[] := ARRAY['prometheus-days', '--start', extract(epoch FROM p_first::timestamptz)::bigint::text,
+                           '--end', extract(epoch FROM p_end::timestamptz)::bigint::text, '--step', p_step::text];
+BEGIN
+    SELECT v_args || array_agg(x) FROM (SELECT unnest(ARRAY['--metric', m]) x FROM unnest(p_metrics) m) s INTO v_args;
+    EXECUTE format('CREATE FOREIGN TABLE pg_temp.%I (metric_name text, day date, samples bigint) '
+                   'SERVER dwh_reader OPTIONS (program %L, format %L, encoding %L)',
+                   v_ft, dwh.reader_command(v_args), 'csv', 'UTF8');
+    RETURN v_ft;
+END
+$$;
+
+-- On the relay: the per-day counts for a warehouse that calls through dblink.
+CREATE OR REPLACE FUNCTION dwh.relay_metric_day_counts(p_first date, p_end date, p_step int, p_metrics text[])
+RETURNS TABLE (metric_name text, day date, samples bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ft text := dwh.reader_metric_day_counts_table(p_first, p_end, p_step, p_metrics);
+    v_message text;
+    v_detail text;
+BEGIN
+    BEGIN
+        RETURN QUERY EXECUTE format('SELECT * FROM pg_temp.%I', v_ft);
+    EXCEPTION WHEN external_routine_exception THEN
+        GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+        PERFORM dwh.raise_source_failure('metrics', 'Prometheus (through the relay)', v_message, v_detail);
+    END;
+    EXECUTE format('DROP FOREIGN TABLE pg_temp.%I', v_ft);
+END
+$$;
+
+-- Samples per UTC day of [p_first, p_end) (whole days) that a refresh of the configured
+-- metrics would copy, as Prometheus counts them: a few requests and one row per day, however
+-- many series. The tembo backend cannot ask prometheus_fdw for count(), so it says so.
+CREATE OR REPLACE FUNCTION dwh.read_metric_day_counts(p_first date, p_end date)
+RETURNS TABLE (day date, samples bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_backend text := dwh.setting('backend.prometheus', 'reader');
+    v_step int := dwh.setting('metrics.step_seconds', '3600')::int;
+    v_metrics text[] := string_to_array(dwh.setting('metrics.names'), ',');
+    v_ft text;
+    v_message text;
+    v_detail text;
+BEGIN
+    IF p_first >= p_end THEN
+        RETURN;
+    END IF;
+    IF v_backend = 'reader' THEN
+        v_ft := dwh.reader_metric_day_counts_table(p_first, p_end, v_step, v_metrics);
+        BEGIN
+            RETURN QUERY EXECUTE format('SELECT day, sum(samples)::bigint FROM pg_temp.%I GROUP BY 1', v_ft);
+        EXCEPTION WHEN external_routine_exception THEN
+            GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+            PERFORM dwh.raise_source_failure('metrics', 'Prometheus', v_message, v_detail);
+        END;
+        EXECUTE format('DROP FOREIGN TABLE pg_temp.%I', v_ft);
+    ELSIF v_backend = 'relay' THEN
+        RETURN QUERY
+        SELECT r.day, sum(r.samples)::bigint
+        FROM public.dblink('dwh_relay', format('SELECT * FROM dwh.relay_metric_day_counts(%L, %L, %s, %L)',
+                                               p_first, p_end, v_step, v_metrics))
+            AS r(metric_name text, day date, samples bigint)
+        GROUP BY 1;
+    ELSE
+        RAISE EXCEPTION 'dwh.read_metric_day_counts: the % backend cannot count samples per day', v_backend
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'prometheus_fdw passes no PromQL function; the daily reconciliation of dwh.metrics needs the reader or relay backend.';
+    END IF;
+END
+$$;

@@ -1,9 +1,15 @@
 -- mart.daily_signups_days for the UTC days of [p_start, p_end), from dwh.users; the running
 -- total is computed at read time by the view mart.daily_signups.
--- The mart people read: the stored days with the running total of users, computed at read time.
+-- The mart people read: every UTC day from the first sign-up through today (a day without one:
+-- zeros, so that charts run to today), with the running total of users, computed at read time.
 CREATE OR REPLACE VIEW mart.daily_signups AS
-SELECT day, signups, with_email, sum(signups) OVER (ORDER BY day)::bigint AS total_users
-FROM mart.daily_signups_days;
+SELECT d.day::date AS day,
+       coalesce(s.signups, 0)::bigint AS signups,
+       coalesce(s.with_email, 0)::bigint AS with_email,
+       sum(coalesce(s.signups, 0)) OVER (ORDER BY d.day)::bigint AS total_users
+FROM generate_series((SELECT min(day) FROM mart.daily_signups_days), (now() AT TIME ZONE 'UTC')::date,
+                     interval '1 day') AS d(day)
+LEFT JOIN mart.daily_signups_days s ON s.day = d.day::date;
 
 CREATE OR REPLACE FUNCTION dwh.refresh_mart_daily_signups(p_start timestamptz, p_end timestamptz)
 RETURNS dwh.refresh_log

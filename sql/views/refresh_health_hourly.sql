@@ -1,7 +1,9 @@
--- Warehouse health per table and hour: committed refreshes (dwh.refresh_log: pg_cron's and
--- Dagster's alike) with rows, durations and lock waits, and failed pg_cron runs. The last 48
--- hours are a full grid (every refreshed table x every hour, zeros where nothing ran), so an
--- hourly chart shows quiet hours as quiet instead of leaving them out.
+-- Warehouse health per table and hour: committed refreshes that replaced data (dwh.refresh_log:
+-- pg_cron's and Dagster's alike) with rows, durations and lock waits, and failed pg_cron runs.
+-- A mart's pg_cron job that found no day to refresh logs a run of no window (it proves the mart
+-- current, see mart.refresh_latest) but refreshed nothing: it is not counted. The last 48 hours
+-- are a full grid (every refreshed table x every hour, zeros where nothing ran), so an hourly
+-- chart shows quiet hours as quiet instead of leaving them out.
 CREATE OR REPLACE VIEW mart.refresh_health_hourly AS
 WITH refreshes AS (
     SELECT date_trunc('hour', finished_at) AS hour,
@@ -14,13 +16,16 @@ WITH refreshes AS (
            sum(lock_wait_ms) AS lock_wait_ms,
            count(*) FILTER (WHERE lock_wait_ms > 0) AS refreshes_that_waited
     FROM dwh.refresh_log
+    WHERE window_start IS NOT NULL OR snapshot_day IS NOT NULL
     GROUP BY 1, 2
 ),
+-- Every job's failures, the maintenance jobs' too (under their own names, in hours they failed).
 failures AS (
     SELECT hour, table_name, sum(failed) AS failures
     FROM mart.cron_job_runs
-    WHERE runid IS NOT NULL AND jobname IN (SELECT jobname FROM dwh.refresh_jobs)
+    WHERE runid IS NOT NULL
     GROUP BY 1, 2
+    HAVING sum(failed) > 0 OR table_name IN (SELECT table_name FROM dwh.refresh_jobs)
 ),
 grid AS (
     SELECT h AS hour, t.table_name

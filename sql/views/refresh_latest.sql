@@ -1,5 +1,6 @@
--- Warehouse health: what is late? The last committed refresh of each table, its age, and
--- the failed pg_cron runs of the last 24 hours.
+-- Warehouse health: what is late? When each table was last known current (its last committed
+-- refresh; for a mart also a run of its pg_cron job that found no day to refresh), its age, the
+-- refreshes of the last 24 hours that replaced data, and the failed pg_cron runs of 24 hours.
 CREATE OR REPLACE VIEW mart.refresh_latest AS
 SELECT table_name,
        max(last_refresh) AS last_refresh,
@@ -8,7 +9,8 @@ SELECT table_name,
        coalesce(sum(failures_24h), 0)::bigint AS failures_24h
 FROM (
     SELECT table_name, max(finished_at) AS last_refresh,
-           count(*) FILTER (WHERE finished_at > now() - interval '24 hours') AS refreshes_24h,
+           count(*) FILTER (WHERE finished_at > now() - interval '24 hours'
+                              AND (window_start IS NOT NULL OR snapshot_day IS NOT NULL)) AS refreshes_24h,
            0 AS failures_24h
     FROM dwh.refresh_log
     GROUP BY 1

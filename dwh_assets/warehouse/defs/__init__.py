@@ -29,7 +29,15 @@ from dwh_assets.warehouse.defs.assets import (  # noqa: E402
     source_specs,
 )
 from dwh_assets.warehouse.defs.alert_sensor import AlertWebhookResource, build_alert_sensor  # noqa: E402
-from dwh_assets.warehouse.defs.checks import FRESHNESS, PG_CRON_HEALTH, checks_of, freshness_checks, health_checks  # noqa: E402
+from dwh_assets.warehouse.defs.checks import (  # noqa: E402
+    FRESHNESS,
+    PG_CRON_HEALTH,
+    checks_of,
+    freshness_checks,
+    health_checks,
+    reconciliation_asset_checks,
+    reconciliation_checks,
+)
 from dwh_assets.warehouse.defs.cron_sensor import JobTarget, build_cron_sensor  # noqa: E402
 from dwh_assets.warehouse.defs.dashboard_assets import bookkeeping_specs, dashboard_specs, view_specs  # noqa: E402
 from dwh_assets.warehouse.defs.metadata import key_of, relation_of  # noqa: E402
@@ -46,15 +54,23 @@ from dwh_assets.warehouse.defs.settings import CodeLocationSettings  # noqa: E40
 
 def cron_targets(entries: catalog.Catalog = catalog.PRODUCT) -> dict[str, JobTarget]:
     """pg_cron job name -> what its runs materialise and the refresh_log rows they write."""
-    return {entry.cron_job_name: JobTarget(key_of(entry.relation), entry.log_table, "window" if entry.daily else None,
-                                           entry)
-            for entry in entries.refreshed()}
+    targets = {entry.cron_job_name: JobTarget(key_of(entry.relation), entry.log_table, "window" if entry.daily else None,
+                                              entry)
+               for entry in entries.refreshed()}
+    reconciliation = entries.reconciliation
+    if reconciliation is not None and entries.reconciled():
+        targets[reconciliation.cron_job_name] = JobTarget(key_of(reconciliation.relation), reconciliation.log_table,
+                                                          None, reconciliation)
+    return targets
 
 
 def check_keys(entries: catalog.Catalog = catalog.PRODUCT) -> list[dg.AssetCheckKey]:
-    """Every check the code location defines: each entry's data checks, its pg_cron health and freshness."""
-    return [dg.AssetCheckKey(key_of(entry.relation), name) for entry in entries.refreshed()
-            for name in (*(c.name for c in checks_of(entry)), PG_CRON_HEALTH, FRESHNESS)]
+    """Every check the code location defines: each entry's data checks and freshness, each pg_cron
+    job's health (the reconciliation's too) and what the reconciliation found per fact."""
+    keys = [dg.AssetCheckKey(key_of(entry.relation), name) for entry in entries.refreshed()
+            for name in (*(c.name for c in checks_of(entry)), FRESHNESS)]
+    keys += [dg.AssetCheckKey(target.asset_key, PG_CRON_HEALTH) for target in cron_targets(entries).values()]
+    return keys + [dg.AssetCheckKey(check.asset, check.name) for check in reconciliation_checks(entries)]
 
 
 def alerting(settings: CodeLocationSettings, entries: catalog.Catalog) -> dict:
@@ -86,7 +102,7 @@ def build_definitions(settings: CodeLocationSettings, entries: catalog.Catalog =
                 *side_specs(entries), *copy_assets(entries, partitions),
                 *mart_assets(entries, partitions)],
         asset_checks=[*health_checks({name: target.asset_key for name, target in targets.items()}),
-                      *freshness_checks(entries)],
+                      *freshness_checks(entries), *reconciliation_asset_checks(entries)],
         jobs=[job],
         schedules=[nightly_schedule(job, settings.history_start, settings.nightly_days, settings.nightly_cron)],
         sensors=[build_cron_sensor(targets, partitions, minimum_interval_seconds=settings.sensor_interval_seconds),

@@ -95,6 +95,18 @@ def side_specs(entries: Catalog) -> list[dg.AssetSpec]:
                                                       schema=md.catalog_schema(table, entries.personal_columns(relation)))
                 | md.lineage_metadata(lineage),
             ))
+    reconciliation = entries.reconciliation
+    if reconciliation is not None and entries.reconciled():
+        routine_file = entries.sql_path(reconciliation.routine_file)
+        specs.append(dg.AssetSpec(
+            key=key_of(reconciliation.relation), deps=[key_of(spec.local_table) for spec in entries.reconciled()],
+            description=f"{reconciliation.description}{_automation_text(reconciliation.cron_job_name, reconciliation.schedule)}",
+            group_name=catalog.Group.WAREHOUSE.value, kinds={"postgres", "table"}, owners=list(catalog.OWNERS),
+            tags=_tags("bookkeeping"), code_version=sql_files.code_version(routine_file),
+            metadata=md.table_definition_metadata(reconciliation.relation, reconciliation.routine, routine_file,
+                                                  reconciliation.cron_job_name, reconciliation.schedule,
+                                                  md.catalog_schema(reconciliation.table)),
+        ))
     return specs
 
 

@@ -182,7 +182,62 @@ def mart_checks(mart: catalog.MartSpec) -> list[RefreshCheck]:
         RefreshCheck(key_of(mart.relation), held.name, held.description, _window_query(held))]
 
 
-def checks_of(entry: catalog.TableSpec | catalog.MartSpec) -> list[RefreshCheck]:
+# ----- the daily reconciliation ---------------------------------------------------------------
+
+MATCHES_SOURCE = "matches_source_by_day"
+LATEST_RECONCILIATION = ("SELECT * FROM dwh.reconciliation WHERE table_name = %(table)s AND finished_at <= %(until)s "
+                         "ORDER BY finished_at DESC, id DESC LIMIT 1")
+
+
+def _reconciled(spec: catalog.TableSpec) -> Evaluate:
+    """The reconciliation of ``spec`` by the run that logged ``log`` (or, on demand, the latest): no day
+    of the kept history differed from the source, nor was one replaced to match it."""
+    def evaluate(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
+        row = conn.execute(LATEST_RECONCILIATION, {"table": spec.name, "until": log["finished_at"]}).fetchone()
+        if row is None:
+            return False, {"reason": f"{spec.local_table} has not been reconciled yet"}
+        days = {"reconciled_at": row["finished_at"].isoformat(), "days_compared": int(row["days_compared"]),
+                "first_day": str(row["first_day"]), "end_day": str(row["end_day"]),
+                "source_rows": int(row["source_rows"] or 0), "copy_rows": int(row["copy_rows"] or 0),
+                "differing_days": len(row["differing_days"]), "repaired_days": len(row["repaired_days"]),
+                "repaired": ", ".join(map(str, row["repaired_days"]))[:1000] or "none",
+                "kept_not_at_source": ", ".join(map(str, row["kept_days"]))[:1000] or "none"}
+        if row["error"]:
+            return False, days | {"error": row["error"][:1000]}
+        return not row["repaired_days"], days
+
+    return evaluate
+
+
+def reconciliation_checks(entries: catalog.Catalog = catalog.PRODUCT) -> list[RefreshCheck]:
+    """Per reconciled fact: what the daily reconciliation found (reported with its pg_cron run)."""
+    return [RefreshCheck(key_of(spec.local_table), MATCHES_SOURCE,
+                         f"The daily reconciliation found every kept day of {spec.local_table} equal to "
+                         f"{spec.sources[0]} (row count per day) and had to replace none; a replaced day means "
+                         "rows reached the source that the scheduled refresh's watermark did not see.",
+                         _reconciled(spec)) for spec in entries.reconciled()]
+
+
+def _on_demand(check: RefreshCheck) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=check.asset, name=check.name, description=check.description)
+    def latest_reconciliation(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.connect() as conn:
+            now = conn.execute("SELECT now() AS now").fetchone()["now"]
+            passed, metadata = check.run(conn, {"finished_at": now})
+        return dg.AssetCheckResult(passed=passed, severity=check.severity, metadata=metadata)
+
+    return latest_reconciliation
+
+
+def reconciliation_asset_checks(entries: catalog.Catalog = catalog.PRODUCT) -> list[dg.AssetChecksDefinition]:
+    """The same checks, on demand: the latest reconciliation of each fact."""
+    return [_on_demand(check) for check in reconciliation_checks(entries)]
+
+
+def checks_of(entry: catalog.TableSpec | catalog.MartSpec | catalog.Reconciliation,
+              entries: catalog.Catalog = catalog.PRODUCT) -> list[RefreshCheck]:
+    if isinstance(entry, catalog.Reconciliation):
+        return reconciliation_checks(entries)
     return refresh_checks(entry) if isinstance(entry, catalog.TableSpec) else mart_checks(entry)
 
 

@@ -5,11 +5,13 @@ Each tick reads the runs of the project's pg_cron jobs that are new since the cu
 judges every run once it has ended (docs/architecture.md, "pg_cron facts"):
 
 - ``succeeded`` and its worker gone from ``pg_stat_activity`` (pg_cron 1.4 writes
-  ``succeeded`` *before* the worker commits): the ``dwh.refresh_log`` row with the run's
-  pid and a start inside the run is the proof of a committed refresh -> an
+  ``succeeded`` *before* the worker commits): a ``dwh.refresh_log`` row of the job's table
+  with the run's pid and a start inside the run is the proof of a committed refresh -> an
   ``AssetMaterialization`` per partition it touched (facts, marts) or of the table
   (dimensions, with their snapshot), with the table metadata a Dagster run records, and
-  the refresh's data checks as ``AssetCheckEvaluation``s (``defs.checks``), in the same tick;
+  the refresh's data checks as ``AssetCheckEvaluation``s (``defs.checks``), in the same tick.
+  A run may commit several refreshes (a fact's scheduled refresh replaces late days besides
+  its window, the reconciliation the days that differed): each is reported the same way;
   a mart job that found no queued day logs a refresh of no window: a passed health check only;
   no such row -> failed check "succeeded but committed no refresh";
 - ``failed`` -> failed check with pg_cron's message (a server restart says so);
@@ -112,7 +114,7 @@ class JobTarget:
     asset_key: dg.AssetKey
     log_table: str  # dwh.refresh_log.table_name its routine writes
     partitioned: str | None  # "window" (facts, marts: a partition per day) or None (dimensions)
-    spec: catalog.TableSpec | catalog.MartSpec | None = None
+    spec: catalog.TableSpec | catalog.MartSpec | catalog.Reconciliation | None = None
 
 
 @dataclass
@@ -158,8 +160,21 @@ class CronRunJudge:
             metadata={"job": job, "runid": int(run["runid"]), "status": run["status"]},
         )
 
-    def materializations(self, job: str, run: dict[str, Any], log: dict[str, Any]) -> list[dg.AssetMaterialization]:
+    def committed(self, job: str, logs: list[dict[str, Any]]) -> bool:
+        """Whether the run's refreshes include one of its job's own table: the proof it committed."""
+        return any(log["table_name"] == self.targets[job].log_table for log in logs)
+
+    def target_of(self, job: str, log: dict[str, Any]) -> JobTarget | None:
+        """What a refresh of the run materialises: the job's own table, or another refresh it ran."""
         target = self.targets[job]
+        if log["table_name"] == target.log_table:
+            return target
+        return next((t for t in self.targets.values() if t.log_table == log["table_name"]), None)
+
+    def materializations(self, job: str, run: dict[str, Any], log: dict[str, Any]) -> list[dg.AssetMaterialization]:
+        target = self.target_of(job, log)
+        if target is None:
+            return []
         meta = refresh_metadata(log) | {"pg_cron_runid": dg.MetadataValue.int(int(run["runid"])),
                                         "pg_cron_job": dg.MetadataValue.text(job)}
         partitions: list[str | None] = [None]
@@ -172,18 +187,18 @@ class CronRunJudge:
                                         description=f"refreshed by pg_cron job {job} (run {run['runid']})")
                 for p in partitions]
 
-    def judge(self, run: dict[str, Any], now: dt.datetime, pid_alive: bool, log: dict[str, Any] | None,
+    def judge(self, run: dict[str, Any], now: dt.datetime, pid_alive: bool, logs: list[dict[str, Any]],
               cursor: CronCursor) -> tuple[list, bool]:
-        """Events for one run and whether it stays open for a later tick."""
+        """Events for one run (``logs``: the refreshes it committed) and whether it stays open for a later tick."""
         job, status, runid = run["jobname"], run["status"], int(run["runid"])
         if status == "succeeded":
             ended = run["end_time"] or now
             if pid_alive and now - ended < self.commit_grace:
                 return [], True  # the worker has not committed yet
-            if log is None:
+            if not self.committed(job, logs):
                 return [self._failed(job, "pg_cron logged the run succeeded but it committed no refresh "
                                           "(no dwh.refresh_log row from its backend): the refresh rolled back", run)], False
-            return [*self.materializations(job, run, log), self._passed(job, run)], False
+            return [*(m for log in logs for m in self.materializations(job, run, log)), self._passed(job, run)], False
 
         if status == "failed":
             message = (run["return_message"] or "no message").strip()
@@ -222,7 +237,8 @@ class CronRunJudge:
     def freshness(self, conn: psycopg.Connection, jobs: list[dict[str, Any]], cursor: CronCursor,
                   now: dt.datetime) -> list[dg.AssetCheckEvaluation]:
         """Each target's freshness from its job's live schedule; reported when the verdict changes."""
-        specs = {job: target.spec for job, target in self.targets.items() if target.spec is not None}
+        specs = {job: target.spec for job, target in self.targets.items()
+                 if isinstance(target.spec, (catalog.TableSpec, catalog.MartSpec))}  # the reconciliation has none
         rows = {job["jobname"]: job for job in jobs}
         last = last_refreshes(conn, sorted({spec.log_table for spec in specs.values()}))
         events = []
@@ -289,13 +305,13 @@ def evaluate_cron_runs(warehouse: WarehouseResource, judge: CronRunJudge, raw_cu
         still_open: list[int] = []
         for run in runs:
             name = run["jobname"]
-            log = _matching_log(run, judge.targets[name].log_table, logs, now)
-            events, keep = judge.judge(run, now, int(run["job_pid"] or 0) in alive, log, cursor)
+            run_logs = _matching_logs(run, logs, now)
+            events, keep = judge.judge(run, now, int(run["job_pid"] or 0) in alive, run_logs, cursor)
             report.events += events
             if keep:
                 still_open.append(int(run["runid"]))
-            elif log is not None and run["status"] == "succeeded":
-                report.committed.append((name, run, log))
+            elif run["status"] == "succeeded" and judge.committed(name, run_logs):
+                report.committed += [(name, run, log) for log in run_logs if judge.target_of(name, log) is not None]
         schedules = {row["jobname"]: row["schedule"] for row in job_rows}
         report.events = _with_table_reports(conn, judge, report, schedules)
     cursor.open_runs = still_open
@@ -315,31 +331,28 @@ def _with_table_reports(conn: psycopg.Connection, judge: CronRunJudge, report: T
     run records (column schema and lineage, row count, the snapshot or series it also wrote), and
     its data checks evaluated now, in the same tick."""
     checks = {t.log_table: checks_of(t.spec) for t in judge.targets.values() if t.spec is not None}
-    by_run = {int(run["runid"]): (job, log) for job, run, log in report.committed}
-    tables: dict[int, tuple[dict[str, Any], dict | None]] = {}  # per run: its table metadata, its window's rows by day
+    by_log = {int(log["id"]): (job, log) for job, _run, log in report.committed}
+    tables: dict[int, tuple[dict[str, Any], dict | None]] = {}  # per refresh: its table metadata, its window's rows by day
     events: list = []
     for event in report.events:
         if not isinstance(event, dg.AssetMaterialization):
             events.append(event)
             continue
-        runid = int(event.metadata["pg_cron_runid"].value)
-        job, log = by_run[runid]
-        if runid not in tables:
-            tables[runid] = _table_report(conn, judge.targets[job].spec, log)
-        table, days = tables[runid]
+        log_id = int(event.metadata["refresh_log_id"].value)
+        job, log = by_log[log_id]
+        if log_id not in tables:
+            tables[log_id] = _table_report(conn, judge.target_of(job, log).spec, log)
+        table, days = tables[log_id]
         extra = {"pg_cron_schedule": schedules.get(job, "")} if job in schedules else {}
         events.append(dg.AssetMaterialization(asset_key=event.asset_key, partition=event.partition,
                                               description=event.description,
                                               metadata={**event.metadata, **table, **extra,
                                                         **assets.window_metadata(days, event.partition)}))
-    reported: set[int] = set()
     for job, run, log in report.committed:
-        spec = judge.targets[job].spec
-        if spec is None or log.get("window_start") is None and judge.targets[job].partitioned == "window":
+        target = judge.target_of(job, log)
+        spec = target.spec
+        if spec is None or log.get("window_start") is None and target.partitioned == "window":
             continue  # nothing refreshed (a mart job with nothing it may refresh): no data to check
-        if int(run["runid"]) in reported:
-            continue
-        reported.add(int(run["runid"]))
         extra = {"pg_cron_runid": int(run["runid"]), "pg_cron_job": job}
         if isinstance(spec, catalog.TableSpec):
             events += assets.side_materializations(conn, spec, log, extra)
@@ -350,7 +363,7 @@ def _with_table_reports(conn: psycopg.Connection, judge: CronRunJudge, report: T
 
 def _held_days(conn: psycopg.Connection, judge: CronRunJudge, report: TickReport) -> list[dg.AssetCheckEvaluation]:
     """``no_days_held`` of every mart whose job ran or whose copies were refreshed this tick, once each."""
-    refreshed = {judge.targets[job].spec for job, _run, _log in report.committed}
+    refreshed = {judge.target_of(job, log).spec for job, _run, log in report.committed}
     marts = [spec for spec in (t.spec for t in judge.targets.values()) if isinstance(spec, catalog.MartSpec)
              and (spec in refreshed or any(isinstance(r, catalog.TableSpec) and r.name in spec.stale_when
                                            for r in refreshed))]
@@ -370,9 +383,9 @@ def remember_jobs(cursor: CronCursor, job_rows: list[dict[str, Any]], now: dt.da
     cursor.jobid = max([*(int(job["jobid"]) for job in job_rows), *([cursor.jobid] if cursor.jobid else [])])
 
 
-def _table_report(conn: psycopg.Connection, spec: catalog.TableSpec | catalog.MartSpec | None,
+def _table_report(conn: psycopg.Connection, spec: catalog.TableSpec | catalog.MartSpec | catalog.Reconciliation | None,
                   log: dict[str, Any]) -> tuple[dict[str, Any], dict | None]:
-    """What a Dagster run of the same refresh records, once per pg_cron run however many partitions it touched."""
+    """What a Dagster run of the same refresh records, once per refresh however many partitions it touched."""
     if isinstance(spec, catalog.TableSpec):
         return assets.copy_materialization(conn, spec, log), assets.window_rows(conn, spec, log)
     if isinstance(spec, catalog.MartSpec):
@@ -380,15 +393,13 @@ def _table_report(conn: psycopg.Connection, spec: catalog.TableSpec | catalog.Ma
     return {}, None
 
 
-def _matching_log(run: dict[str, Any], table: str, logs: list[dict[str, Any]], now: dt.datetime) -> dict[str, Any] | None:
+def _matching_logs(run: dict[str, Any], logs: list[dict[str, Any]], now: dt.datetime) -> list[dict[str, Any]]:
+    """The refreshes a succeeded run committed: its backend's log rows that started inside it, in order."""
     if run["status"] != "succeeded" or not run["start_time"]:
-        return None
+        return []
     lo = run["start_time"] - dt.timedelta(seconds=1)
     hi = (run["end_time"] or now) + dt.timedelta(seconds=1)
-    for log in logs:
-        if log["backend_pid"] == run["job_pid"] and log["table_name"] == table and lo <= log["started_at"] <= hi:
-            return log
-    return None
+    return [log for log in logs if log["backend_pid"] == run["job_pid"] and lo <= log["started_at"] <= hi]
 
 
 def build_cron_sensor(targets: dict[str, JobTarget], partitions: dg.PartitionsDefinition, *,

@@ -170,10 +170,11 @@ CRON_TABLES = ("job", "job_run_details")
 def cron_history_ddl(cfg: DeploymentConfig, cron_database: str, passwords: dict[str, str]) -> SourceDDL:
     """pg_cron's tables in the warehouse, where pg_cron lives in another database (cron.database_name).
 
-    ``dwh.cron_job_runs()`` (the health dashboard's job history) runs as the loader login and
-    reads ``cron.job`` and ``cron.job_run_details``; here they are postgres_fdw tables of the
-    cron database, read with the loader's own login, so pg_cron's row-level security still
-    shows it its own jobs. ``passwords``: the owner's (it imports) and the loader's logins.
+    ``dwh.cron_job_runs()`` and ``dwh.cron_owner_job_runs()`` (the health dashboard's job
+    history) run as the loader and the owner login and read ``cron.job`` and
+    ``cron.job_run_details``; here they are postgres_fdw tables of the cron database, read with
+    each login's own credentials, so pg_cron's row-level security still shows each its own
+    jobs. ``passwords``: the owner's (it imports) and the loader's logins.
     """
     ddl = SourceDDL()
     ddl.add("DROP SERVER IF EXISTS {} CASCADE", sql.Identifier(CRON_SERVER))
@@ -181,11 +182,14 @@ def cron_history_ddl(cfg: DeploymentConfig, cron_database: str, passwords: dict[
         return ddl
     ddl.add("CREATE SCHEMA IF NOT EXISTS cron")
     ddl.add("COMMENT ON SCHEMA cron IS {}", sql.Literal(
-        f"pg_cron's tables of database {cron_database} (cron.database_name), through postgres_fdw, for dwh.cron_job_runs()."))
+        f"pg_cron's tables of database {cron_database} (cron.database_name), through postgres_fdw, for "
+        "dwh.cron_job_runs() and dwh.cron_owner_job_runs()."))
     ddl.add("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host {}, port {}, dbname {}, sslmode {})",
             sql.Identifier(CRON_SERVER), sql.Literal(cfg.warehouse.host), sql.Literal(str(cfg.warehouse.port)),
             sql.Literal(cron_database), sql.Literal(cfg.warehouse.sslmode))
-    for role, login in ((catalog.OWNER_GROUP, cfg.warehouse.owner.user), (cfg.warehouse.loader.user, cfg.warehouse.loader.user)):
+    # The owner imports; the definer functions read as the loader and the owner logins (each its own jobs).
+    owner, loader = cfg.warehouse.owner.user, cfg.warehouse.loader.user
+    for role, login in {catalog.OWNER_GROUP: owner, owner: owner, loader: loader}.items():
         ddl.add("CREATE USER MAPPING FOR {} SERVER {} OPTIONS (user {}, password {})", sql.Identifier(role),
                 sql.Identifier(CRON_SERVER), sql.Literal(login), sql.Literal(passwords[login]))
     ddl.add("IMPORT FOREIGN SCHEMA cron LIMIT TO ({}) FROM SERVER {} INTO cron",

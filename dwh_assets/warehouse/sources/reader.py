@@ -11,6 +11,7 @@ Usage::
     dwh_source_reader.py --config reader.json clerk users|organizations|organization_memberships
     dwh_source_reader.py --config reader.json prometheus --start EPOCH_S --end EPOCH_S --step S [--metric NAME ...]
     dwh_source_reader.py --config reader.json prometheus --last SECONDS --step S [--metric NAME ...]
+    dwh_source_reader.py --config reader.json prometheus-days --start EPOCH_S --end EPOCH_S --step S --metric NAME ...
     dwh_source_reader.py --config reader.json last-error --since EPOCH_S --exit-code N
     dwh_source_reader.py --config reader.json check [--clerk-key]
 
@@ -37,6 +38,9 @@ clerk_fdw / prometheus_fdw contracts):
   that no request asks for more than ``max_points_per_request`` points per series.
   NaN and +/-Inf are kept and written as ``NaN`` / ``Infinity`` / ``-Infinity``, which
   float8 accepts: they are real sample values, and dropping them would hide them.
+- prometheus-days: metric_name, day (ISO date), samples: for each metric and UTC day of a
+  window of whole days, how many samples ``prometheus`` would write at ``step`` (the
+  metric's ``count()`` at every step, summed per day), for the daily reconciliation.
 
 Failure is loud: any non-2xx after retries, malformed JSON, a missing required field or a
 wrong type exits non-zero with one line on stderr, and nothing on stdout. The exit code is
@@ -657,6 +661,33 @@ def read_prometheus(settings: dict, start: int, end: int, step: int, metrics: li
     return rows
 
 
+def read_prometheus_days(settings: dict, start: int, end: int, step: int, metrics: list) -> RowBuffer:
+    """Per metric and UTC day of ``[start, end)`` (whole days), the samples ``read_prometheus`` would
+    return at ``step``: Prometheus evaluates ``count(<metric>)`` at the same times with the same
+    lookback, so one series per request travels instead of every series' samples."""
+    if step < 1 or 86400 % step:
+        raise usage_error(f"--step must divide a day (86400 seconds), got {step}")
+    if start % 86400 or end % 86400 or end < start or start < 0:
+        raise usage_error(f"window [{start}, {end}) is not a window of whole UTC days")
+    source = HttpSource(settings["prometheus_url"], settings)
+    rows = RowBuffer()
+    for metric in metrics:
+        per_day: dict[int, int] = {}
+        for chunk_start, chunk_end in split_window(start, end, step, settings["max_points_per_request"]):
+            query = urllib.parse.urlencode({"query": f"count({metric})", "start": chunk_start, "end": chunk_end,
+                                            "step": step})
+            path = f"/api/v1/query_range?{query}"
+            for _name, _labels, values in _matrix_series(source.get_json(path), metric, path):
+                for sample in values:
+                    t, count = _sample(sample, path, chunk_start, chunk_end, step)
+                    if not count.is_integer() or count < 0:
+                        raise ReaderError(f"{path} returned a count of {count} at {t}")
+                    per_day[t // 86400] = per_day.get(t // 86400, 0) + int(count)
+        for day, samples in sorted(per_day.items()):
+            rows.add(None, [metric, time.strftime("%Y-%m-%d", time.gmtime(day * 86400)), samples])
+    return rows
+
+
 def _matrix_series(payload: object, metric: str, path: str) -> list[tuple[str, str, list]]:
     """(name, labels as canonical JSON, values) of each series of a query_range answer."""
     data = payload.get("data") if isinstance(payload, dict) else None
@@ -813,6 +844,11 @@ def parse_args(argv: list) -> argparse.Namespace:
     prom.add_argument("--metric", action="append", required=True, help="metric name (repeatable)")
     prom.add_argument("--series-rows", action="store_true",
                       help="compact rows for the metrics refresh: each label set once (kind s), then samples (kind v)")
+    days = sources.add_parser("prometheus-days", help="samples per metric and UTC day of [start, end) at --step")
+    days.add_argument("--start", type=int, required=True, help="epoch seconds of a UTC midnight, inclusive")
+    days.add_argument("--end", type=int, required=True, help="epoch seconds of a UTC midnight, exclusive")
+    days.add_argument("--step", type=int, required=True, help="seconds between evaluation times")
+    days.add_argument("--metric", action="append", required=True, help="metric name (repeatable)")
     last = sources.add_parser("last-error", help="the reason of this backend's last failed read, as one CSV field")
     last.add_argument("--since", type=float, required=True, help="epoch seconds: ignore older failures")
     last.add_argument("--exit-code", type=int, required=True, help="the exit code PostgreSQL reported")
@@ -852,6 +888,10 @@ def main(argv: list | None = None) -> int:
             where = "dwh reader: prometheus"
             metrics = [validate_metric_name(m) for m in args.metric]
             rows = read_prometheus(settings, args.start, args.end, args.step, metrics, args.series_rows)
+        elif args.source == "prometheus-days":
+            where = "dwh reader: prometheus-days"
+            metrics = [validate_metric_name(m) for m in args.metric]
+            rows = read_prometheus_days(settings, args.start, args.end, args.step, metrics)
         else:
             rows = take_last_error(settings, args.since, args.exit_code)
     except ReaderError as e:

@@ -5,8 +5,9 @@ installs no custom extension, so it cannot run the source reader that reads Cler
 Prometheus. The relay can: a Postgres the data team runs next to Dagster, whose database
 (``relay.database``) holds the reader backend's foreign tables (file_fdw + the reader, the
 same DDL as the warehouse's reader backend), ``dwh.relay_metrics_window`` for Prometheus
-windows, and, with ``control_plane.via_relay``, its own import of the control plane. It
-holds no data: every read runs through to the source when the warehouse asks.
+windows and ``dwh.relay_metric_day_counts`` for the daily reconciliation's counts, and, with
+``control_plane.via_relay``, its own import of the control plane. It holds no data: every
+read runs through to the source when the warehouse asks.
 
 The warehouse reads it as ``relay.user``: postgres_fdw imports the tables
 (``foreign_tables.relay_ddl``), and the metrics refresh passes its window with dblink
@@ -35,7 +36,10 @@ SCHEMAS = ("dwh", "src_clerk", "src_prometheus", "src_control_plane")
 # The warehouse's routine files the relay needs: settings and quoting, the reader's
 # failure sentences, the metrics window.
 ROUTINE_FILES = ("00_settings.sql", "00_source_failure.sql", "read_metrics_window.sql")
-WINDOW_FUNCTION = "dwh.relay_metrics_window(timestamptz, timestamptz, int, text[])"
+# What the warehouse calls through dblink: a Prometheus window, and the per-day sample counts
+# the daily reconciliation compares.
+RELAY_FUNCTIONS = ("dwh.relay_metrics_window(timestamptz, timestamptz, int, text[])",
+                   "dwh.relay_metric_day_counts(date, date, int, text[])")
 
 
 def connect_admin(cfg: DeploymentConfig) -> psycopg.Connection:
@@ -103,7 +107,7 @@ def _objects(conn: psycopg.Connection, cfg: DeploymentConfig) -> None:
 
 
 def _grants(conn: psycopg.Connection, cfg: DeploymentConfig) -> None:
-    """The relay login reads the sources and calls the window function, nothing else."""
+    """The relay login reads the sources and calls the Prometheus functions, nothing else."""
     login = _ident(cfg.relay.user)
     conn.execute(sql.SQL("REVOKE ALL ON ALL FUNCTIONS IN SCHEMA dwh FROM PUBLIC"))
     conn.execute(sql.SQL("REVOKE ALL ON dwh.settings FROM PUBLIC"))
@@ -113,7 +117,8 @@ def _grants(conn: psycopg.Connection, cfg: DeploymentConfig) -> None:
         conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(_ident(schema), login))
     if cfg.control_plane.via_relay:
         conn.execute(sql.SQL("GRANT SELECT ON dwh.control_plane_columns TO {}").format(login))
-    conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(WINDOW_FUNCTION), login))
+    for function in RELAY_FUNCTIONS:
+        conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(sql.SQL(function), login))
 
 
 def _check_reader(conn: psycopg.Connection, cfg: DeploymentConfig) -> None:

@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS pgmq.a_instance_events (
 -- The warehouse reads events by enqueued_at window (its partition key).
 CREATE INDEX IF NOT EXISTS a_instance_events_enqueued_at_idx
     ON pgmq.a_instance_events (enqueued_at);
+-- ... and looks up what was archived since its last refresh by archived_at (pgmq's own index).
+CREATE INDEX IF NOT EXISTS archived_at_idx_instance_events
+    ON pgmq.a_instance_events (archived_at);
 
 -- Read-only access for the warehouse, and nothing more.
 GRANT USAGE ON SCHEMA public, pgmq TO {reader};

@@ -1,4 +1,4 @@
--- depends: 0005.personal_data
+-- depends: 0009.arrival_watermarks
 -- The quality gate on pg_cron's path (sql/routines/03_quality_gate.sql) and the freshness
 -- expectations of the refresh jobs (sql/routines/04_freshness.sql, mart.refresh_freshness).
 
