@@ -275,43 +275,57 @@ def run(ctx: BenchContext) -> BenchResult:
             result.details["stacks"][days] = details | {"scale": stack.cfg.scale, **sizes(stack)}
         if len({s.cfg.scale for s in warehouses.values()}) != 1:
             raise BenchError(f"B6 compares one fleet size; the stacks have scales {[s.cfg.scale for s in warehouses.values()]}")
-        measure_hours(ctx, warehouses, result)
+        plan, runs, reconciliations, load = measure_hours(ctx, NAME, warehouses, lambda days: f"{days} days",
+                                                          reconcile=True)
+    result.details["plan"] = [f"{s.minute:02d} {s.label}" for s in plan]
+    result.details["runs"] = runs
+    result.details["reconciliations"] = reconciliations
+    result.details["load"] = load
+    result.rows, best = hour_rows(NAME, plan, runs, lambda days: f"{days} days of history")
+    result.rows += reconciliation_rows(runs, reconciliations)
+    short, long_ = HISTORIES
+    ratio = best[long_] / best[short]
+    result.goals = [Goal(NAME, f"the hour at {long_} days within {GOAL_RATIO}x of the hour at {short} days",
+                         f"{ratio:.2f}x ({best[long_]:.1f} s vs {best[short]:.1f} s)", ratio <= GOAL_RATIO)]
     return result
 
 
-def measure_hours(ctx: BenchContext, warehouses: dict[int, LocalStack], result: BenchResult) -> None:
+def measure_hours(ctx: BenchContext, bench: str, warehouses: dict, name, reconcile: bool = False):  # noqa: ANN001, ANN201
+    """The hour on each warehouse, alternating (a, b, a, b, ...) after one untimed warm-up hour
+    each; ``name(key)`` says which warehouse in progress lines. With ``reconcile``, the daily
+    reconciliation after each hour. The plan, each one's runs, its reconciliations, the load."""
     today = dt.datetime.now(UTC).date()
-    runs: dict[int, list[dict]] = {days: [] for days in warehouses}
-    reconciliations: dict[int, list[dict]] = {days: [] for days in warehouses}
-    result.details["load"] = []
-    plan = {days: hour_plan(stack.cfg, today) for days, stack in warehouses.items()}
-    result.details["plan"] = [f"{s.minute:02d} {s.label}" for s in plan[HISTORIES[0]]]
+    runs: dict[object, list[dict]] = {key: [] for key in warehouses}
+    reconciliations: dict[object, list[dict]] = {key: [] for key in warehouses}
+    load: list[dict] = []
+    plans = {key: hour_plan(stack.cfg, today) for key, stack in warehouses.items()}
+    if len({tuple(plan) for plan in plans.values()}) != 1:
+        raise BenchError(f"{bench}: the warehouses schedule different hours")
     for rnd in range(ctx.repeat + 1):  # round 0: warm-up, not timed
-        for days, stack in warehouses.items():
-            ctx.progress(f"B6: {'warm-up' if rnd == 0 else f'run {rnd}'}: the hour at {days} days ...")
+        for key, stack in warehouses.items():
+            ctx.progress(f"{bench}: {'warm-up' if rnd == 0 else f'run {rnd}'}: the hour at {name(key)} ...")
             cfg = stack.cfg
-            load = os.getloadavg()[0]
-            with tempfile.NamedTemporaryFile(prefix="b6-", suffix=".json") as breakdown:
+            load_before = os.getloadavg()[0]
+            with tempfile.NamedTemporaryFile(prefix="hour-", suffix=".json") as breakdown:
                 m = ctx.measure(STEP_TARGET, preload=("dagster", "dwh_assets.warehouse.defs.checks"),
                                 dsns={"loader": cfg.dsn(WAREHOUSE_DB, LOADER_ROLE),
                                       "owner": cfg.dsn(WAREHOUSE_DB, OWNER_ROLE)},
-                                steps=[s.__dict__ for s in plan[days]],
+                                steps=[s.__dict__ for s in plans[key]],
                                 history_start=cfg.history_start.isoformat(), breakdown=breakdown.name)
                 report = json.loads(Path(breakdown.name).read_text())
-            with tempfile.NamedTemporaryFile(prefix="b6-reconcile-", suffix=".json") as breakdown:
-                r = ctx.measure(RECONCILE_TARGET, dsn=cfg.dsn(WAREHOUSE_DB, LOADER_ROLE), breakdown=breakdown.name)
-                found = json.loads(Path(breakdown.name).read_text())
-            result.details["load"].append({"round": rnd, "days": days, "load_1m_before": round(load, 2),
-                                           "load_1m_after": round(os.getloadavg()[0], 2)})
+            if reconcile:
+                with tempfile.NamedTemporaryFile(prefix="reconcile-", suffix=".json") as breakdown:
+                    r = ctx.measure(RECONCILE_TARGET, dsn=cfg.dsn(WAREHOUSE_DB, LOADER_ROLE), breakdown=breakdown.name)
+                    found = json.loads(Path(breakdown.name).read_text())
+            load.append({"round": rnd, "warehouse": name(key), "load_1m_before": round(load_before, 2),
+                         "load_1m_after": round(os.getloadavg()[0], 2)})
             if rnd:
-                runs[days].append({"measurement": m.__dict__, **report})
-                reconciliations[days].append({"measurement": r.__dict__, "facts": found})
-            ctx.progress(f"B6: the hour at {days} days: {m.seconds:.1f} s; the reconciliation {r.seconds:.1f} s "
-                         f"(load {load:.1f})")
-    result.rows, result.goals = summarise(plan, runs)
-    result.rows += reconciliation_rows(runs, reconciliations)
-    result.details["runs"] = runs
-    result.details["reconciliations"] = reconciliations
+                runs[key].append({"measurement": m.__dict__, **report})
+                if reconcile:
+                    reconciliations[key].append({"measurement": r.__dict__, "facts": found})
+            done = f"{m.seconds:.1f} s" + (f"; the reconciliation {r.seconds:.1f} s" if reconcile else "")
+            ctx.progress(f"{bench}: the hour at {name(key)}: {done} (load {load_before:.1f})")
+    return next(iter(plans.values())), runs, reconciliations, load
 
 
 def _reconciled(run: dict) -> str:
@@ -380,19 +394,21 @@ def _kind_of(step: dict) -> str:
     return step["step"]
 
 
-def summarise(plan: dict[int, list[Step]], runs: dict[int, list[dict]]) -> tuple[list[Row], list[Goal]]:
+def hour_rows(bench: str, plan: list[Step], runs: dict[object, list[dict]], case) -> tuple[list[Row], dict[object, float]]:  # noqa: ANN001
+    """The table: each warehouse's fastest hour and its step kinds, each with its ratio to the
+    first warehouse's (``case(key)`` names a warehouse); and the fastest hour of each."""
     rows, best = [], {}
-    for days, measured in runs.items():
+    for key, measured in runs.items():
         fastest = min(measured, key=lambda r: r["measurement"]["seconds"])
-        best[days] = fastest
         m = fastest["measurement"]
-        row = Row(benchmark=NAME, case=f"{days} days of history", method="the whole hour", rows=m["rows"],
+        best[key] = m["seconds"]
+        row = Row(benchmark=bench, case=case(key), method="the whole hour", rows=m["rows"],
                   seconds=m["seconds"], client_peak_mb=round(m["client_peak_rss"] / 2**20, 1),
                   client_base_mb=round(m["client_base_rss"] / 2**20, 1),
                   server_peak_mb=None if m["server_peak_uss"] is None else round(m["server_peak_uss"] / 2**20, 1),
                   server_programs_peak_mb=None if m["server_programs_peak_rss"] is None
                   else round(m["server_programs_peak_rss"] / 2**20, 1),
-                  checksum=_work(plan[days], fastest), source_checksum=_expected(plan[days]),
+                  checksum=_work(plan, fastest), source_checksum=_expected(plan),
                   runs=[round(r["measurement"]["seconds"], 3) for r in measured])
         rows.append(row)
         kinds: dict[str, list[dict]] = {}
@@ -400,22 +416,15 @@ def summarise(plan: dict[int, list[Step]], runs: dict[int, list[dict]]) -> tuple
             kinds.setdefault(_kind_of(step), []).append(step)
         for kind, steps in kinds.items():
             not_passed = [s["step"].removeprefix("check ") for s in steps if s.get("passed") is False]
-            rows.append(Row(benchmark=NAME, case=f"{days} days of history", method=f"{kind} ({len(steps)}x)",
+            rows.append(Row(benchmark=bench, case=case(key), method=f"{kind} ({len(steps)}x)",
                             rows=0, seconds=sum(s["seconds"] for s in steps), client_peak_mb=row.client_peak_mb,
                             client_base_mb=row.client_base_mb, server_peak_mb=None, server_programs_peak_mb=None,
                             checksum=row.checksum, source_checksum=row.source_checksum,
                             note=f"not passed: {', '.join(not_passed)}" if not_passed else ""))
-    short, long_ = HISTORIES
-    if short in best and long_ in best:
-        by_method = {(r.case, r.method): r for r in rows}
-        for r in rows:
-            if r.case.startswith(f"{long_} "):
-                base = by_method.get((f"{short} days of history", r.method))
-                if base is not None and base.seconds > 0:
-                    r.ratio, r.ratio_to = r.seconds / base.seconds, f"{short}-day time"
-        ratio = best[long_]["measurement"]["seconds"] / best[short]["measurement"]["seconds"]
-        goal = Goal(NAME, f"the hour at {long_} days within {GOAL_RATIO}x of the hour at {short} days",
-                    f"{ratio:.2f}x ({best[long_]['measurement']['seconds']:.1f} s vs "
-                    f"{best[short]['measurement']['seconds']:.1f} s)", ratio <= GOAL_RATIO)
-        return rows, [goal]
-    return rows, []
+    base = next(iter(runs))
+    by_method = {(r.case, r.method): r for r in rows if r.case == case(base)}
+    for r in rows:
+        reference = by_method.get((case(base), r.method))
+        if r.case != case(base) and reference is not None and reference.seconds > 0:
+            r.ratio, r.ratio_to = r.seconds / reference.seconds, case(base)
+    return rows, best

@@ -36,6 +36,8 @@ class Probe:
         self.server_peak: int | None = None
         # Programs a watched backend runs (file_fdw's source reader): their summed RSS.
         self.programs_peak: int | None = None
+        # CPU seconds of each watched backend and of each program they ran, last seen.
+        self.cpu: dict[tuple[str, int], float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -60,6 +62,7 @@ class Probe:
                     self._servers.remove(process)
                 continue
             self.server_peak = max(self.server_peak or 0, uss)
+            self._note_cpu("server", process)
             programs = 0
             try:
                 children = process.children(recursive=True)
@@ -70,8 +73,20 @@ class Probe:
                     programs += child.memory_info().rss
                 except (psutil.AccessDenied, psutil.NoSuchProcess):
                     pass
+                self._note_cpu("programs", child)
             if programs:
                 self.programs_peak = max(self.programs_peak or 0, programs)
+
+    def _note_cpu(self, kind: str, process: psutil.Process) -> None:
+        try:
+            times = process.cpu_times()
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            return
+        self.cpu[(kind, process.pid)] = times.user + times.system
+
+    def cpu_seconds(self, kind: str) -> float | None:
+        seen = [seconds for (k, _), seconds in self.cpu.items() if k == kind]
+        return round(sum(seen), 2) if seen else None
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):
@@ -125,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
         "client_peak_rss": peak,
         "server_peak_uss": probe.server_peak,
         "server_programs_peak_rss": probe.programs_peak,
+        # Sampled every SAMPLE_SECONDS: a program's last 20 ms may be missing.
+        "server_cpu_seconds": probe.cpu_seconds("server"),
+        "server_programs_cpu_seconds": probe.cpu_seconds("programs"),
     }
     sys.stdout.write(json.dumps(report) + "\n")
 

@@ -1,4 +1,4 @@
-"""The four ways B1 copies a source relation into a local table, as child-process methods.
+"""The ways B1 copies a source relation into a local table, as child-process methods.
 
 Each is called by ``benchmarks.child`` as ``method(probe, **kwargs)`` and returns the rows
 it copied. This module imports only psycopg, so that the driving process of the
@@ -52,6 +52,16 @@ def insert_select(probe, *, dsn: str, spec: dict, source: str, window: list[str]
     with psycopg.connect(dsn) as conn:
         probe.watch_backend(conn)
         return conn.execute(statement, window_params(spec, window)).rowcount
+
+
+def copy_from_file(probe, *, dsn: str, spec: dict, path: str) -> int:
+    """(e) COPY ... FROM a server file of the case's source rows (binary): the receive-side floor."""
+    statement = sql.SQL("COPY {} ({}) FROM {} (FORMAT binary)").format(
+        sql.Identifier(*spec["target"].split(".")), sql.SQL(", ").join(map(sql.Identifier, spec["columns"])),
+        sql.Literal(path))
+    with psycopg.connect(dsn) as conn:
+        probe.watch_backend(conn)
+        return conn.execute(statement).rowcount
 
 
 def copy_pipe(probe, *, src_dsn: str, dst_dsn: str, spec: dict, window: list[str] | None) -> int:

@@ -52,6 +52,8 @@ class Measurement:
     client_peak_rss: int
     server_peak_uss: int | None
     server_programs_peak_rss: int | None = None
+    server_cpu_seconds: float | None = None
+    server_programs_cpu_seconds: float | None = None
 
 
 @dataclass
@@ -122,8 +124,13 @@ class BenchContext:
     scale: float
     repeat: int = 1
     progress: Progress = say
-    # B6: stacks to reuse (running, materialised) instead of starting its own, by history days.
-    b6_homes: dict[int, Path] = field(default_factory=dict)
+    # Stacks a benchmark reuses (running) instead of starting its own: "B6" -> [60-day, 365-day
+    # home], "B7" -> [1x, 10x fleet home], "B8" -> [the year's home].
+    reuse: dict[str, list[Path]] = field(default_factory=dict)
+
+    @property
+    def b6_homes(self) -> dict[int, Path]:
+        return dict(zip((60, 365), self.reuse.get("B6", [])))
 
     @property
     def cfg(self) -> StackConfig:
@@ -217,9 +224,14 @@ def bench_stack(scale: float, *, dagster: bool, home: Path | None = None, progre
     os.environ.update({"DWH_HOME": str(home), "DWH_SCALE": repr(world), "DWH_SEED": "42"})
     if history_days is not None:
         os.environ["DWH_HISTORY_DAYS"] = str(history_days)
-    if not (home / "stack.json").exists():
+    ports = {f"DWH_{name.upper()}_PORT" for name in DEFAULT_PORTS}
+    if (home / "stack.json").exists():
+        # A stack of its own: an enclosing stack's ports (its client environment) must not move it.
+        for variable in ports:
+            os.environ.pop(variable, None)
+    else:
         # Free loopback ports, never the defaults a demo stack may be using.
-        os.environ.update({f"DWH_{name.upper()}_PORT": str(free_port()) for name in DEFAULT_PORTS})
+        os.environ.update({variable: str(free_port()) for variable in ports})
     cfg = load_config(create=True)
     os.environ.update(cfg.client_env())
     local = LocalStack(cfg, progress=progress)

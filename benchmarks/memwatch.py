@@ -1,11 +1,12 @@
 """Run a command and record the peak memory of every process it starts, daemons included.
 
-    .venv/bin/python -m benchmarks.memwatch [--out FILE.json] [--interval 0.25] -- COMMAND [ARG ...]
+    .venv/bin/python -m benchmarks.memwatch [--out FILE.json] [--interval 0.25] [--root PID ...] -- COMMAND [ARG ...]
 
 The watcher makes itself a *child subreaper* (``prctl(PR_SET_CHILD_SUBREAPER)``), so the
 processes the command daemonises (``pg_ctl`` starting the postmaster, the stack's servers
 started in their own sessions) stay in its process tree and are sampled too, until the
-command exits. Every ``--interval`` seconds it reads, for each descendant, from
+command exits. ``--root PID`` adds servers already running (a postmaster, Prometheus) and
+everything they start. Every ``--interval`` seconds it reads, for each process, from
 ``/proc/PID/status``:
 
 - ``VmHWM``: the process' own peak resident set (exact, also between two samples);
@@ -170,7 +171,8 @@ def categorise(argv: list[str]) -> str:
     return exe
 
 
-def watch(argv: list[str], interval: float) -> Watch:
+def watch(argv: list[str], interval: float, roots: tuple[int, ...] = ()) -> Watch:
+    """Run ``argv`` and sample it, what it starts, and ``roots`` (running servers) with all theirs."""
     set_subreaper()
     w = Watch(command=argv, started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), interval=interval,
               load_average_start=os.getloadavg())
@@ -191,7 +193,7 @@ def watch(argv: list[str], interval: float) -> Watch:
     while True:
         now = time.monotonic() - t0
         total_anon = 0
-        for pid in descendants(me):
+        for pid in dict.fromkeys([*descendants(me), *roots, *(d for root in roots for d in descendants(root))]):
             st = status(pid)
             if st is None:
                 continue
@@ -262,12 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.memwatch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="write every process' numbers as JSON")
     parser.add_argument("--interval", type=float, default=0.25, help="seconds between samples")
+    parser.add_argument("--root", type=int, action="append", default=[],
+                        help="also sample this running process and everything it starts (e.g. a postmaster)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the command to run after --")
-    w = watch(command, args.interval)
+    w = watch(command, args.interval, tuple(args.root))
     report = markdown(w)
     print(report, file=sys.stderr)
     if args.out:

@@ -15,14 +15,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
-import json
+import os
 import shlex
 import signal
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.harness import BenchContext, BenchError, BenchResult, Goal, Row, bench_stack, machine, say, versions
+from benchmarks import results as results_files
+from benchmarks.harness import BenchContext, BenchError, BenchResult, bench_stack, machine, say, versions
 
 # One module per benchmark.
 BENCHMARKS = {
@@ -32,6 +33,8 @@ BENCHMARKS = {
     "B4": "benchmarks.b4_prometheus",
     "B5": "benchmarks.b5_dagster_overhead",
     "B6": "benchmarks.b6_steady_hour",
+    "B7": "benchmarks.b7_fleet_hour",
+    "B8": "benchmarks.b8_first_load",
     "B9": "benchmarks.b9_relay",
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -48,6 +51,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--b6-homes", default=None, metavar="DIR60,DIR365",
                         help="B6: reuse two running, materialised stacks of the same scale (60 and 365 days of "
                              "history, e.g. made by `dwh up`) instead of starting and filling two")
+    parser.add_argument("--b7-homes", default=None, metavar="DIR1,DIR10",
+                        help="B7: reuse two running, materialised stacks of the same history (1x and 10x the "
+                             "fleet, e.g. made by `dwh up` at DWH_SCALE=1 and 10) instead of starting and filling two")
+    parser.add_argument("--b8-home", default=None, metavar="DIR",
+                        help="B8: reuse a running stack of the year at 10x the fleet (e.g. made by "
+                             "`dwh up --no-materialize` at DWH_SCALE=10 DWH_HISTORY_DAYS=365); its warehouse is emptied")
     args = parser.parse_args(argv)
     chosen = {name.strip().upper() for name in args.only.split(",") if name.strip()}
     unknown = sorted(chosen - set(BENCHMARKS))
@@ -59,10 +68,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--scale must be in (0, 10]")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    homes = [Path(h) for h in (args.b6_homes or "").split(",") if h]
-    if args.b6_homes is not None and len(homes) != 2:
-        parser.error("--b6-homes takes two directories: the 60-day stack, then the 365-day stack")
-    args.b6_homes = homes
+    args.reuse = {}
+    for name, option, count, what in (("B6", "b6_homes", 2, "the 60-day stack, then the 365-day stack"),
+                                      ("B7", "b7_homes", 2, "the 1x stack, then the 10x stack"),
+                                      ("B8", "b8_home", 1, "the stack of the year")):
+        value = getattr(args, option)
+        homes = [Path(h) for h in (value or "").split(",") if h]
+        if value is not None and len(homes) != count:
+            parser.error(f"--{option.replace('_', '-')} takes {count} director{'ies' if count > 1 else 'y'}: {what}")
+        if homes:
+            args.reuse[name] = homes
     return args
 
 
@@ -77,16 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, BenchResult] = {}
     errors: dict[str, str] = {}
     with bench_stack(args.scale, dagster=any(m.NEEDS_DAGSTER for m in modules.values()), home=args.home) as stack:
-        ctx = BenchContext(stack=stack, scale=args.scale, repeat=args.repeat,
-                           b6_homes=dict(zip((60, 365), args.b6_homes)))
-        environment = {"machine": machine(), "versions": versions(ctx)}
+        ctx = BenchContext(stack=stack, scale=args.scale, repeat=args.repeat, reuse=args.reuse)
+        environment = {"machine": machine(), "versions": versions(ctx), "load_average": {},
+                       "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         for name, module in modules.items():
             say(f"== {name}: {module.TITLE}")
+            # The machine is shared: how busy it was says how far to trust the seconds.
+            load = environment["load_average"][name] = {"start": os.getloadavg()}
             try:
                 results[name] = module.run(ctx)
             except Exception as e:  # one broken benchmark must not lose the others' results
                 errors[name] = f"{type(e).__name__}: {e}"
                 say(f"{name} failed: {errors[name]}")
+            load["end"] = os.getloadavg()
             # Written after every benchmark, so a long run that dies keeps what it measured.
             write_report(args, command, started, environment, modules, results, errors)
     markdown = write_report(args, command, started, environment, modules, results, errors)
@@ -103,18 +121,21 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 
 def write_report(args: argparse.Namespace, command: str, started: float, environment: dict, modules: dict,
                  results: dict[str, BenchResult], errors: dict[str, str]) -> str:
-    """Write latest.json and latest.md for what has run so far; the markdown."""
+    """Write this run's dated report and rebuild latest.json / latest.md; the run's markdown."""
     report = {
         "command": command,
+        "started_at": environment["started_at"],
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": round(time.monotonic() - started, 1),
         "scale": args.scale,
         "repeat": args.repeat,
         "complete": len(results) + len(errors) == len(modules),
-        **environment,
+        "machine": environment["machine"],
+        "versions": environment["versions"],
         "benchmarks": {
             name: {
                 "title": modules[name].TITLE,
+                "load_average": environment["load_average"].get(name),
                 "rows": [row.as_dict() for row in result.rows],
                 "goals": [goal.__dict__ for goal in result.goals],
                 "details": result.details,
@@ -123,67 +144,7 @@ def write_report(args: argparse.Namespace, command: str, started: float, environ
         },
         "errors": errors,
     }
-    markdown = render_markdown(report, results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latest.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (args.out / "latest.md").write_text(markdown)
-    return markdown
-
-
-# ----- rendering ---------------------------------------------------------------------------
-
-
-def _mb(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
-
-
-def table_lines(rows: list[Row]) -> list[str]:
-    lines = [
-        "| case | method | rows | seconds | rows/s | ratio | client peak RSS MB (base) | server backend peak USS MB"
-        " | server-run programs peak RSS MB | copy = source |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for r in rows:
-        ratio = "" if r.ratio is None else f"{r.ratio:.2f} of {r.ratio_to}"
-        note = f" ({r.note})" if r.note else ""
-        lines.append(
-            f"| {r.case} | {r.method}{note} | {r.rows:,} | {r.seconds:.2f} | {r.rows_per_s:,.0f} | {ratio} | "
-            f"{_mb(r.client_peak_mb)} ({_mb(r.client_base_mb)}) | {_mb(r.server_peak_mb)} | "
-            f"{_mb(r.server_programs_peak_mb) if r.server_programs_peak_mb else '-'} | {'yes' if r.equal else 'NO'} |"
-        )
-    return lines
-
-
-def goal_lines(goals: list[Goal]) -> list[str]:
-    lines = ["| goal | measured | met |", "| --- | --- | --- |"]
-    for g in goals:
-        note = f" — {g.note}" if g.note else ""
-        lines.append(f"| {g.goal} | {g.measured}{note} | {'met' if g.met else 'missed'} |")
-    return lines
-
-
-def render_markdown(report: dict, results: dict[str, BenchResult]) -> str:
-    m, v = report["machine"], report["versions"]
-    out = [
-        "# Benchmark results",
-        "",
-        f"Command: `{report['command']}` (scale {report['scale']}, best of {report['repeat']}; "
-        f"finished {report['finished_at']}, {report['wall_seconds']} s wall)",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, {m['os']}",
-        "",
-        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        "",
-    ]
-    for name, result in results.items():
-        out += [f"## {name}: {report['benchmarks'][name]['title']}", ""]
-        out += table_lines(result.rows) + [""]
-        out += goal_lines(result.goals) + [""]
-    for name, error in report["errors"].items():
-        out += [f"## {name}: FAILED", "", error, ""]
-    if not report["complete"]:
-        out += ["(run still in progress or interrupted: not every selected benchmark has run)", ""]
-    return "\n".join(out)
+    return results_files.write_run(args.out, results_files.report_name(args.only, environment["started_at"]), report)
 
 
 if __name__ == "__main__":

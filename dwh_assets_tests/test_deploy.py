@@ -38,6 +38,7 @@ import pytest
 from dwh_assets.local import control_plane
 from dwh_assets.local.config import REPO_ROOT, StackConfig
 from dwh_assets.local.generator import METRIC_NAMES, build_world
+from dwh_assets.warehouse.connect import DAGSTER_INSTANCE_ENV
 from dwh_assets.warehouse.defs import cron_targets
 from dwh_assets.warehouse.defs.cron_sensor import CronRunJudge, evaluate_cron_runs
 from dwh_assets.warehouse.defs.resources import WarehouseResource
@@ -184,7 +185,7 @@ def dagster_env(deployment: Deployment, tmp: Path) -> dict[str, str]:
     assert done.returncode == 0, done.stderr
     values = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in done.stdout.splitlines())
     assert set(values) == {"DWH_WAREHOUSE_DSN", "DWH_HISTORY_START", "DWH_READER_DSN", "DAGSTER_HOME",
-                           "DWH_DAGSTER_PG_URL", "PGPASSFILE", "PATH"}
+                           "DWH_DAGSTER_PG_URL", "PGPASSFILE", "PATH", *DAGSTER_INSTANCE_ENV}
     assert "password" not in values["DWH_WAREHOUSE_DSN"] and "passfile=" in values["DWH_WAREHOUSE_DSN"]
     assert values["PATH"].split(":")[0] == str(VENV_BIN)
     # Dagster's instance: a throwaway home here (the runbook test sets up the configured one).

@@ -131,6 +131,13 @@ def test_dsns_for_other_programs_name_a_passfile_never_a_password(tmp_path, monk
     assert "user=dwh_reader" in conninfo(cfg, "reader")
 
 
+def test_dagster_gets_the_instance_switches_that_batch_a_range_runs_events():
+    env = dagster_env(DeploymentConfig.load(EXAMPLE))
+    # Dagster reads these itself: batched materializations, one planned event per asset of a range run.
+    assert int(env["DAGSTER_EVENT_BATCH_SIZE"]) >= 366, "a year's partitions of one asset in one batch"
+    assert env["DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"] == "true"
+
+
 # ----- how the events refresh reads the control plane ---------------------------------------------
 
 

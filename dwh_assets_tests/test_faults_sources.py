@@ -10,6 +10,7 @@ would end with SQLSTATE 57014 instead of the source error the test expects.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
 
@@ -120,10 +121,30 @@ def test_stopped_prometheus_fails_the_metrics_refresh_and_keeps_the_window(stack
     finally:
         stack.prometheus.start()
     assert_source_failure(error, "08001", "dwh.refresh_metrics: source Prometheus is unreachable",
-                          f"cannot reach {cfg.prometheus_url}/api/v1/query_range?query=", "Connection refused")
+                          f"cannot reach {cfg.prometheus_url}/api/v1/", "Connection refused")
     assert f"{cfg.reader_dir}/reader.json" in error.diag.message_hint
     before.assert_unchanged(loader, loader.info.backend_pid)
     assert refresh(loader, "refresh_metrics", D0, D1)["rows_inserted"] > 0, "Prometheus is back: the next run succeeds"
+
+
+def test_a_day_prometheus_no_longer_holds_is_not_emptied(cfg, loader, owner):
+    """Prometheus answers a day that the warehouse holds samples of with none (retention, a new
+    server): the refresh refuses instead of emptying the day, and changes nothing."""
+    day = utc_midnight(-cfg.history_days - 2)  # before the back-filled history, inside retention
+    window = (day, day + dt.timedelta(days=1))
+    owner.execute("SELECT dwh.ensure_partitions('dwh.metrics', %s, %s)", window)
+    owner.execute("INSERT INTO dwh.metrics SELECT min(series_id), %s, 1 FROM dwh.metric_series",
+                  (day + dt.timedelta(hours=10),))
+    try:
+        before = TableState.of(loader, "metrics", window)
+        assert before.data[0] == 1
+        error = failing_refresh(loader, "refresh_metrics", *window)
+        assert error.diag.message_primary.startswith(
+            f"dwh.refresh_metrics: Prometheus returned no samples for {day:%Y-%m-%d} (1 samples) of ")
+        assert "still retains this window" in error.diag.message_hint
+        before.assert_unchanged(loader, loader.info.backend_pid)
+    finally:
+        owner.execute("DELETE FROM dwh.metrics WHERE ts >= %s AND ts < %s", window)
 
 
 # ----- control plane (postgres_fdw) ----------------------------------------------------------------

@@ -107,16 +107,16 @@ def wait_for(what: str, predicate, timeout: float) -> None:
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def storage_gb_days(conn: psycopg.Connection, organization_id: str, day: dt.date) -> float:
-    row = conn.execute("SELECT storage_gb_days FROM mart.org_daily_usage WHERE organization_id = %s AND day = %s",
+def storage_gib_days(conn: psycopg.Connection, organization_id: str, day: dt.date) -> float:
+    row = conn.execute("SELECT storage_gib_days FROM mart.org_daily_usage WHERE organization_id = %s AND day = %s",
                        (organization_id, day)).fetchone()
     return float(row[0]) if row else 0.0
 
 
 def transitions(conn: psycopg.Connection, day: dt.date) -> int:
-    row = conn.execute("SELECT transitions FROM mart.instance_state_daily WHERE day = %s AND state = 'stopped'",
-                       (day,)).fetchone()
-    return int(row[0]) if row else 0
+    # The mart has a row per organization, region and plan of the day's state: the day's total.
+    return int(conn.execute("SELECT coalesce(sum(transitions), 0) FROM mart.instance_state_daily "
+                            "WHERE day = %s AND state = 'stopped'", (day,)).fetchone()[0])
 
 
 def in_copy(loader: psycopg.Connection, sql_text: str, *params) -> bool:
@@ -186,7 +186,7 @@ def samples(cfg: StackConfig, stack, history) -> LateSamples:
         run_as_pg_cron(loader, catalog.get("metrics"))
         run_marts(loader)
         times = (late.in_horizon, late.outside_horizon)
-        late.storage_before = {t: storage_gb_days(loader, organization_id, day_of(dt.datetime.fromtimestamp(t, UTC)))
+        late.storage_before = {t: storage_gib_days(loader, organization_id, day_of(dt.datetime.fromtimestamp(t, UTC)))
                                for t in times}
         labels = {"instance": SCRAPE_INSTANCE, "job": SCRAPE_JOB, "instance_id": late.instance_id,
                   "organization_id": organization_id}
@@ -267,7 +267,7 @@ def test_prometheus_samples_for_an_hour_already_copied_reach_the_copy_and_its_ma
     assert samples.series_in_copy(loader, at)
     day = day_of(dt.datetime.fromtimestamp(at, UTC))
     # One sample of 1 GiB at the hourly step: 1/24 GB-day more for its organization and day.
-    added = storage_gb_days(loader, samples.organization_id, day) - samples.storage_before[at]
+    added = storage_gib_days(loader, samples.organization_id, day) - samples.storage_before[at]
     assert added == pytest.approx(1 / 24, abs=0.0011)
 
 
@@ -386,7 +386,7 @@ def test_the_reconciliation_finds_samples_older_than_the_re_read_horizon(reconci
     latest = _latest(loader, "metrics")
     assert latest["repaired_days"] == [day] and latest["error"] is None
     assert not samples.copied_when_written[at]
-    added = storage_gb_days(loader, samples.organization_id, day) - samples.storage_before[at]
+    added = storage_gib_days(loader, samples.organization_id, day) - samples.storage_before[at]
     assert added == pytest.approx(1 / 24, abs=0.0011)
 
 

@@ -319,7 +319,8 @@ METRICS = TableSpec(
         Column("value", "double precision", "Sample value (counters as they are: seconds, bytes).", not_null=True,
                lineage=("src_prometheus.metrics.metric_value",)),
     ),
-    indexes=(Index(("ts",)),),
+    # No index on ts alone: every reader asks for whole days, which the daily partitions narrow
+    # to; it was nearly half the cost of inserting a sample (benchmarks/README.md, B8).
     also_writes=(METRIC_SERIES,),
     checks=(
         # One scan of the window with its bounds as values, so the planner keeps only the window's

@@ -293,8 +293,8 @@ class TableSpec:
                      # Type and NOT NULL, as CREATE TABLE ... (LIKE ...) copies them; nothing computed.
                      (day, *(Column(c.name, c.type, c.comment, not_null=self.table.not_null(c), subject=c.subject)
                              for c in kept)),
-                     partition_by="snapshot_day", premake_back_days=7,
-                     indexes=(Index(("snapshot_day",)),))
+                     # No index on snapshot_day: each partition holds one day, read whole.
+                     partition_by="snapshot_day", premake_back_days=7)
 
     def subject_columns(self) -> tuple[SubjectColumn, ...]:
         """Where this entry's tables hold a subject's id, and what dwh forget does there."""

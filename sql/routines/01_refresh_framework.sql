@@ -174,8 +174,11 @@ BEGIN
 END
 $$;
 
--- Upsert the staged source rows into dwh.<p_table> and delete the rows gone at the source.
--- The stage has the current table's columns; returns {inserted, updated, deleted}.
+-- Make dwh.<p_table> equal to the staged source rows: update the rows that changed, insert the
+-- new ones, delete the rows gone at the source. Three joins with the stage, so a row that did
+-- not change is not written (INSERT ... ON CONFLICT DO UPDATE ... WHERE locks, and so writes,
+-- every row it finds, changed or not) and a first load is a plain insert. The stage has the
+-- current table's columns; returns {inserted, updated, deleted}.
 CREATE OR REPLACE FUNCTION dwh.merge_dimension(p_table text, p_stage regclass, p_key text[])
 RETURNS bigint[]
 LANGUAGE plpgsql
@@ -185,31 +188,28 @@ DECLARE
     v_cols text[];
     v_set text;
     v_cmp_t text;
-    v_cmp_x text;
-    v_keys text := (SELECT string_agg(quote_ident(k), ', ') FROM unnest(p_key) k);
+    v_cmp_s text;
+    v_match text := (SELECT string_agg(format('t.%1$s = s.%1$s', quote_ident(k)), ' AND ') FROM unnest(p_key) k);
     v_ins bigint;
-    v_upd bigint;
+    v_upd bigint := 0;
     v_del bigint;
 BEGIN
     SELECT array_agg(quote_ident(attname::text) ORDER BY attnum) INTO v_cols
     FROM pg_attribute
     WHERE attrelid = ('dwh.' || p_table)::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
-    SELECT string_agg(format('%s = excluded.%s', c, c), ', '),
-           string_agg('t.' || c, ', '), string_agg('excluded.' || c, ', ')
-      INTO v_set, v_cmp_t, v_cmp_x
+    SELECT string_agg(format('%1$s = s.%1$s', c), ', '), string_agg('t.' || c, ', '), string_agg('s.' || c, ', ')
+      INTO v_set, v_cmp_t, v_cmp_s
     FROM unnest(v_cols) c WHERE c <> ALL (SELECT quote_ident(k) FROM unnest(p_key) k);
-    EXECUTE format(
-        'WITH up AS (INSERT INTO dwh.%I AS t (%s) SELECT %s FROM %s '
-        'ON CONFLICT (%s) DO UPDATE SET %s WHERE (%s) IS DISTINCT FROM (%s) '
-        'RETURNING (t.xmax = 0) AS inserted) '
-        'SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up',
-        p_table, array_to_string(v_cols, ', '), array_to_string(v_cols, ', '), p_stage,
-        v_keys, v_set, v_cmp_t, v_cmp_x)
-    INTO v_ins, v_upd;
-    EXECUTE format('DELETE FROM dwh.%I t WHERE NOT EXISTS (SELECT 1 FROM %s s WHERE (%s) = (%s))',
-        p_table, p_stage,
-        (SELECT string_agg('s.' || quote_ident(k), ', ') FROM unnest(p_key) k),
-        (SELECT string_agg('t.' || quote_ident(k), ', ') FROM unnest(p_key) k));
+    IF v_set IS NOT NULL THEN
+        EXECUTE format('UPDATE dwh.%I t SET %s FROM %s s WHERE %s AND (%s) IS DISTINCT FROM (%s)',
+                       p_table, v_set, p_stage, v_match, v_cmp_t, v_cmp_s);
+        GET DIAGNOSTICS v_upd = ROW_COUNT;
+    END IF;
+    EXECUTE format('INSERT INTO dwh.%I (%s) SELECT %s FROM %s s WHERE NOT EXISTS (SELECT 1 FROM dwh.%I t WHERE %s)',
+                   p_table, array_to_string(v_cols, ', '), (SELECT string_agg('s.' || c, ', ') FROM unnest(v_cols) c),
+                   p_stage, p_table, v_match);
+    GET DIAGNOSTICS v_ins = ROW_COUNT;
+    EXECUTE format('DELETE FROM dwh.%I t WHERE NOT EXISTS (SELECT 1 FROM %s s WHERE %s)', p_table, p_stage, v_match);
     GET DIAGNOSTICS v_del = ROW_COUNT;
     RETURN ARRAY[v_ins, v_upd, v_del];
 END
@@ -276,6 +276,9 @@ BEGIN
 END
 $$;
 
+-- The signature before p_copy_from, which would otherwise stay beside this one.
+DROP FUNCTION IF EXISTS dwh.refresh_dimension(text, text, date, text, text);
+
 -- The skeleton every dimension refresh shares: today's snapshot only, the table's lock, the
 -- source read once into pg_temp.stage_<table> by the routine's own query (each scan of a
 -- reader table is a full API read), the drop guard, the routine's statement that queues the
@@ -284,7 +287,8 @@ $$;
 -- is re-raised naming the table and the source: a source reader's failure, a Postgres source
 -- that changed shape or did not answer within the run's timeout (00_source_drift.sql).
 CREATE OR REPLACE FUNCTION dwh.refresh_dimension(
-    p_table text, p_source text, p_snapshot_day date, p_stage text, p_mark_stale text DEFAULT NULL)
+    p_table text, p_source text, p_snapshot_day date, p_stage text, p_mark_stale text DEFAULT NULL,
+    p_copy_from text DEFAULT NULL)
 RETURNS dwh.refresh_log
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -307,8 +311,19 @@ BEGIN
     PERFORM dwh.check_snapshot_day(p_table, p_snapshot_day);
     v_wait := dwh.lock_refresh(p_table);
     BEGIN
-        EXECUTE format('CREATE TEMP TABLE %I ON COMMIT DROP AS %s', v_stage, p_stage);
-        GET DIAGNOSTICS v_src = ROW_COUNT;
+        IF p_copy_from IS NOT NULL AND dwh.setting('control_plane.transfer', 'fdw') = 'copy' THEN
+            -- p_copy_from (a postgres_fdw table with the dimension's columns) through the events'
+            -- binary COPY path, which parses each value once instead of row by row (benchmarks/README.md, B1).
+            EXECUTE format('CREATE TEMP TABLE %I ON COMMIT DROP AS SELECT * FROM dwh.%I WITH NO DATA', v_stage, p_table);
+            v_src := dwh.copy_from_foreign(('pg_temp.' || quote_ident(v_stage))::regclass, p_copy_from::regclass,
+                                           (SELECT array_agg(attname::text ORDER BY attnum) FROM pg_attribute
+                                            WHERE attrelid = ('dwh.' || p_table)::regclass AND attnum > 0
+                                              AND NOT attisdropped AND attgenerated = ''),
+                                           NULL, NULL, NULL);
+        ELSE
+            EXECUTE format('CREATE TEMP TABLE %I ON COMMIT DROP AS %s', v_stage, p_stage);
+            GET DIAGNOSTICS v_src = ROW_COUNT;
+        END IF;
     EXCEPTION
         WHEN external_routine_exception THEN
             -- The source reader failed: say which source and why (the data stays as it was).

@@ -1,4 +1,5 @@
--- Copy [p_start, p_end) of a postgres_fdw foreign table into a local table with the source's
+-- Copy [p_start, p_end) of a postgres_fdw foreign table (all of it when p_time_column is NULL,
+-- as for a dimension's stage) into a local table with the source's
 -- own binary COPY, piped by psql into COPY ... FROM PROGRAM: the rows arrive in binary, in
 -- a stream (the source, psql and this backend run side by side) and are written with
 -- COPY's batched inserts, where INSERT ... SELECT over postgres_fdw fetches text in turns
@@ -69,8 +70,10 @@ BEGIN
     IF v_found <> cardinality(p_columns) THEN
         RAISE EXCEPTION 'dwh.copy_from_foreign: % and % do not both have the columns %', p_source, p_target, p_columns;
     END IF;
-    v_remote := format('COPY (SELECT %s FROM %s WHERE %I >= %L::timestamptz AND %I < %L::timestamptz) TO STDOUT (FORMAT binary)',
-                       v_select, v_remote, p_time_column, p_start, p_time_column, p_end);
+    v_remote := format('COPY (SELECT %s FROM %s%s) TO STDOUT (FORMAT binary)', v_select, v_remote,
+                       CASE WHEN p_time_column IS NOT NULL
+                            THEN format(' WHERE %I >= %L::timestamptz AND %I < %L::timestamptz', p_time_column, p_start, p_time_column, p_end)
+                            ELSE '' END);
 
     -- The connection: the server's libpq options, the login of the caller's user mapping.
     SELECT array_agg(format('%s=''%s''', o.option_name, replace(replace(o.option_value, '\', '\\'), '''', '\''')))

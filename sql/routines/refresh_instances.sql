@@ -20,5 +20,7 @@ $stale$
             WHEN s.deleted_at IS DISTINCT FROM i.deleted_at THEN least(s.deleted_at, i.deleted_at)
         END)
         FROM pg_temp.stage_instances s FULL JOIN dwh.instances i USING (instance_id)))
-$stale$)
+$stale$,
+-- The same rows through the events' binary COPY path where the server may run it (B1).
+'src_control_plane.instances')
 $$;

@@ -1,14 +1,7 @@
--- Prometheus samples of [p_start, p_end) -> dwh.metric_series (label sets) + dwh.metrics.
---
--- The window is read in chunks of at most ~STAGE_ROWS samples (series x points), newest
--- first, so a first materialisation of a year of a large fleet stages a bounded amount at
--- a time (the reader's memory, the temporary stage and the sort are bounded too), while a
--- routine window of a day or two is one chunk. A chunk's length comes from the most series
--- seen so far: the series the warehouse already knows for the configured metrics (all it
--- ever saw: an upper bound), or, on a first load, the series of the previous chunk; the
--- first chunk of a first load is one day. Newest first, because a fleet that grows has its
--- most series at the end. Everything stays one transaction: the window is replaced
--- completely, with one refresh_log row, or not at all.
+-- Prometheus samples of [p_start, p_end) -> dwh.metric_series (label sets) + dwh.metrics,
+-- replacing the window in one transaction, with one refresh_log row. The reader backend streams
+-- the window straight into dwh.metrics (dwh.copy_metrics_streamed); the other backends stage it
+-- chunk by chunk (dwh.copy_metrics_staged).
 CREATE OR REPLACE FUNCTION dwh.refresh_metrics(p_start timestamptz, p_end timestamptz)
 RETURNS dwh.refresh_log
 LANGUAGE plpgsql
@@ -17,9 +10,140 @@ SET search_path = pg_catalog, pg_temp
 SET TimeZone = 'UTC'
 AS $$
 DECLARE
-    c_stage_rows constant bigint := 2000000;
     v_t0 timestamptz := clock_timestamp();
     v_wait double precision := dwh.begin_fact_refresh('metrics', p_start, p_end);
+    v_counts bigint[];  -- {samples read, deleted, inserted}
+BEGIN
+    IF dwh.setting('backend.prometheus', 'reader') = 'reader' THEN
+        v_counts := dwh.copy_metrics_streamed(p_start, p_end);
+    ELSE
+        v_counts := dwh.copy_metrics_staged(p_start, p_end);
+    END IF;
+    PERFORM dwh.refuse_absent_metrics(p_start, p_end);
+    PERFORM dwh.mark_marts_stale_window('metrics', p_start, p_end);
+    RETURN dwh.log_refresh('metrics', p_start, p_end, NULL, v_counts[3], 0, v_counts[2], v_counts[1], v_t0, v_wait);
+END
+$$;
+
+-- The reader backend: the window's series, listed by the source reader, join dwh.metric_series,
+-- their ids go back to the reader (`series-map`), and one COPY FROM PROGRAM takes the samples
+-- straight into dwh.metrics as binary rows while the reader reads them (`prometheus-copy`):
+-- Prometheus, the reader and this backend work side by side, and COPY inserts in batches, with
+-- no staging table and no sort (the reader sends each group of requests in key order).
+-- dwh.metric_series gets every label set Prometheus lists for the window (from an hour before
+-- it: query_range looks back from each evaluation time), even one without a point in it.
+-- A series that appears while the window is read (a new instance in the live window) stops the
+-- reader (exit code 10); the window is then read again, up to three times. A day of the window
+-- that held samples and gets none is refused, as a Prometheus that lost it is more likely than
+-- a day that lost its samples. Returns {samples read, deleted, inserted}.
+CREATE OR REPLACE FUNCTION dwh.copy_metrics_streamed(p_start timestamptz, p_end timestamptz)
+RETURNS bigint[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+DECLARE
+    c_attempts constant int := 3;
+    c_series_changed constant int := 10;
+    v_window text[] := ARRAY['--start', floor(extract(epoch FROM p_start))::bigint::text,
+                             '--end', ceil(extract(epoch FROM p_end))::bigint::text,
+                             '--step', dwh.setting('metrics.step_seconds', '3600')]
+        || ARRAY(SELECT a.arg FROM unnest(string_to_array(dwh.setting('metrics.names'), ',')) WITH ORDINALITY AS m(name, i),
+                      unnest(ARRAY['--metric', m.name]) WITH ORDINALITY AS a(arg, j) ORDER BY m.i, a.j);
+    v_days timestamptz[];
+    v_parts oid[];
+    v_inserted0 bigint[];
+    v_deleted0 bigint[];
+    v_key text;
+    v_del bigint;
+    v_ins bigint;
+    v_emptied text;
+    v_message text;
+    v_detail text;
+BEGIN
+    -- The window's daily partitions (dwh.begin_fact_refresh made them), to see which days emptied.
+    SELECT array_agg(d ORDER BY d), array_agg(to_regclass('dwh.metrics_p' || to_char(d, pc.datetime_string))::oid ORDER BY d)
+      INTO v_days, v_parts
+    FROM partman.part_config pc,
+         generate_series(date_trunc('day', p_start), p_end - interval '1 microsecond', interval '1 day') AS d
+    WHERE pc.parent_table = 'dwh.metrics';
+    FOR v_attempt IN 1..c_attempts LOOP
+        BEGIN
+            v_key := pg_backend_pid() || '-' || txid_current() || '-' || v_attempt;
+            PERFORM dwh.add_metric_series(v_window, v_key);
+            -- This transaction's inserts and deletes per partition so far (pgstat keeps them per
+            -- transaction, for free), to tell the days this read emptied.
+            SELECT array_agg(pg_stat_get_xact_tuples_inserted(p) ORDER BY i), array_agg(pg_stat_get_xact_tuples_deleted(p) ORDER BY i)
+              INTO v_inserted0, v_deleted0
+            FROM unnest(v_parts) WITH ORDINALITY AS u(p, i);
+            DELETE FROM dwh.metrics WHERE ts >= p_start AND ts < p_end;
+            GET DIAGNOSTICS v_del = ROW_COUNT;
+            EXECUTE format('COPY dwh.metrics (series_id, ts, value) FROM PROGRAM %L (FORMAT binary)',
+                           dwh.reader_command(ARRAY['prometheus-copy'] || v_window || ARRAY['--series-map', v_key]));
+            GET DIAGNOSTICS v_ins = ROW_COUNT;
+            SELECT string_agg(to_char(v_days[i], 'YYYY-MM-DD') || ' (' || (pg_stat_get_xact_tuples_deleted(p) - v_deleted0[i]) || ' samples)', ', ' ORDER BY i)
+              INTO v_emptied
+            FROM unnest(v_parts) WITH ORDINALITY AS u(p, i)
+            WHERE pg_stat_get_xact_tuples_deleted(p) > v_deleted0[i] AND pg_stat_get_xact_tuples_inserted(p) = v_inserted0[i];
+            IF v_emptied IS NOT NULL THEN
+                RAISE EXCEPTION 'dwh.refresh_metrics: Prometheus returned no samples for % of [%, %), which the warehouse holds; refusing to empty them', v_emptied, p_start, p_end
+                    USING HINT = 'Check that Prometheus is up and still retains this window.';
+            END IF;
+            RETURN ARRAY[v_ins, v_del, v_ins];
+        EXCEPTION WHEN external_routine_exception THEN
+            GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+            IF coalesce(substring(v_detail FROM 'exited with exit code (\d+)')::int, 0) <> c_series_changed THEN
+                PERFORM dwh.raise_source_failure('metrics', 'Prometheus', v_message, v_detail);
+            ELSIF v_attempt = c_attempts THEN
+                RAISE EXCEPTION 'dwh.refresh_metrics: source Prometheus added series while [%, %) was read, % times in a row', p_start, p_end, c_attempts
+                    USING ERRCODE = '08006', DETAIL = v_detail,
+                          HINT = 'Nothing was changed. Rerun the refresh; a window that ends before now is not affected.';
+            END IF;
+            RAISE NOTICE 'dwh.refresh_metrics: Prometheus added a series while [%, %) was read; reading it again', p_start, p_end;
+        END;
+    END LOOP;
+END
+$$;
+
+-- The series of the window (`prometheus-series`) -> dwh.metric_series (the new ones, in label
+-- order: the first load numbers them as Prometheus sorts them), and their ids back to the reader
+-- under p_key (`series-map`), each with its label set exactly as the reader wrote it.
+CREATE OR REPLACE FUNCTION dwh.add_metric_series(p_window text[], p_key text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    CREATE TEMP TABLE IF NOT EXISTS stage_metric_series (metric_name text, labels text) ON COMMIT DROP;
+    TRUNCATE pg_temp.stage_metric_series;
+    EXECUTE format('COPY pg_temp.stage_metric_series FROM PROGRAM %L (FORMAT csv, ENCODING %L)',
+                   dwh.reader_command(ARRAY['prometheus-series'] || p_window), 'UTF8');
+    INSERT INTO dwh.metric_series (metric_name, labels)
+    SELECT metric_name, labels::jsonb FROM pg_temp.stage_metric_series ORDER BY 1, 2
+    ON CONFLICT (metric_name, labels) DO NOTHING;
+    EXECUTE format('COPY (SELECT ms.series_id, s.metric_name, s.labels FROM pg_temp.stage_metric_series s '
+                   'JOIN dwh.metric_series ms ON ms.metric_name = s.metric_name AND ms.labels = s.labels::jsonb) '
+                   'TO PROGRAM %L (FORMAT csv, ENCODING %L)',
+                   dwh.reader_command(ARRAY['series-map', '--key', p_key]), 'UTF8');
+END
+$$;
+
+-- The other backends (tembo's prometheus_fdw): the window read in chunks of at most ~STAGE_ROWS
+-- samples (series x points), newest first, each staged by dwh.read_metrics_window and inserted
+-- sorted by day and series, so a first materialisation of a year of a large fleet stages a
+-- bounded amount at a time while a routine window of a day or two is one chunk. A chunk's
+-- length comes from the most series seen so far: the series the warehouse already knows for the
+-- configured metrics (all it ever saw: an upper bound), or, on a first load, the series of the
+-- previous chunk; the first chunk of a first load is one day. Newest first, because a fleet that
+-- grows has its most series at the end. Returns {samples read, deleted, inserted}.
+CREATE OR REPLACE FUNCTION dwh.copy_metrics_staged(p_start timestamptz, p_end timestamptz)
+RETURNS bigint[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'
+AS $$
+DECLARE
+    c_stage_rows constant bigint := 2000000;
     v_step int := dwh.setting('metrics.step_seconds', '3600')::int;
     v_series bigint;
     v_points bigint;
@@ -88,9 +212,7 @@ BEGIN
         v_ins_total := v_ins_total + v_ins;
         v_hi := v_lo;
     END LOOP;
-    PERFORM dwh.refuse_absent_metrics(p_start, p_end);
-    PERFORM dwh.mark_marts_stale_window('metrics', p_start, p_end);
-    RETURN dwh.log_refresh('metrics', p_start, p_end, NULL, v_ins_total, 0, v_del_total, v_src_total, v_t0, v_wait);
+    RETURN ARRAY[v_src_total, v_del_total, v_ins_total];
 END
 $$;
 

@@ -12,6 +12,9 @@ Usage::
     dwh_source_reader.py --config reader.json prometheus --start EPOCH_S --end EPOCH_S --step S [--metric NAME ...]
     dwh_source_reader.py --config reader.json prometheus --last SECONDS --step S [--metric NAME ...]
     dwh_source_reader.py --config reader.json prometheus-days --start EPOCH_S --end EPOCH_S --step S --metric NAME ...
+    dwh_source_reader.py --config reader.json prometheus-series --start EPOCH_S --end EPOCH_S --step S --metric NAME ...
+    dwh_source_reader.py --config reader.json series-map --key KEY < series_id,metric_name,labels CSV
+    dwh_source_reader.py --config reader.json prometheus-copy --start EPOCH_S --end EPOCH_S --step S --metric NAME ... --series-map KEY
     dwh_source_reader.py --config reader.json last-error --since EPOCH_S --exit-code N
     dwh_source_reader.py --config reader.json check [--clerk-key]
 
@@ -42,6 +45,11 @@ clerk_fdw / prometheus_fdw contracts):
   window of whole days, how many samples ``prometheus`` would write at ``step`` (the
   metric's ``count()`` at every step, summed per day), for the daily reconciliation.
 
+The metrics refresh reads its window through the last three commands above (see "the metrics refresh's
+streamed copy" below): ``prometheus-series`` writes ``metric_name, labels`` CSV rows,
+``prometheus-copy`` writes PostgreSQL's binary COPY format of dwh.metrics (series_id, ts,
+value) as it reads, instead of buffering.
+
 Failure is loud: any non-2xx after retries, malformed JSON, a missing required field or a
 wrong type exits non-zero with one line on stderr, and nothing on stdout. The exit code is
 the failure class (``EXIT_CODES``: unreachable, timeout, HTTP 5xx, 429, auth, malformed
@@ -49,12 +57,13 @@ payload, ...); PostgreSQL only reports "program ... failed: child process exited
 code N", so the refresh routines map N to a sentence (``dwh.raise_source_failure``). The
 one-line reason also goes to ``errors_dir/<backend pid>.json`` (the PostgreSQL backend that
 ran this reader), from where ``last-error`` hands it back to that backend's error handler.
-All rows are buffered and written only after the whole read succeeded, because file_fdw
-consumes stdout while the program runs. 429 and 5xx / connection errors / timeouts are
-retried ``max_retries`` times (429 and 503 wait for ``Retry-After``, capped at
-``max_retry_after_seconds``; others back off exponentially). Every request is bounded by
-``timeout_seconds`` and the whole read by ``total_timeout_seconds``, so a hanging source
-fails in bounded time. Clerk is paged with ``limit``/``offset`` and
+All CSV rows are buffered and written only after the whole read succeeded, because file_fdw
+consumes stdout while the program runs; ``prometheus-copy`` streams (its COPY fails, and with
+it the refresh's transaction, when the reader exits non-zero after any row). 429 and 5xx /
+connection errors / timeouts are retried ``max_retries`` times (429 and 503 wait for
+``Retry-After``, capped at ``max_retry_after_seconds``; others back off exponentially). Every
+request is bounded by ``timeout_seconds`` and the whole read by ``total_timeout_seconds`` (for
+``prometheus-copy``, each group of requests), so a hanging source fails in bounded time. Clerk is paged with ``limit``/``offset`` and
 ``order_by=+created_at`` (new rows land on later pages); rows whose id still repeats across
 pages (the source changed while paging) are kept once (the last copy) with a warning on
 stderr. stderr goes to the PostgreSQL server log.
@@ -72,12 +81,14 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from itertools import chain, repeat
 
 DEFAULT_SETTINGS = {
     "clerk_url": "https://api.clerk.com",
@@ -85,6 +96,8 @@ DEFAULT_SETTINGS = {
     "secrets_file": None,
     # Where failure reasons are left for the SQL error handler (None: nowhere).
     "errors_dir": None,
+    # Where a metrics refresh's series map waits between two calls of the reader (None: errors_dir).
+    "state_dir": None,
     # Each request (connect, every wait for bytes, the whole body) ...
     "timeout_seconds": 30.0,
     # ... and the whole read, retries and Retry-After waits included.
@@ -121,10 +134,11 @@ EXIT_RATE_LIMITED = 6  # HTTP 429 on every attempt
 EXIT_AUTH = 7          # HTTP 401 / 403: the key is wrong or lacks rights
 EXIT_MALFORMED = 8     # not JSON, unexpected shape, missing fields, wrong types, paging stuck
 EXIT_REJECTED = 9      # any other HTTP 4xx (wrong URL or parameter)
+EXIT_SERIES_CHANGED = 10  # a series appeared that the window's listing did not have: read again
 EXIT_CODES = {
     "internal": EXIT_INTERNAL, "usage": EXIT_USAGE, "unreachable": EXIT_UNREACHABLE, "timeout": EXIT_TIMEOUT,
     "server_error": EXIT_SERVER_ERROR, "rate_limited": EXIT_RATE_LIMITED, "auth": EXIT_AUTH,
-    "malformed": EXIT_MALFORMED, "rejected": EXIT_REJECTED,
+    "malformed": EXIT_MALFORMED, "rejected": EXIT_REJECTED, "series_changed": EXIT_SERIES_CHANGED,
 }
 
 
@@ -183,7 +197,7 @@ def validate_settings(loaded: object, path: str) -> dict:
     for key in ("clerk_url", "prometheus_url"):
         if urllib.parse.urlsplit(str(settings[key])).scheme not in ("http", "https"):
             raise usage_error(f"setting {key} in {path} must be an http(s) URL")
-    for key in ("psql", "control_plane_passfile"):
+    for key in ("psql", "control_plane_passfile", "state_dir"):
         if settings[key] is not None and not (isinstance(settings[key], str) and os.path.isabs(settings[key])):
             raise usage_error(f"setting {key} in {path} must be an absolute path")
     return settings
@@ -255,6 +269,14 @@ class HttpSource:
 
     def get_json(self, path: str) -> object:
         """GET base_url + path and decode JSON; retries, then raises ReaderError of the last problem's class."""
+        body = self.get_body(path)
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ReaderError(f"malformed JSON from {path}: {e}", EXIT_MALFORMED) from None
+
+    def get_body(self, path: str) -> bytes:
+        """GET base_url + path: the body of a 2xx answer; retries, then raises ReaderError of the last problem's class."""
         attempts = int(self.settings["max_retries"]) + 1
         for attempt in range(1, attempts + 1):
             remaining = self.deadline - time.monotonic()
@@ -263,7 +285,7 @@ class HttpSource:
             timeout = min(float(self.settings["timeout_seconds"]), remaining)
             wait, detail = None, ""
             try:
-                status, body = self._get(path, timeout)
+                _status, body = self._get(path, timeout)
             except urllib.error.HTTPError as e:
                 detail = self._error_detail(e)
                 kind = http_status_class(e.code)
@@ -282,10 +304,7 @@ class HttpSource:
                 else:
                     kind, problem = EXIT_UNREACHABLE, f"cannot reach {self.base_url}{path}: {reason}"
             else:
-                try:
-                    return json.loads(body.decode("utf-8"))
-                except (UnicodeDecodeError, ValueError) as e:
-                    raise ReaderError(f"malformed JSON from {path} (HTTP {status}): {e}", EXIT_MALFORMED) from None
+                return body
             if attempt == attempts:
                 plural = "s" if attempts > 1 else ""
                 raise ReaderError(self._redact(f"{problem} after {attempts} attempt{plural}{detail}"), kind)
@@ -730,6 +749,356 @@ def _sample(sample: object, path: str, chunk_start: int, chunk_end: int, step: i
     return t, value
 
 
+# ----- Prometheus: the metrics refresh's streamed copy ----------------------------------------
+#
+# The metrics refresh of the reader backend copies a window straight into dwh.metrics, in three
+# calls: ``prometheus-series`` lists the window's series (the refresh adds the new ones to
+# dwh.metric_series), ``series-map`` keeps the ids the refresh hands back, and ``prometheus-copy``
+# streams the samples as rows of dwh.metrics in PostgreSQL's binary COPY format (series_id, ts,
+# value), one group of requests at a time, so the server inserts one group while Prometheus
+# answers the next. Samples are turned into rows without a Python object per sample where the
+# answer has the exact shape Prometheus writes (a full JSON parse otherwise): a year of a large
+# fleet is tens of millions of samples.
+
+# query_range looks back (5 minutes by default) from each evaluation time for a sample: a series
+# whose samples end shortly before the window still has points in it, so the listing starts earlier.
+SERIES_LOOKBACK_SECONDS = 3600
+# timestamptz counts microseconds from 2000-01-01 UTC.
+PG_EPOCH_SECONDS = 946_684_800
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+COPY_TRAILER = struct.pack(">h", -1)
+# A row: 3 fields, each its length (8) and value: series_id, ts, value.
+_ROW = struct.Struct(">hiqiqid")
+# A group's requests are sized for this many more series than the previous group held (a fleet grows).
+FLEET_GROWTH_MARGIN = 1.25
+SERIES_MAP_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
+DAY_SECONDS = 86_400
+
+
+def labels_json(labels: dict) -> str:
+    """A label set (without ``__name__``) as the warehouse stores it: canonical, compact JSON."""
+    return json.dumps(without_nul(labels), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def series_path(metric: str, first: int, last: int) -> str:
+    """The listing of ``metric``'s series that may have a point at the grid times ``first``..``last``."""
+    query = urllib.parse.urlencode([("match[]", metric), ("start", max(0, first - SERIES_LOOKBACK_SECONDS)), ("end", last)])
+    return f"/api/v1/series?{query}"
+
+
+def range_path(metric: str, first: int, last: int, step: int) -> str:
+    return "/api/v1/query_range?" + urllib.parse.urlencode({"query": metric, "start": first, "end": last, "step": step})
+
+
+def list_series(settings: dict, start: int, end: int, step: int, metrics: list) -> RowBuffer:
+    """``metric_name, labels`` of every series of ``metrics`` that may have a point in ``[start, end)``, sorted."""
+    first, count = aligned_times(start, end, step)
+    rows = RowBuffer()
+    if not count:
+        return rows
+    source = HttpSource(settings["prometheus_url"], settings)
+    found: set[tuple[str, str]] = set()
+    for metric in metrics:
+        path = series_path(metric, first, first + (count - 1) * step)
+        payload = source.get_json(path)
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(payload, dict) or payload.get("status") != "success" or not isinstance(data, list):
+            raise ReaderError(f"unexpected payload from {path}: no status 'success' with a list of series")
+        for labels in data:
+            if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+                raise ReaderError(f"malformed series from {path}: label values must be strings")
+            labels = dict(labels)
+            found.add((labels.pop("__name__", metric), labels_json(labels)))
+    for name, labels in sorted(found):
+        rows.add(None, [name, labels])
+    return rows
+
+
+def _state_path(settings: dict, key: str) -> str:
+    directory = settings.get("state_dir") or settings.get("errors_dir")
+    if not directory:
+        raise usage_error("no state_dir in the settings: rerun `dwh reader install`")
+    if not SERIES_MAP_KEY.fullmatch(key):
+        raise usage_error(f"refusing series map key {key!r}: only letters, digits, _ and - are allowed")
+    return os.path.join(directory, f"series-map-{key}.json")
+
+
+def save_series_map(settings: dict, key: str, source) -> int:  # noqa: ANN001 (a binary file)
+    """Keep the refresh's ``series_id, metric_name, labels`` CSV rows (from ``source``) for ``prometheus-copy``."""
+    import csv
+    import io
+
+    entries = []
+    for row in csv.reader(io.TextIOWrapper(source, encoding="utf-8", newline="")):
+        if len(row) != 3 or not row[0].isdigit():
+            raise usage_error(f"series map row {one_line(repr(row), 120)} is not series_id, metric_name, labels")
+        entries.append([row[1], row[2], int(row[0])])
+    path = _state_path(settings, key)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    # Maps of refreshes that failed before their copy do not pile up.
+    for name in os.listdir(directory):
+        other = os.path.join(directory, name)
+        if name.startswith("series-map-") and time.time() - os.stat(other).st_mtime > DAY_SECONDS:
+            os.unlink(other)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as f:
+        json.dump(entries, f, ensure_ascii=False)
+    os.replace(tmp, path)
+    return len(entries)
+
+
+def take_series_map(settings: dict, key: str) -> dict[tuple[str, str], int]:
+    """The series map ``series-map`` kept under ``key`` (removed: each map serves one read)."""
+    path = _state_path(settings, key)
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+        os.unlink(path)
+    except (OSError, ValueError) as e:
+        raise usage_error(f"cannot read the series map {path}: {type(e).__name__}") from None
+    return {(name, labels): series_id for name, labels, series_id in entries}
+
+
+class CopyPlan:
+    """The groups of a streamed copy: inclusive (first, last) evaluation times, oldest first.
+
+    A group asks every metric for the same times (one request each, the reader holds the
+    group's answers at once) and sizes them so that no answer holds more than
+    ``max_samples_per_request`` samples: by the most series one metric's answer held in the
+    previous group (counted in the answer's bytes), plus a margin for a growing fleet (the first group: the most series one metric lists
+    for the whole window). A fleet that starts near empty would let the next group reach across
+    the rest of the window, so a group spans at most twice the points of the one before. A
+    group never crosses a UTC midnight unless it holds whole days, so each daily partition is
+    filled by one group, in key order. The benchmark that measures Prometheus' own rate
+    replays the same plan.
+    """
+
+    def __init__(self, settings: dict, start: int, end: int, step: int, series: int):
+        self.first, self.count = aligned_times(start, end, step)
+        self.step = step
+        self.budget = settings["max_samples_per_request"]
+        self.max_points = settings["max_points_per_request"]
+        self.expected_series = max(1, series)
+        self.previous_points: int | None = None
+
+    def groups(self):  # noqa: ANN201 (a generator of (first, last))
+        last = self.first + (self.count - 1) * self.step
+        lo = self.first
+        while self.count and lo <= last:
+            points = max(1, min(self.max_points, self.budget // self.expected_series))
+            if self.previous_points is not None:
+                points = min(points, 2 * self.previous_points)
+            end = lo + points * self.step
+            next_midnight = (lo // DAY_SECONDS + 1) * DAY_SECONDS
+            if end > next_midnight:
+                end = end // DAY_SECONDS * DAY_SECONDS
+            hi = min(last, (end - 1) // self.step * self.step)
+            self.previous_points = (hi - lo) // self.step + 1
+            yield lo, hi
+            lo = hi + self.step
+
+    def held(self, series: int) -> None:
+        """The group just read held at most ``series`` series in one metric's answer."""
+        self.expected_series = max(1, math.ceil(series * FLEET_GROWTH_MARGIN))
+
+
+def _answer_shape(body: bytes) -> tuple[list[bytes], list[int], list] | None:
+    """(raw metric objects, samples per series, [t, v, t, v, ...]) of a query_range answer in the
+    exact shape Prometheus writes; None for anything else (the caller then parses it fully)."""
+    prefix = b'{"status":"success","data":{"resultType":"matrix","result":['
+    if not body.startswith(prefix):
+        return None
+    raws, counts, segments = [], [], []
+    pos = len(prefix)
+    while body[pos:pos + 1] != b"]":
+        if raws:
+            if body[pos:pos + 1] != b",":
+                return None
+            pos += 1
+        if not body.startswith(b'{"metric":', pos):
+            return None
+        # `},"values":[` cannot occur inside a JSON string (its quotes would be escaped).
+        values_at = body.find(b'},"values":[', pos)
+        end = body.find(b"]]", values_at)
+        if values_at < 0 or end < 0 or body[end + 2:end + 3] != b"}":
+            return None  # no samples, native histograms, other keys
+        raws.append(body[pos + 10:values_at + 1])
+        segment = body[values_at + 12:end + 1]
+        segments.append(segment)
+        counts.append(segment.count(b"],[") + 1)
+        pos = end + 3
+    if body[pos:] != b"]}}":
+        return None  # warnings, or more than the shape
+    numbers = b",".join(segments).replace(b'"+Inf"', b"Infinity").replace(b'"-Inf"', b"-Infinity")
+    try:
+        flat = json.loads(b"[" + numbers.translate(None, b'[]"') + b"]")
+    except ValueError:
+        return None
+    return (raws, counts, flat) if len(flat) == 2 * sum(counts) else None
+
+
+class SeriesIds:
+    """series_id of each label set of a read (the map the refresh made); unknown ones fail the read."""
+
+    def __init__(self, ids: dict[tuple[str, str], int]):
+        self.ids = ids
+        self.by_raw: dict[bytes, int] = {}
+
+    def of(self, name: str, labels: str, path: str) -> int:
+        series_id = self.ids.get((name, labels))
+        if series_id is None:
+            raise ReaderError(f"{path} returned series {name}{one_line(labels, 200)}, which Prometheus did not list "
+                              f"for the window: its series changed during the read", EXIT_SERIES_CHANGED)
+        return series_id
+
+    def of_raw(self, raw: bytes, metric: str, path: str) -> int:
+        series_id = self.by_raw.get(raw)
+        if series_id is None:
+            labels = json.loads(raw)
+            if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+                raise ReaderError(f"malformed series from {path}: label values must be strings")
+            name = labels.pop("__name__", metric)
+            series_id = self.by_raw[raw] = self.of(name, labels_json(labels), path)
+        return series_id
+
+
+def answer_columns(body: bytes, metric: str, path: str, lo: int, hi: int, step: int,
+                   ids: SeriesIds) -> tuple[list[tuple[int, int]], list, list]:
+    """One answer as (series_id, samples) per series, and every sample's times and values in that order."""
+    shape = _answer_shape(body)
+    if shape is not None:
+        raws, counts, flat = shape
+        series = [(ids.of_raw(raw, metric, path), n) for raw, n in zip(raws, counts)]
+        return series, flat[0::2], flat[1::2]
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ReaderError(f"malformed JSON from {path}: {e}") from None
+    series, times, values = [], [], []
+    for name, labels, samples in _matrix_series(payload, metric, path):
+        for sample in samples:
+            t, value = _sample(sample, path, lo, hi, step)
+            times.append(t)
+            values.append(value)
+        series.append((ids.of(name, labels, path), len(samples)))
+    return series, times, values
+
+
+def copy_rows(answers: list[tuple[list[tuple[int, int]], list, list]], micros: dict, path: str) -> bytes:
+    """Binary COPY rows (series_id, ts, value) of a group's answers, series by series in id order;
+    ``micros`` maps each evaluation time of the group to timestamptz's microseconds."""
+    runs = []
+    for series, times, values in answers:
+        try:
+            stamps = list(map(micros.__getitem__, times))
+        except (KeyError, TypeError):
+            raise ReaderError(f"{path} returned a sample off its evaluation grid") from None
+        offset = 0
+        for series_id, n in series:
+            runs.append((series_id, stamps[offset:offset + n], values[offset:offset + n]))
+            offset += n
+    runs.sort(key=lambda run: run[0])
+    try:
+        # One struct.pack per row, fed by iterators: no Python loop per sample.
+        return b"".join(chain.from_iterable(
+            map(_ROW.pack, repeat(3), repeat(8), repeat(series_id), repeat(8), stamps, repeat(8), values)
+            for series_id, stamps, values in runs))
+    except struct.error:
+        raise ReaderError(f"{path} returned a value that is not a number") from None
+
+
+def fetch_groups(plan: CopyPlan, settings: dict, metrics: list, step: int):  # noqa: ANN201 (a generator)
+    """(first, last, [(metric, path, answer body)]) of each group of ``plan``, fetched by a thread
+    one group ahead of the caller, so Prometheus answers while the reader turns the previous
+    group into rows. The plan learns each group's series from the bodies themselves."""
+    import queue
+    import threading
+
+    ready: queue.Queue = queue.Queue(maxsize=1)
+
+    def fetch() -> None:
+        try:
+            for lo, hi in plan.groups():
+                # The whole read may take long; each group's requests, retries included, are bounded.
+                source = HttpSource(settings["prometheus_url"], settings)
+                bodies = [(m, range_path(m, lo, hi, step)) for m in metrics]
+                bodies = [(m, path, source.get_body(path)) for m, path in bodies]
+                plan.held(max(body.count(b'{"metric":') for _, _, body in bodies))
+                ready.put((lo, hi, bodies))
+            ready.put(None)
+        except BaseException as e:  # noqa: BLE001 (raised again in the caller's thread)
+            ready.put(e)
+
+    threading.Thread(target=fetch, name="requests to Prometheus", daemon=True).start()
+    while True:
+        group = ready.get()
+        if isinstance(group, BaseException):
+            raise group
+        if group is None:
+            return
+        yield group
+
+
+class GroupWriter:
+    """Writes one group's rows while the reader reads the next. The pipe to PostgreSQL holds
+    64 kB: a reader that wrote between two reads would leave the server idle while it read,
+    and wait itself while the server inserted. At most one group waits here."""
+
+    def __init__(self, out):  # noqa: ANN001 (a binary file)
+        import queue
+        import threading
+
+        self.out = out
+        self.pending: queue.Queue = queue.Queue(maxsize=1)
+        self.thread = threading.Thread(target=self._write, name="rows to PostgreSQL", daemon=True)
+        self.thread.start()
+
+    def _write(self) -> None:
+        # A server that stops reading ends this process by SIGPIPE (main() leaves it fatal).
+        while True:
+            data = self.pending.get()
+            if data is None:
+                return
+            self.out.write(data)
+            self.out.flush()
+
+    def write(self, data: bytes) -> None:
+        self.pending.put(data)
+
+    def close(self) -> None:
+        """Wait until everything queued is written."""
+        self.pending.put(None)
+        self.thread.join()
+
+
+def copy_prometheus(settings: dict, start: int, end: int, step: int, metrics: list, key: str, out) -> int:  # noqa: ANN001
+    """Stream ``[start, end)`` of ``metrics`` to ``out`` as binary COPY rows of dwh.metrics; the samples."""
+    if step < 1:
+        raise usage_error(f"--step must be at least 1 second, got {step}")
+    if end < start or start < 0:
+        raise usage_error(f"window [{start}, {end}) is not a window: need 0 <= start <= end")
+    ids = SeriesIds(take_series_map(settings, key))
+    listed = [sum(1 for name, _ in ids.ids if name == metric) for metric in metrics]
+    plan = CopyPlan(settings, start, end, step, max(listed, default=1))
+    if plan.count > settings["max_points_per_series"]:
+        raise usage_error(f"window [{start}, {end}) at step {step}s has {plan.count} points per series, more than "
+                          f"max_points_per_series={settings['max_points_per_series']}; read it in smaller windows")
+    writer = GroupWriter(out)
+    writer.write(COPY_HEADER)
+    samples = 0
+    for lo, hi, bodies in fetch_groups(plan, settings, metrics, step):
+        micros = {t: (t - PG_EPOCH_SECONDS) * 1_000_000 for t in range(lo, hi + 1, step)}
+        answers = [answer_columns(body, metric, path, lo, hi, step, ids) for metric, path, body in bodies]
+        samples += sum(len(times) for _, times, _ in answers)
+        writer.write(copy_rows(answers, micros, bodies[-1][1]))
+    # Only a read that ended well gets COPY's trailer and waits for its rows to be written; a
+    # failure exits at once and fails the COPY.
+    writer.write(COPY_TRAILER)
+    writer.close()
+    return samples
+
+
 # ----- failure reasons for the warehouse's error handler ------------------------------------
 
 def backend_pid() -> int | None:
@@ -814,9 +1183,10 @@ def self_check(args: argparse.Namespace) -> int:
             load_clerk_key(settings)
         if args.control_plane_copy:
             check_control_plane_copy(settings)
-        errors_dir = settings.get("errors_dir")
-        if errors_dir and not os.access(errors_dir, os.W_OK | os.X_OK):
-            raise usage_error(f"errors_dir {errors_dir} is not writable by this user")
+        for key in ("errors_dir", "state_dir"):
+            directory = settings.get(key)
+            if directory and not os.access(directory, os.W_OK | os.X_OK):
+                raise usage_error(f"{key} {directory} is not writable by this user")
         line = "ok"
     except ReaderError as e:
         line = one_line(str(e))
@@ -849,6 +1219,16 @@ def parse_args(argv: list) -> argparse.Namespace:
     days.add_argument("--end", type=int, required=True, help="epoch seconds of a UTC midnight, exclusive")
     days.add_argument("--step", type=int, required=True, help="seconds between evaluation times")
     days.add_argument("--metric", action="append", required=True, help="metric name (repeatable)")
+    listing = sources.add_parser("prometheus-series", help="the series of a window, as metric_name, labels CSV rows")
+    keep = sources.add_parser("series-map", help="keep the series_id, metric_name, labels CSV rows on stdin for prometheus-copy")
+    keep.add_argument("--key", required=True, help="names the map (letters, digits, _ and -)")
+    copy = sources.add_parser("prometheus-copy", help="a window as binary COPY rows of dwh.metrics (series_id, ts, value)")
+    copy.add_argument("--series-map", required=True, help="the key series-map kept the window's series ids under")
+    for sub in (listing, copy):
+        sub.add_argument("--start", type=int, required=True, help="epoch seconds, inclusive")
+        sub.add_argument("--end", type=int, required=True, help="epoch seconds, exclusive")
+        sub.add_argument("--step", type=int, required=True, help="seconds between evaluation times")
+        sub.add_argument("--metric", action="append", required=True, help="metric name (repeatable)")
     last = sources.add_parser("last-error", help="the reason of this backend's last failed read, as one CSV field")
     last.add_argument("--since", type=float, required=True, help="epoch seconds: ignore older failures")
     last.add_argument("--exit-code", type=int, required=True, help="the exit code PostgreSQL reported")
@@ -892,6 +1272,21 @@ def main(argv: list | None = None) -> int:
             where = "dwh reader: prometheus-days"
             metrics = [validate_metric_name(m) for m in args.metric]
             rows = read_prometheus_days(settings, args.start, args.end, args.step, metrics)
+        elif args.source == "prometheus-series":
+            where = "dwh reader: prometheus series"
+            rows = list_series(settings, args.start, args.end, args.step, [validate_metric_name(m) for m in args.metric])
+        elif args.source == "series-map":
+            where = "dwh reader: series map"
+            save_series_map(settings, args.key, sys.stdin.buffer)
+            return 0
+        elif args.source == "prometheus-copy":
+            where = "dwh reader: prometheus copy"
+            metrics = [validate_metric_name(m) for m in args.metric]
+            # Streamed: rows leave as each group of requests is read; a failure later exits
+            # non-zero, which fails the COPY and its transaction.
+            copy_prometheus(settings, args.start, args.end, args.step, metrics, args.series_map, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+            return 0
         else:
             rows = take_last_error(settings, args.since, args.exit_code)
     except ReaderError as e:

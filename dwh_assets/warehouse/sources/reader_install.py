@@ -15,6 +15,8 @@ run by the system Python (``reader.python``, default ``/usr/bin/python3``). Next
   command line names the file, never the password.
 - ``errors/``: the last failure reason per PostgreSQL backend, which the refresh routines'
   error handler reads back (``dwh.raise_source_failure``).
+- ``state/``: a metrics refresh's series map, between the two calls of the reader that
+  share it (``dwh.copy_metrics_streamed``).
 
 All of it belongs to the server's OS user (``reader.os_user``), the directory is 0700.
 ``dwh reader install --config FILE`` runs this on the database host (as root or as that
@@ -41,6 +43,7 @@ SETTINGS_NAME = "reader.json"
 SECRETS_NAME = "secrets.json"
 CONTROL_PLANE_PASSFILE_NAME = "control_plane.pgpass"
 ERRORS_NAME = "errors"
+STATE_NAME = "state"
 
 
 def reader_path(cfg: DeploymentConfig) -> Path:
@@ -76,6 +79,7 @@ def reader_settings(cfg: DeploymentConfig, overrides: dict | None = None) -> dic
         "prometheus_url": cfg.prometheus.url,
         "secrets_file": str(cfg.reader.directory / SECRETS_NAME),
         "errors_dir": str(cfg.reader.directory / ERRORS_NAME),
+        "state_dir": str(cfg.reader.directory / STATE_NAME),
         "psql": cfg.reader.psql,
         "control_plane_passfile": str(control_plane_passfile(cfg)) if cfg.control_plane_transfer() == "copy" else None,
     }
@@ -165,9 +169,9 @@ def install_settings(cfg: DeploymentConfig, overrides: dict | None = None, name:
     if "/" in name or name.startswith("."):
         raise ValueError(f"settings file name {name!r} must be a plain file name")
     values = reader_settings(cfg, overrides)
-    errors_dir = Path(values["errors_dir"])
-    errors_dir.mkdir(exist_ok=True)
-    _own(cfg, errors_dir, 0o700)
+    for private in (values["errors_dir"], values["state_dir"]):
+        Path(private).mkdir(exist_ok=True)
+        _own(cfg, Path(private), 0o700)
     path = cfg.reader.directory / name
     _write_owned(cfg, path, (json.dumps(values, indent=2) + "\n").encode(), 0o600)
     return path

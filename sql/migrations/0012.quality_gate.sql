@@ -1,4 +1,4 @@
--- depends: 0009.arrival_watermarks
+-- depends: 0011.snapshots_without_day_index
 -- The quality gate on pg_cron's path (sql/routines/03_quality_gate.sql) and the freshness
 -- expectations of the refresh jobs (sql/routines/04_freshness.sql, mart.refresh_freshness).
 
