@@ -109,7 +109,7 @@ def test_dagster_shows_the_asset_with_its_checks_schema_and_lineage():
     graph = build_definitions(CodeLocationSettings(TODAY - dt.timedelta(days=3)), EXTENDED).resolve_asset_graph()
     node = graph.get(key_of(SIGNUP_DOMAINS.relation))
     assert node.parent_keys == {key_of("dwh.users")} and node.is_materializable
-    assert {c.name for c in node.assets_def.check_specs} == {"signups_are_positive"}
+    assert {c.name for c in node.assets_def.check_specs} == {"signups_are_positive", "no_days_held"}
     schema = node.metadata["dagster/column_schema"]
     assert [(c.name, c.type, c.description) for c in schema.columns] == [
         (c.name, c.type, c.comment) for c in SIGNUP_DOMAINS.columns]
@@ -132,8 +132,8 @@ def test_a_dagster_run_refreshes_it_passes_its_checks_and_the_reader_reads_it(wa
     (materialization,) = result.asset_materializations_for_node(asset.node_def.name)
     lineage = materialization.metadata["dagster/column_lineage"].value
     assert {d.asset_key for d in lineage.deps_by_column["email_domain"]} == {key_of("dwh.users")}
-    (check,) = result.get_asset_check_evaluations()
-    assert check.check_name == "signups_are_positive" and check.passed
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"signups_are_positive": True, "no_days_held": True}, "its own check and the derived gate check"
     with connect(scratch, READER_ROLE) as reader:
         rows = reader.execute("SELECT email_domain, signups FROM mart.signup_domains WHERE day = %s ORDER BY 1",
                               (TODAY,)).fetchall()

@@ -56,14 +56,20 @@ def test_every_setting_is_read_from_its_variable(environ, tmp_path):
         dt.date(2026, 1, 1), sensor_interval_seconds=7, nightly_cron="15 4 * * 1-5", nightly_days=10,
         superset_url="https://bi.example.com", dashboards_dir=dashboards)
     assert {s.name for s in SETTINGS} == {"DWH_WAREHOUSE_DSN", "DWH_HISTORY_START", "DWH_SENSOR_INTERVAL_SECONDS",
-                                          "DWH_NIGHTLY_CRON", "DWH_NIGHTLY_DAYS", "DWH_SUPERSET_URL", "DWH_DASHBOARDS_DIR"}
+                                          "DWH_NIGHTLY_CRON", "DWH_NIGHTLY_DAYS", "DWH_SUPERSET_URL", "DWH_DASHBOARDS_DIR",
+                                          "DWH_ALERTS__WEBHOOK_URL", "DWH_ALERTS__WEBHOOK_URL_FILE", "DWH_ALERTS__LABEL",
+                                          "DWH_ALERTS__TIMEOUT_SECONDS"}
 
 
 def test_one_error_names_every_missing_or_malformed_setting(environ):
     environ(DWH_SENSOR_INTERVAL_SECONDS="0", DWH_NIGHTLY_CRON="every night", DWH_NIGHTLY_DAYS="three",
-            DWH_SUPERSET_URL="bi.example.com", DWH_DASHBOARDS_DIR="/nonexistent/dashboards")
+            DWH_SUPERSET_URL="bi.example.com", DWH_DASHBOARDS_DIR="/nonexistent/dashboards",
+            DWH_ALERTS__WEBHOOK_URL="hooks.example/T0/B0/s3cret-token", DWH_ALERTS__WEBHOOK_URL_FILE="/nonexistent/url",
+            DWH_ALERTS__LABEL="two\tlines", DWH_ALERTS__TIMEOUT_SECONDS="-1")
     with pytest.raises(SettingsError) as raised:
         CodeLocationSettings.from_environment()
+    assert "s3cret-token" not in str(raised.value), "the webhook URL is a secret"
+    assert "DWH_ALERTS__WEBHOOK_URL=(not shown: it may hold a password) is not an https:// URL" in str(raised.value)
     lines = str(raised.value).splitlines()
     assert lines[0] == "the Dagster code location cannot load:"
     assert [re.search(r"DWH_[A-Z_]+", line)[0] for line in lines[1:]] == [s.name for s in SETTINGS]

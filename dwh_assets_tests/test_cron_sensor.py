@@ -20,10 +20,11 @@ from dwh_assets.local.config import LOADER_ROLE, WAREHOUSE_DB
 from dwh_assets.warehouse import catalog
 from dwh_assets.warehouse.defs import CodeLocationSettings, build_definitions, cron_targets
 from dwh_assets.warehouse.defs.assets import key_of
-from dwh_assets.warehouse.defs.checks import PG_CRON_HEALTH
-from dwh_assets.warehouse.defs.cron_sensor import CronCursor, CronRunJudge, JobTarget, remember_jobs, build_cron_sensor
+from dwh_assets.warehouse.defs.checks import FRESHNESS, PG_CRON_HEALTH
+from dwh_assets.warehouse.defs.cron_sensor import CronCursor, CronRunJudge, JobTarget, build_cron_sensor, remember_jobs
 from dwh_assets.warehouse.defs.partitions import daily_partitions
 from dwh_assets.warehouse.defs.resources import WarehouseResource
+from dwh_assets_tests.warehouse_helpers import run_refresh_jobs_once
 
 UTC = dt.timezone.utc
 STUCK_AFTER = dt.timedelta(seconds=20)
@@ -66,11 +67,9 @@ def cron_runs(stack, cfg):
     """
     import psycopg
 
+    run_refresh_jobs_once(cfg)  # a fresh session stack is empty: instances' references_resolve needs organizations
     with stack.postgres.connect(WAREHOUSE_DB) as su:
         su.autocommit = True
-        # The ok run's references_resolve check needs the organizations its instances point to: on a
-        # fresh stack they are there only if pg_cron's own */15 job happened to run first.
-        su.execute("SELECT dwh.refresh_organizations(current_date)")
         start_runid = su.execute("SELECT coalesce(max(runid), 0) FROM cron.job_run_details").fetchone()[0]
         at = next_minute(su)
         once = f"{at.minute} {at.hour} {at.day} {at.month} *"
@@ -156,7 +155,9 @@ def test_sensor_reports_each_kind_of_pg_cron_run_exactly_once(cfg, loader, cron_
     assert materializations[1].metadata["snapshot_day"].value == today
 
     health = [c for c in checks if c.check_name == PG_CRON_HEALTH]
-    data = {(c.asset_key, c.check_name): c for c in checks if c.check_name != PG_CRON_HEALTH}
+    data = {(c.asset_key, c.check_name): c for c in checks if c.check_name not in (PG_CRON_HEALTH, FRESHNESS)}
+    # every target's freshness, on the sensor's first tick (later ticks: when a verdict changes)
+    assert {c.asset_key for c in checks if c.check_name == FRESHNESS} == {key_of(a) for _c, a, _t, _p in JOBS.values()}
     failed = {c.asset_key: c for c in health if not c.passed}
     passed = {c.asset_key for c in health if c.passed}
     assert passed == {key_of("dwh.instances")}

@@ -36,7 +36,7 @@ from dwh_assets.warehouse.superset_export import load_bundle
 # Superset's names for the catalog's types (what it reads from PostgreSQL).
 SUPERSET_TYPES = {"text": "TEXT", "bigint": "BIGINT", "integer": "INTEGER", "numeric": "NUMERIC", "date": "DATE",
                   "timestamp with time zone": "TIMESTAMP WITH TIME ZONE", "uuid": "UUID", "boolean": "BOOLEAN",
-                  "double precision": "DOUBLE PRECISION"}
+                  "double precision": "DOUBLE PRECISION", "interval": "INTERVAL"}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,9 @@ def test_the_time_range_leaves_the_numbers_of_now_alone(bundle):
     health = filters_by_name(bundle, "warehouse-health")[TIME_FILTER_NAME]
     assert out_of_scope(bundle, "warehouse-health", health) == {"Freshness: last refresh per table",
                                                                 "Failed pg_cron runs (24 h)", "pg_cron jobs (14 days)",
-                                                                "Late data: watermarks and the daily reconciliation"}
+                                                                "Late data: watermarks and the daily reconciliation",
+                                                                "Late tables (freshness from pg_cron schedules)",
+                                                                "Mart days held by the quality gate"}
     assert out_of_scope(bundle, "usage-by-organization", filters_by_name(bundle, "usage-by-organization")[TIME_FILTER_NAME]) == set()
 
 

@@ -32,14 +32,15 @@ def test_a_metrics_refresh_is_observed_in_its_source_its_views_the_log_and_its_d
     observed = users(deps.keys_reading(deps.changed_relations({"metrics"})))
     assert observed == {"prometheus.metrics", "dwh/metric_samples", "dwh/refresh_log", "superset/usage_by_organization",
                         # the refresh log feeds the health views, and so their dashboard
-                        "mart/refresh_health_hourly", "mart/refresh_latest", "superset/warehouse_health"}
+                        "mart/refresh_health_hourly", "mart/refresh_latest", "mart/refresh_freshness",
+                        "superset/warehouse_health"}
 
 
 def test_a_pg_cron_run_is_observed_in_its_history_and_what_reads_it():
     deps = dependents()
     assert users(deps.keys_reading({catalog.CRON_HISTORY})) == {
         "cron/job_run_details", "mart/cron_job_runs", "mart/refresh_health_hourly", "mart/refresh_latest",
-        "superset/warehouse_health"}
+        "mart/refresh_freshness", "superset/warehouse_health"}
 
 
 def test_a_dimension_refresh_observes_both_its_sources_and_the_views_over_its_snapshots():

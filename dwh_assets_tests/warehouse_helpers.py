@@ -211,3 +211,15 @@ def local_samples(conn: psycopg.Connection, metric: str, start: dt.datetime, end
         (metric, start, end),
     ).fetchall()
     return [(m, json.dumps(labels, sort_keys=True), int(t), v) for m, labels, t, v in rows]
+
+
+def run_refresh_jobs_once(cfg: StackConfig) -> None:
+    """Every copy's and then every mart's pg_cron command, run once as the loader: a session stack
+    starts empty, and pg_cron fills it only as each schedule comes round."""
+    from dwh_assets.local.config import LOADER_ROLE, WAREHOUSE_DB
+    from dwh_assets.warehouse import catalog, cron_jobs
+
+    commands = {job.name: job.command for job in cron_jobs.desired_jobs(cfg.deployment()) if job.runner == "loader"}
+    with psycopg.connect(cfg.dsn(WAREHOUSE_DB, LOADER_ROLE), autocommit=True) as conn:
+        for entry in catalog.PRODUCT.refreshed():
+            conn.execute(commands[entry.cron_job_name])

@@ -326,12 +326,17 @@ METRICS = TableSpec(
         # One scan of the window with its bounds as values, so the planner keeps only the window's
         # partitions (a per-day correlated subquery opened every partition of the history each day).
         # The missing sample times are listed as UTC ranges (a Prometheus that was down: its gap).
-        WindowCheck("samples_complete", "Every full past day of the window holds every sample time of the metrics step.", """
+        # Days start counting at the first complete day of history: Prometheus holds nothing before
+        # the earliest sample, so the day it falls in is partial on every deployment.
+        WindowCheck("samples_complete", "Every full past day of the window, from the first complete day of history "
+                                        "(the first midnight at or after the earliest sample), holds every sample time "
+                                        "of the metrics step.", """
             WITH step AS (SELECT dwh.setting('metrics.step_seconds', '3600')::int * interval '1 second' AS s),
             days AS (
                 SELECT d FROM generate_series(date_trunc('day', %(start)s::timestamptz, 'UTC'),
                                               %(end)s::timestamptz - interval '1 day', interval '1 day') d
-                WHERE d >= %(start)s AND d + interval '1 day' <= least(%(end)s, date_trunc('day', now(), 'UTC'))),
+                WHERE d >= %(start)s AND d + interval '1 day' <= least(%(end)s, date_trunc('day', now(), 'UTC'))
+                  AND d >= coalesce((SELECT min(m.ts) FROM dwh.metrics m), '-infinity')),
             stamps AS (SELECT DISTINCT m.ts FROM dwh.metrics m WHERE m.ts >= %(start)s AND m.ts < %(end)s),
             missing AS (
                 SELECT t, t - row_number() OVER (ORDER BY t) * step.s AS run
@@ -573,6 +578,44 @@ REFRESH_LATEST = ViewSpec(
     group=Group.WAREHOUSE,
 )
 
+REFRESH_FRESHNESS = ViewSpec(
+    "mart.refresh_freshness",
+    "Each refresh job: its table's last committed refresh against two intervals of its live pg_cron schedule plus "
+    "its typical duration; late when older, or when the job is inactive or gone.",
+    (
+        Column("jobname", "text", "The pg_cron job."),
+        Column("table_name", "text", "What it refreshes, as dwh.refresh_log names it."),
+        Column("schedule", "text", "Its pg_cron schedule now (NULL: no such job)."),
+        Column("active", "boolean", "Whether pg_cron runs it."),
+        Column("last_refresh", TS, "When the table's last committed refresh finished (anyone's)."),
+        Column("expected_within", "interval", "How old the last refresh may be: two schedule intervals plus the "
+                                              "typical duration."),
+        Column("minutes_ago", "numeric", "The last refresh's age, in minutes."),
+        Column("late", "boolean", "Older than expected_within, never refreshed, or without a job."),
+        Column("status", "text", "fresh, or late and why."),
+    ),
+    reads=("dwh.refresh_log", "mart.cron_job_runs"),
+    sql_file="refresh_freshness.sql",
+    group=Group.WAREHOUSE,
+)
+
+QUALITY_GATE = ViewSpec(
+    "mart.quality_gate",
+    "Each mart's queued days and those the quality gate holds back (a copy it reads failed a blocking check), with "
+    "the reason; released by the copy's next passing refresh.",
+    (
+        Column("mart", "text", "The mart."),
+        Column("queued_days", "bigint", "Days queued for its pg_cron job."),
+        Column("held_days", "bigint", "Of them, days held back by the quality gate."),
+        Column("held", "text", "The held days, comma-separated (empty: none)."),
+        Column("held_since", TS, "When the first of them was held."),
+        Column("held_reason", "text", "The failed checks of the copies, with their counts and refresh (empty: none)."),
+    ),
+    reads=(),
+    sql_file="quality_gate.sql",
+    group=Group.WAREHOUSE,
+)
+
 LATE_DATA = ViewSpec(
     "mart.late_data",
     "Per fact: how its scheduled refresh follows late rows (the arrival watermark) and what the latest daily "
@@ -626,8 +669,8 @@ READ_THROUGH = {"dwh.cron_job_runs": CRON_HISTORY, "dwh.cron_owner_job_runs": CR
 PRODUCT = Catalog(
     tables=(USERS, ORGANIZATIONS, ORGANIZATION_MEMBERSHIPS, INSTANCES, INSTANCE_STATE, EVENTS, METRICS),
     marts=(ORG_DAILY_USAGE, DAILY_SIGNUPS, INSTANCE_STATE_DAILY),
-    views=(GROWTH_DAILY, INSTANCE_CURRENT_STATE, CRON_JOB_RUNS, REFRESH_HEALTH_HOURLY, REFRESH_LATEST, LATE_DATA,
-           METRIC_SAMPLES),
+    views=(GROWTH_DAILY, INSTANCE_CURRENT_STATE, CRON_JOB_RUNS, REFRESH_HEALTH_HOURLY, REFRESH_LATEST, REFRESH_FRESHNESS,
+           QUALITY_GATE, LATE_DATA, METRIC_SAMPLES),
     sql_dirs=(ROUTINES_DIR, VIEWS_DIR),
     external=((CRON_HISTORY, "pg_cron's run history of the warehouse's jobs (read through dwh.cron_job_runs() and "
                              "dwh.cron_owner_job_runs())."),),
@@ -636,7 +679,7 @@ PRODUCT = Catalog(
 
 # Configuration tables `dwh migrate` writes (not data: no lineage, no asset).
 CONFIGURATION = ("dwh.settings", "dwh.refresh_jobs", "dwh.mart_inputs", "dwh.mart_pending", "dwh.cron_probe",
-                 "dwh.subject_columns", "dwh.arrival_watermarks")
+                 "dwh.subject_columns", "dwh.quality_gates", "dwh.copy_gate", "dwh.arrival_watermarks")
 # What `dwh forget` keeps (created by a migration; the owner's alone): the key of its hashes, its log.
 ERASURE_KEY = "dwh.erasure_key"
 ERASURE_LOG = "dwh.erasure_log"

@@ -6,6 +6,7 @@ fails when the file and the catalog disagree, so the page never drifts.
 
 from __future__ import annotations
 
+from dwh_assets.warehouse import quality_gate
 from dwh_assets.warehouse.catalog import MAINTENANCE_SCHEDULES, PRODUCT, Catalog
 from dwh_assets.warehouse.catalog_model import Column, Erase, Kind, MartSpec, Table, TableSpec, ViewSpec, marked
 
@@ -77,19 +78,29 @@ def _entry(entry: TableSpec | MartSpec, catalog: Catalog) -> list[str]:
     retention = f"{entry.retention_days} days" if entry.retention_days else "all"
     facts += [f"routine `{entry.routine}({entry.routine_arguments})` in `{entry.routine_file}`; pg_cron job "
               f"`{entry.cron_job_name}` on `{entry.schedule}` (GMT), a run cancelled after {entry.timeout}; "
-              f"overdue after {entry.freshness}; "
+              f"overdue after {entry.freshness} (two schedule intervals + its typical duration, {entry.typical_duration}); "
               f"partitions kept: {retention}"]
     if isinstance(entry, TableSpec) and entry.arrival is not None:
         facts.append(_arrival(entry))
     checks = [c.name for c in entry.checks]
     if checks:
         facts.append(f"its own checks: {', '.join(checks)}")
+    if isinstance(entry, TableSpec):
+        facts.append("quality gate (a failure holds the queued days of the marts reading it): "
+                     + ", ".join(c.name for c in quality_gate.gate_checks(entry)))
+    else:
+        facts.append(f"its days are held while a refresh of {', '.join(entry.stale_when)} fails its quality gate")
     lines = [f"### {title}", "", entry.description, "", *[f"- {f}" for f in facts], ""]
     for table in tables:
         if len(tables) > 1:
             lines += [f"`{table.relation}`:", ""]
         lines += [*_columns(table, catalog), ""]
     return lines
+
+
+def _view_reads(view: ViewSpec) -> str:
+    """Its lineage, when it reads assets (a view of configuration tables reads none)."""
+    return f"reads: {', '.join(f'`{r}`' for r in view.reads)}; " if view.reads else ""
 
 
 def _arrival(spec: TableSpec) -> str:
@@ -136,7 +147,7 @@ def render(catalog: Catalog = PRODUCT) -> str:
     lines += ["## Views", ""]
     for view in catalog.views:
         lines += [f"### `{view.relation}`", "", view.description, "",
-                  f"- reads: {', '.join(f'`{r}`' for r in view.reads)}; defined in `{view.sql_file}`", "",
+                  f"- {_view_reads(view)}defined in `{view.sql_file}`", "",
                   *_columns(view, catalog), ""]
     lines += _personal_data(catalog)
     lines += ["## Accepted values", "", "| set | default | dwh.settings key |", "| --- | --- | --- |"]

@@ -28,6 +28,8 @@ from functools import cached_property
 from enum import Enum
 from pathlib import Path
 
+from dwh_assets.warehouse.freshness import expected_within
+
 # Every pg_cron job this project owns carries this prefix; the sync never touches others.
 CRON_JOB_PREFIX = "dwh:"
 
@@ -233,8 +235,9 @@ class TableSpec:
     arrival: ArrivalWatermark | None = None
     # pg_partman retention of daily partitions (facts, and dimension snapshots).
     retention_days: int = 400
-    # How stale the local copy may get before Dagster calls it overdue.
-    freshness: dt.timedelta = dt.timedelta(hours=2)
+    # How long its refresh usually takes: with two schedule intervals, how stale it may get
+    # before it is overdue (``freshness``).
+    typical_duration: dt.timedelta = dt.timedelta(minutes=1)
     # How long one pg_cron run may take (the job's statement_timeout; a deployment may override):
     # a source that stalls mid-query fails the run, naming the source, instead of holding it forever.
     timeout: dt.timedelta = dt.timedelta(minutes=10)
@@ -342,6 +345,11 @@ class TableSpec:
     def cron_job_name(self) -> str:
         return f"{CRON_JOB_PREFIX}refresh_{self.name}"
 
+    @property
+    def freshness(self) -> dt.timedelta | None:
+        """How old its latest refresh may get on the catalog's schedule (``warehouse.freshness``)."""
+        return expected_within(self.schedule, self.typical_duration)
+
     def cron_window(self) -> str:
         """A fact's scheduled window, as SQL: today and the lookback before it (UTC days)."""
         return (f"date_trunc('day', now()) - interval '{int(self.lookback_days)} days', "
@@ -391,7 +399,7 @@ class MartSpec:
     schedule: str = "2-59/5 * * * *"
     # Days of partitions pg_partman keeps; None keeps them all.
     retention_days: int | None = 400
-    freshness: dt.timedelta = dt.timedelta(hours=2)
+    typical_duration: dt.timedelta = dt.timedelta(minutes=1)
     # How long one pg_cron run may take (the job's statement_timeout; a deployment may override).
     timeout: dt.timedelta = dt.timedelta(minutes=10)
     checks: tuple[WindowCheck, ...] = ()
@@ -446,6 +454,10 @@ class MartSpec:
     @property
     def cron_job_name(self) -> str:
         return f"{CRON_JOB_PREFIX}refresh_mart_{self.name}"
+
+    @property
+    def freshness(self) -> dt.timedelta | None:
+        return expected_within(self.schedule, self.typical_duration)
 
     def cron_command(self) -> str:
         return f"SELECT {PENDING_MART_ROUTINE}('{self.name}')"

@@ -155,13 +155,26 @@ def dagster_env(cfg: DeploymentConfig) -> dict[str, str]:
     """What Dagster needs: the code location's loader DSN and first day of history, and the instance's switches."""
     # The names live with the code location's settings; imported here, so that the other
     # dwh commands do not load Dagster.
-    from dwh_assets.warehouse.defs.settings import HISTORY_START, WAREHOUSE_DSN
+    from dwh_assets.warehouse.defs.settings import (
+        ALERTS_LABEL,
+        ALERTS_TIMEOUT_SECONDS,
+        ALERTS_WEBHOOK_URL_FILE,
+        HISTORY_START,
+        WAREHOUSE_DSN,
+    )
 
-    return {
+    values = {
         WAREHOUSE_DSN.env_var_name: conninfo(cfg, "loader"),
         HISTORY_START.env_var_name: cfg.history.start.isoformat(),
         **DAGSTER_INSTANCE_ENV,
     }
+    if cfg.alerts.enabled:
+        # The file's path only: a URL given in the environment stays there, never printed.
+        if cfg.alerts.webhook_url_file is not None:
+            values[ALERTS_WEBHOOK_URL_FILE.env_var_name] = str(cfg.alerts.webhook_url_file)
+        values[ALERTS_LABEL.env_var_name] = cfg.alerts.label or cfg.warehouse.database
+        values[ALERTS_TIMEOUT_SECONDS.env_var_name] = str(cfg.alerts.timeout_seconds)
+    return values
 
 
 def analyst_env(cfg: DeploymentConfig) -> dict[str, str]:

@@ -34,7 +34,7 @@ from dwh_assets.warehouse.errors import DwhError
 CONFIG_ENV = "DWH_CONFIG"
 ENV_PREFIX = "DWH_"
 # Keys that hold a secret: allowed from the environment, refused in the file.
-SECRET_KEYS = ("password", "secret_key")
+SECRET_KEYS = ("password", "secret_key", "webhook_url")
 
 # reader: file_fdw + the source reader on the warehouse's server; tembo: clerk_fdw /
 # prometheus_fdw; relay: the reader on a small self-hosted Postgres the warehouse reads
@@ -270,6 +270,24 @@ class RefreshSettings(Section):
     probe_cron: bool = True
 
 
+class AlertsSettings(Section):
+    """Where the Dagster daemon sends alerts (``warehouse.alerts``): a Slack-compatible webhook.
+
+    Its URL is a secret: from ``webhook_url_file`` (mode 0600) or ``DWH_ALERTS__WEBHOOK_URL``,
+    never from this file. No URL: no alerts (the sensor is not defined).
+    """
+
+    webhook_url_file: Path | None = None
+    webhook_url: SecretStr | None = None  # environment only
+    # Names the deployment in every message, e.g. "dwh production"; default: the warehouse database.
+    label: str | None = None
+    timeout_seconds: float = Field(10.0, gt=0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.webhook_url_file is not None or self.webhook_url is not None
+
+
 class DeploymentConfig(BaseSettings):
     """Everything ``dwh migrate`` needs to know about one deployment."""
 
@@ -286,6 +304,7 @@ class DeploymentConfig(BaseSettings):
     dagster: DagsterSettings = DagsterSettings()
     history: HistorySettings
     refresh: RefreshSettings = RefreshSettings()
+    alerts: AlertsSettings = AlertsSettings()
     # pg_cron schedules (GMT) by job: a catalog table, a mart, or a maintenance job.
     schedules: dict[str, str] = {}
     # How long one pg_cron run of a table's or a mart's refresh may take, in seconds (its

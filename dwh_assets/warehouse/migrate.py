@@ -14,6 +14,7 @@ Against any PostgreSQL 15+ the deployment configuration points at, over TCP:
    or a Postgres source's tables changed since they were imported (``source_drift``, one line
    per added, dropped or retyped column: imported again);
 4. **grants, retention, ``dwh.mart_inputs``, ``dwh.refresh_jobs``, ``dwh.subject_columns`` and
+   ``dwh.quality_gates`` (each copy's blocking checks, ``warehouse.quality_gate``) and
    ``dwh.arrival_watermarks``**, as the owner, derived from the catalog (the reader's column
    privileges from its personal marks); as the admin, the loader and owner logins get the
    functions that read their own pg_cron history (``DEFINER_FUNCTIONS``);
@@ -46,7 +47,7 @@ from yoyo import read_migrations
 from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
 from yoyo.connections import parse_uri
 
-from dwh_assets.warehouse import bootstrap, catalog_ddl, cron_jobs, cron_probe
+from dwh_assets.warehouse import bootstrap, catalog_ddl, cron_jobs, cron_probe, quality_gate
 from dwh_assets.warehouse.catalog import (
     LOADER_GROUP,
     OWNER_GROUP,
@@ -290,9 +291,15 @@ def sync_mart_inputs(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> No
 
 
 def sync_refresh_jobs(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> None:
-    """dwh.refresh_jobs: the table each refresh job refreshes, as dwh.refresh_log names it."""
-    _sync_rows(conn, "dwh.refresh_jobs", ("jobname", "table_name"),
-               {(entry.cron_job_name, entry.log_table) for entry in catalog.refreshed()})
+    """dwh.refresh_jobs: the table each refresh job refreshes, as dwh.refresh_log names it, and how long it takes."""
+    _sync_rows(conn, "dwh.refresh_jobs", ("jobname", "table_name", "typical_duration"),
+               {(entry.cron_job_name, entry.log_table, entry.typical_duration) for entry in catalog.refreshed()})
+
+
+def sync_quality_gates(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> None:
+    """dwh.quality_gates: each copy's blocking checks, the SQL its refreshes run (``quality_gate``)."""
+    _sync_rows(conn, "dwh.quality_gates", ("copy", "check_name", "description", "query"),
+               quality_gate.gate_rows(catalog.tables))
 
 
 def sync_subject_columns(conn: psycopg.Connection, catalog: Catalog = PRODUCT) -> None:
@@ -399,6 +406,7 @@ def migrate(cfg: DeploymentConfig, progress: Progress = print, catalog: Catalog 
         grant_catalog(conn, catalog)
         sync_mart_inputs(conn, catalog)
         sync_refresh_jobs(conn, catalog)
+        sync_quality_gates(conn, catalog)
         sync_subject_columns(conn, catalog)
         catalog_ddl.sync_arrival_watermarks(conn, catalog)
         sync_retention(conn, cfg, catalog)

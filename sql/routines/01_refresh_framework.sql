@@ -237,19 +237,27 @@ BEGIN
 END
 $$;
 
+-- The refresh's log row, then the quality gate of the copy it wrote (03_quality_gate.sql),
+-- both in the refresh's own transaction, whoever called it (pg_cron, Dagster, psql).
 CREATE OR REPLACE FUNCTION dwh.log_refresh(
     p_table text, p_start timestamptz, p_end timestamptz, p_snapshot_day date,
     p_inserted bigint, p_updated bigint, p_deleted bigint, p_source_rows bigint,
     p_started_at timestamptz, p_lock_wait_ms double precision)
 RETURNS dwh.refresh_log
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_log dwh.refresh_log;
+BEGIN
     INSERT INTO dwh.refresh_log (table_name, window_start, window_end, snapshot_day, rows_inserted,
                                  rows_updated, rows_deleted, rows_source, started_at, finished_at, lock_wait_ms)
     VALUES (p_table, p_start, p_end, p_snapshot_day, coalesce(p_inserted, 0), coalesce(p_updated, 0),
             coalesce(p_deleted, 0), p_source_rows, p_started_at, clock_timestamp(), coalesce(p_lock_wait_ms, 0))
-    RETURNING *
+    RETURNING * INTO v_log;
+    PERFORM dwh.apply_quality_gate(v_log);
+    RETURN v_log;
+END
 $$;
 
 -- The common start of a fact refresh: validate, lock, make partitions. Returns lock wait (ms).

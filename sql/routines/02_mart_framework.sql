@@ -70,15 +70,18 @@ BEGIN
     END IF;
     v_wait := dwh.lock_refresh('mart.' || p_mart, p_start, p_end);
     PERFORM dwh.ensure_partitions('mart.' || p_mart || '_days', p_start, p_end);
-    -- Days queued before this point are covered by this refresh; later marks stay queued.
-    DELETE FROM dwh.mart_pending WHERE mart = p_mart AND day >= p_start::date AND day < p_end::date;
+    -- Days queued before this point are covered by this refresh; later marks stay queued, and
+    -- so do held days (a failed copy check): the copy's next passing refresh releases them.
+    DELETE FROM dwh.mart_pending WHERE mart = p_mart AND day >= p_start::date AND day < p_end::date
+                                   AND held_reason IS NULL;
     RETURN v_wait;
 END
 $$;
 
 -- Refresh the queued days of a mart: one window from the first to the last queued day (the
--- days between are cheap to recompute and keep it one refresh and one log row). With nothing
--- queued it logs a refresh of no window, so a pg_cron run always leaves its proof.
+-- days between are cheap to recompute and keep it one refresh and one log row). Days held by
+-- the quality gate wait (03_quality_gate.sql). With nothing to refresh it logs a refresh of no
+-- window, so a pg_cron run always leaves its proof.
 CREATE OR REPLACE FUNCTION dwh.refresh_pending_mart(p_mart text)
 RETURNS dwh.refresh_log
 LANGUAGE plpgsql
@@ -97,7 +100,7 @@ BEGIN
             USING HINT = 'Marts are declared in the catalog; `dwh migrate` records them in dwh.mart_inputs.';
     END IF;
     SELECT min(day), max(day) INTO v_first, v_last FROM dwh.mart_pending
-    WHERE mart = p_mart AND day <= (now() AT TIME ZONE 'UTC')::date;
+    WHERE mart = p_mart AND day <= (now() AT TIME ZONE 'UTC')::date AND held_reason IS NULL;
     IF v_first IS NULL THEN
         RETURN dwh.log_refresh('mart.' || p_mart, NULL, NULL, NULL, 0, 0, 0, 0, v_t0, 0);
     END IF;

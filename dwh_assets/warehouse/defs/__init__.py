@@ -28,7 +28,16 @@ from dwh_assets.warehouse.defs.assets import (  # noqa: E402
     side_specs,
     source_specs,
 )
-from dwh_assets.warehouse.defs.checks import health_checks, reconciliation_asset_checks  # noqa: E402
+from dwh_assets.warehouse.defs.alert_sensor import AlertWebhookResource, build_alert_sensor  # noqa: E402
+from dwh_assets.warehouse.defs.checks import (  # noqa: E402
+    FRESHNESS,
+    PG_CRON_HEALTH,
+    checks_of,
+    freshness_checks,
+    health_checks,
+    reconciliation_asset_checks,
+    reconciliation_checks,
+)
 from dwh_assets.warehouse.defs.cron_sensor import JobTarget, build_cron_sensor  # noqa: E402
 from dwh_assets.warehouse.defs.dashboard_assets import bookkeeping_specs, dashboard_specs, view_specs  # noqa: E402
 from dwh_assets.warehouse.defs.metadata import key_of, relation_of  # noqa: E402
@@ -55,11 +64,32 @@ def cron_targets(entries: catalog.Catalog = catalog.PRODUCT) -> dict[str, JobTar
     return targets
 
 
+def check_keys(entries: catalog.Catalog = catalog.PRODUCT) -> list[dg.AssetCheckKey]:
+    """Every check the code location defines: each entry's data checks and freshness, each pg_cron
+    job's health (the reconciliation's too) and what the reconciliation found per fact."""
+    keys = [dg.AssetCheckKey(key_of(entry.relation), name) for entry in entries.refreshed()
+            for name in (*(c.name for c in checks_of(entry)), FRESHNESS)]
+    keys += [dg.AssetCheckKey(target.asset_key, PG_CRON_HEALTH) for target in cron_targets(entries).values()]
+    return keys + [dg.AssetCheckKey(check.asset, check.name) for check in reconciliation_checks(entries)]
+
+
+def alerting(settings: CodeLocationSettings, entries: catalog.Catalog) -> dict:
+    """The alert sensor and its webhook, when [alerts] names one."""
+    if not settings.alerts:
+        return {"sensors": [], "resources": {}}
+    webhook = AlertWebhookResource(url=settings.alerts_webhook_url,
+                                   url_file=str(settings.alerts_webhook_url_file or "") or None,
+                                   label=settings.alerts_label, timeout_seconds=settings.alerts_timeout_seconds)
+    return {"sensors": [build_alert_sensor(check_keys(entries), minimum_interval_seconds=settings.sensor_interval_seconds)],
+            "resources": {"alert_webhook": webhook}}
+
+
 def build_definitions(settings: CodeLocationSettings, entries: catalog.Catalog = catalog.PRODUCT) -> dg.Definitions:
     """Everything the code location shows, from ``entries`` (the product's catalog unless extended)."""
     partitions = daily_partitions(settings.history_start)
     job = nightly_job(settings.nightly_days, entries)
     targets = cron_targets(entries)
+    alert = alerting(settings, entries)
     dashboards = dashboard_specs(settings.dashboards_dir, settings.superset_url)
     dependents = Dependents(entries, {d.key: tuple(relation_of(dep.asset_key) for dep in d.deps) for d in dashboards})
     # What Dagster never builds: observed (by the sensor below, or "Observe" in the UI).
@@ -72,17 +102,18 @@ def build_definitions(settings: CodeLocationSettings, entries: catalog.Catalog =
                 *side_specs(entries), *copy_assets(entries, partitions),
                 *mart_assets(entries, partitions)],
         asset_checks=[*health_checks({name: target.asset_key for name, target in targets.items()}),
-                      *reconciliation_asset_checks(entries)],
+                      *freshness_checks(entries), *reconciliation_asset_checks(entries)],
         jobs=[job],
         schedules=[nightly_schedule(job, settings.history_start, settings.nightly_days, settings.nightly_cron)],
         sensors=[build_cron_sensor(targets, partitions, minimum_interval_seconds=settings.sensor_interval_seconds),
                  build_observation_sensor(dependents, {spec.key for spec in observed},
-                                          minimum_interval_seconds=settings.sensor_interval_seconds)],
-        resources={"warehouse": WarehouseResource(dsn=settings.warehouse_dsn)},
+                                          minimum_interval_seconds=settings.sensor_interval_seconds),
+                 *alert["sensors"]],
+        resources={"warehouse": WarehouseResource(dsn=settings.warehouse_dsn), **alert["resources"]},
         # Every step is one SQL call that works inside Postgres: a process per step would
         # only add start-up time, and refreshes of one table serialise on advisory locks anyway.
         executor=dg.in_process_executor,
     )
 
 
-__all__ = ["CodeLocationSettings", "build_definitions", "cron_targets", "key_of"]
+__all__ = ["CodeLocationSettings", "build_definitions", "check_keys", "cron_targets", "key_of"]

@@ -133,6 +133,12 @@ def _partition_days(context: dg.AssetExecutionContext) -> tuple[dt.date, dt.date
     return first, last
 
 
+def _freshness_policy(entry: catalog.TableSpec) -> dg.FreshnessPolicy | None:
+    """Dagster's own freshness of a copy (its daemon turns the asset red): the catalog's schedule, two
+    intervals plus the typical duration. The sensor's fresh_within_schedule judges the live schedule."""
+    return dg.FreshnessPolicy.time_window(fail_window=entry.freshness) if entry.freshness else None
+
+
 def _automation_text(job: str, schedule: str) -> str:
     return f" pg_cron job `{job}` refreshes it on `{schedule}` (GMT, the catalog's default); the pg_cron_runs sensor reports each run."
 
@@ -206,7 +212,7 @@ def _copy_asset_args(entries: Catalog, spec: catalog.TableSpec, checks: list[Ref
         owners=list(catalog.OWNERS),
         tags=_tags("copy", spec.system),
         code_version=sql_files.code_version(sql_path),
-        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=spec.freshness),
+        freshness_policy=_freshness_policy(spec),
         check_specs=[c.spec() for c in checks],
         metadata=md.table_definition_metadata(spec.local_table, spec.routine, sql_path, spec.cron_job_name,
                                               spec.schedule, md.catalog_schema(spec.table, entries.personal_columns(spec.local_table)))
@@ -282,7 +288,9 @@ def _mart_asset(entries: Catalog, mart: catalog.MartSpec, partitions: dg.Partiti
         code_version=sql_files.code_version(sql_path),
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=mart.freshness),
+        # No FreshnessPolicy: Dagster's counts materializations only, and a mart's job that finds no
+        # queued day materializes nothing (daily_signups when nobody signs up): it would turn red
+        # while the mart is current. fresh_within_schedule counts every run of its job instead.
         check_specs=[c.spec() for c in checks],
         metadata=md.table_definition_metadata(mart.relation, mart.routine, sql_path, mart.cron_job_name, mart.schedule,
                                               md.catalog_schema(mart.view, entries.personal_columns(mart.relation)))

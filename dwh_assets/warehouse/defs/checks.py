@@ -1,7 +1,9 @@
 """Data checks that run on every refresh, whoever ran it, scoped to what the refresh touched.
 
-Every check is derived from the catalog: a copy's ``rows_match_source`` /
-``row_count_matches_source`` and a fact's ``key_is_unique`` from its kind and key;
+Every check is derived from the catalog: a copy's blocking ``rows_match_source`` /
+``row_count_matches_source`` and a fact's ``key_is_unique`` from its kind and key, as the SQL
+the quality gate runs inside the refresh (``warehouse.quality_gate``); a mart's
+``no_days_held`` (none of its queued days held back by the gate);
 ``references_resolve`` from its columns' ``references``; ``accepted_values`` from their
 ``accepted`` sets (the deployment's, read from ``dwh.settings``); and the entry's own
 ``WindowCheck`` queries. Each judges one ``dwh.refresh_log`` row (the refresh's own counts)
@@ -15,8 +17,9 @@ are small); none scans history. The same function serves both paths:
 
 Checks that cannot fail are not declared: a dimension's key and a mart's key are primary
 keys, and a metric sample's ``(series_id, ts)`` is too. ``pg_cron_job_health`` (the latest run
-of the asset's pg_cron job) is evaluated by the sensor for each run it reads, and can be
-run on demand.
+of the asset's pg_cron job; no run yet is no pass) and ``fresh_within_schedule`` (its latest
+refresh is younger than two intervals of its job's schedule plus its typical duration:
+``warehouse.freshness``) are evaluated by the sensor, and can be run on demand.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ import dagster as dg
 import psycopg
 from psycopg import sql
 
-from dwh_assets.warehouse import catalog
+from dwh_assets.warehouse import catalog, freshness, quality_gate
 from dwh_assets.warehouse.catalog_model import Table
 from dwh_assets.warehouse.defs.metadata import key_of
 from dwh_assets.warehouse.defs.resources import WarehouseResource, qualified
 
 PG_CRON_HEALTH = "pg_cron_job_health"
+FRESHNESS = "fresh_within_schedule"
 Outcome = tuple[bool, dict[str, Any]]
 Evaluate = Callable[[psycopg.Connection, dict[str, Any]], Outcome]
 
@@ -72,19 +76,6 @@ class RefreshCheck:
 # ----- the kinds of check, each derived from what the catalog declares ---------------------------
 
 
-def _rows_match_source(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
-    return log["rows_inserted"] == log["rows_source"], {
-        "rows_inserted": int(log["rows_inserted"]), "rows_source": int(log["rows_source"] or 0)}
-
-
-def _count_matches_source(table: str) -> Evaluate:
-    def evaluate(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
-        local = conn.execute(sql.SQL("SELECT count(*) AS n FROM {}").format(qualified(table))).fetchone()["n"]
-        return local == log["rows_source"], {"local_rows": int(local), "source_rows": int(log["rows_source"] or 0)}
-
-    return evaluate
-
-
 def _scope(table: Table) -> tuple[sql.Composable, dict[str, Any]]:
     """What a check of ``table`` reads: the refreshed window of a partitioned table, else all of it."""
     if table.partition_by is None:
@@ -98,29 +89,9 @@ def _scope(table: Table) -> tuple[sql.Composable, dict[str, Any]]:
 
 def _params(log: dict[str, Any]) -> dict[str, Any]:
     start, end = log.get("window_start"), log.get("window_end")
-    if start is None:
-        return {"start": None, "end": None, "first_day": None, "end_day": None}
-    return {"start": start, "end": end, "first_day": start.date(), "end_day": end.date()}
-
-
-def _key_unique_in_window(spec: catalog.TableSpec) -> Evaluate:
-    """No key twice in the window and the days before it a moved row could still occupy (the
-    lookback): a row whose time changed at the source across the window's edge is copied again
-    while its old copy stays, until that day is refreshed too."""
-    reach = dt.timedelta(days=max(1, spec.lookback_days))
-
-    def evaluate(conn: psycopg.Connection, log: dict[str, Any]) -> Outcome:
-        cols = sql.SQL(", ").join(map(sql.Identifier, spec.key))
-        start, end = log["window_start"], log["window_end"]
-        row = conn.execute(sql.SQL(
-            "SELECT count(*) AS duplicated FROM (SELECT {} FROM {} WHERE {} >= %s AND {} < %s "
-            "GROUP BY {} HAVING count(*) > 1) d").format(
-                cols, qualified(spec.local_table), sql.Identifier(spec.time_column), sql.Identifier(spec.time_column), cols),
-            (start - reach, end)).fetchone()
-        return row["duplicated"] == 0, {"duplicated_keys": int(row["duplicated"]),
-                                        "checked_from": (start - reach).isoformat()}
-
-    return evaluate
+    window = ({"start": None, "end": None, "first_day": None, "end_day": None} if start is None else
+              {"start": start, "end": end, "first_day": start.date(), "end_day": end.date()})
+    return window | {"log_id": log.get("id")}
 
 
 def _references_resolve(table: Table) -> Evaluate:
@@ -171,8 +142,8 @@ def _window_query(check: catalog.WindowCheck) -> Evaluate:
         params = _params(log)
         row = conn.execute(check.query, params).fetchone()
         metadata = {k: (v if isinstance(v, (int, str)) else str(v)) for k, v in row.items() if k != "bad"}
-        return row["bad"] == 0, {"offending_rows": int(row["bad"]),
-                                 "days": f"[{params['first_day']}, {params['end_day']})"} | metadata
+        window = {"days": f"[{params['first_day']}, {params['end_day']})"} if params["first_day"] else {}
+        return row["bad"] == 0, {"offending_rows": int(row["bad"])} | window | metadata
 
     return evaluate
 
@@ -197,24 +168,18 @@ def _declared(key: dg.AssetKey, table: Table, extra: tuple[catalog.WindowCheck, 
 
 
 def refresh_checks(spec: catalog.TableSpec) -> list[RefreshCheck]:
-    """A copy's checks: the refresh kept every source row (blocking), then what the catalog declares."""
+    """A copy's checks: its quality gate (blocking, the SQL its refreshes run too), then what the catalog declares."""
     key = key_of(spec.local_table)
-    if spec.kind is catalog.Kind.FACT:
-        checks = [RefreshCheck(key, "rows_match_source", f"The refresh inserted every row it read from {spec.sources[0]} "
-                                                          "for its window.", _rows_match_source, blocking=True)]
-        if spec.key_needs_check:
-            checks.append(RefreshCheck(key, "key_is_unique", f"No two rows of the refreshed window and its "
-                                                              f"lookback share ({', '.join(spec.key)}).",
-                                       _key_unique_in_window(spec), blocking=True))
-    else:
-        checks = [RefreshCheck(key, "row_count_matches_source", f"{spec.local_table} has as many rows as the refresh "
-                                                                 f"read from {spec.sources[0]}.",
-                               _count_matches_source(spec.local_table), blocking=True)]
-    return checks + _declared(key, spec.table, spec.checks)
+    gate = quality_gate.gate_checks(spec)
+    declared = tuple(c for c in spec.checks if c not in gate)
+    return ([RefreshCheck(key, c.name, c.description, _window_query(c), blocking=True) for c in gate]
+            + _declared(key, spec.table, declared))
 
 
 def mart_checks(mart: catalog.MartSpec) -> list[RefreshCheck]:
-    return _declared(key_of(mart.relation), mart.stored_table, mart.checks)
+    held = quality_gate.held_days_check(mart)
+    return _declared(key_of(mart.relation), mart.stored_table, mart.checks) + [
+        RefreshCheck(key_of(mart.relation), held.name, held.description, _window_query(held))]
 
 
 # ----- the daily reconciliation ---------------------------------------------------------------
@@ -281,22 +246,67 @@ def checks_by_log_table(entries: catalog.Catalog = catalog.PRODUCT) -> dict[str,
     return {entry.log_table: checks_of(entry) for entry in entries.refreshed()}
 
 
-# ----- pg_cron job health, on demand -----------------------------------------------------------
+# ----- pg_cron job health and freshness, on demand ----------------------------------------------
+
+# The latest refresh of each table, whoever ran it: one index probe per table.
+LAST_REFRESHES = ("SELECT t.name AS table_name, (SELECT max(r.finished_at) FROM dwh.refresh_log r "
+                  "WHERE r.table_name = t.name) AS last_refresh FROM unnest(%s::text[]) AS t(name)")
+
+
+def last_refreshes(conn: psycopg.Connection, tables: list[str]) -> dict[str, dt.datetime | None]:
+    return {row["table_name"]: row["last_refresh"] for row in conn.execute(LAST_REFRESHES, (tables,)).fetchall()}
+
+
+def freshness_evaluation(entry: catalog.TableSpec | catalog.MartSpec, job: dict[str, Any] | None,
+                         last_refresh: dt.datetime | None, now: dt.datetime) -> tuple[bool, dict[str, Any]]:
+    """The verdict on one table from its pg_cron job's row now (``None``: no such job) and its latest refresh."""
+    passed, status, allowed = freshness.judge(entry.cron_job_name, job and job["schedule"], job and job["active"],
+                                              last_refresh, entry.typical_duration, now)
+    metadata: dict[str, Any] = {"job": entry.cron_job_name, "status": status,
+                                "last_refresh": last_refresh.isoformat() if last_refresh else "never"}
+    if allowed is not None:
+        metadata["expected_within_minutes"] = round(allowed.total_seconds() / 60, 1)
+    return passed, metadata
+
+
+def freshness_check(entry: catalog.TableSpec | catalog.MartSpec) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=key_of(entry.relation), name=FRESHNESS,
+                    description=f"Its latest refresh is younger than two intervals of pg_cron job "
+                                f"{entry.cron_job_name!r}'s schedule plus its typical duration "
+                                f"({entry.typical_duration}); the sensor evaluates it continuously.")
+    def fresh_within_schedule(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.connect() as conn, warehouse.cron_connect(conn) as cron:
+            now = conn.execute("SELECT now() AS now").fetchone()["now"]
+            job = cron.execute("SELECT schedule, active FROM cron.job WHERE jobname = %s",
+                               (entry.cron_job_name,)).fetchone()
+            last = last_refreshes(conn, [entry.log_table])[entry.log_table]
+        passed, metadata = freshness_evaluation(entry, job, last, now)
+        return dg.AssetCheckResult(passed=passed, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
+
+    return fresh_within_schedule
 
 
 def cron_health_check(asset_key: dg.AssetKey, job_name: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=asset_key, name=PG_CRON_HEALTH,
-                    description=f"The latest run of pg_cron job {job_name!r} succeeded (the sensor reports each run).")
+                    description=f"The latest run of pg_cron job {job_name!r} succeeded (the sensor reports each run); "
+                                "no run yet is no pass.")
     def pg_cron_job_health(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         # Walks the runid index backwards and stops at the job's latest run.
         with warehouse.connect() as conn, warehouse.cron_connect(conn) as cron:
+            job = cron.execute("SELECT schedule, active FROM cron.job WHERE jobname = %s", (job_name,)).fetchone()
             rows = cron.execute(
                 "SELECT r.runid, r.status, r.return_message, r.start_time, r.end_time FROM cron.job_run_details r "
                 "JOIN cron.job j USING (jobid) WHERE j.jobname = %s ORDER BY r.runid DESC LIMIT 1",
                 (job_name,),
             ).fetchall()
+        if job is None:
+            return dg.AssetCheckResult(passed=False, metadata={"job": job_name, "reason": f"no pg_cron job {job_name}: "
+                                                               "run dwh migrate, which schedules it"})
         if not rows:
-            return dg.AssetCheckResult(passed=True, metadata={"job": job_name, "latest_run": "none yet"})
+            # Nothing proves the job works yet (pg_cron may not even be running): not a pass.
+            return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={
+                "job": job_name, "reason": f"no run yet on {job['schedule']!r}"
+                                           f"{'' if job['active'] else ' (the job is inactive)'}"})
         run = rows[0]
         return dg.AssetCheckResult(
             passed=run["status"] in ("succeeded", "running", "starting", "connecting", "sending"),
@@ -310,3 +320,8 @@ def cron_health_check(asset_key: dg.AssetKey, job_name: str) -> dg.AssetChecksDe
 def health_checks(job_assets: dict[str, dg.AssetKey]) -> list[dg.AssetChecksDefinition]:
     """One health check per pg_cron job, on the asset its runs materialise (the sensor's targets)."""
     return [cron_health_check(key, job) for job, key in job_assets.items()]
+
+
+def freshness_checks(entries: catalog.Catalog = catalog.PRODUCT) -> list[dg.AssetChecksDefinition]:
+    """One freshness check per copy and mart."""
+    return [freshness_check(entry) for entry in entries.refreshed()]

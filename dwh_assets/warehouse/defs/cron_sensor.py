@@ -17,7 +17,12 @@ judges every run once it has ended (docs/architecture.md, "pg_cron facts"):
 - ``failed`` -> failed check with pg_cron's message (a server restart says so);
 - still running past ``stuck_after`` -> failed check, once; judged again when it ends;
 - when caught up, an active job whose latest schedule tick passed without a run ->
-  failed check "missed its schedule", once per tick.
+  failed check "missed its schedule", once per tick;
+- when caught up, each asset's ``fresh_within_schedule`` from its job's live schedule and
+  its latest refresh (``warehouse.freshness``), reported when the verdict changes: a job
+  deactivated, or pg_cron not running at all, turns it red once the table is overdue;
+- each mart whose job ran, or whose copies were refreshed, in the tick: ``no_days_held``
+  (days the quality gate holds back, with the reason).
 
 Run health belongs to the check ``pg_cron_job_health`` of the job's asset. The cursor (a
 small JSON object in Dagster's storage, shown on the sensor's page) holds the last runid read
@@ -44,10 +49,18 @@ import psycopg
 
 from dwh_assets.warehouse import catalog
 from dwh_assets.warehouse.defs import assets
-from dwh_assets.warehouse.defs.checks import PG_CRON_HEALTH, checks_of
+from dwh_assets.warehouse.defs.checks import (
+    FRESHNESS,
+    PG_CRON_HEALTH,
+    checks_of,
+    freshness_evaluation,
+    last_refreshes,
+    mart_checks,
+)
 from dwh_assets.warehouse.defs.metadata import refresh_metadata
 from dwh_assets.warehouse.defs.partitions import days_of_window
 from dwh_assets.warehouse.defs.resources import WarehouseResource
+from dwh_assets.warehouse.quality_gate import HELD_CHECK
 
 UTC = dt.timezone.utc
 OPEN_STATUSES = ("starting", "running", "sending", "connecting")
@@ -74,6 +87,7 @@ class CronCursor:
     jobid: int | None = None  # the highest pg_cron jobid of a watched job seen so far
     first_seen: dict[str, str] = field(default_factory=dict)  # job created after ``since`` that has not run yet
     missed_reported: dict[str, str] = field(default_factory=dict)  # job -> schedule tick reported
+    fresh: dict[str, bool] = field(default_factory=dict)  # job -> the freshness verdict last reported
     last_start: dict[str, str] = field(default_factory=dict, compare=False)  # job -> latest start (this tick only)
 
     @classmethod
@@ -220,6 +234,25 @@ class CronRunJudge:
         return events
 
 
+    def freshness(self, conn: psycopg.Connection, jobs: list[dict[str, Any]], cursor: CronCursor,
+                  now: dt.datetime) -> list[dg.AssetCheckEvaluation]:
+        """Each target's freshness from its job's live schedule; reported when the verdict changes."""
+        specs = {job: target.spec for job, target in self.targets.items()
+                 if isinstance(target.spec, (catalog.TableSpec, catalog.MartSpec))}  # the reconciliation has none
+        rows = {job["jobname"]: job for job in jobs}
+        last = last_refreshes(conn, sorted({spec.log_table for spec in specs.values()}))
+        events = []
+        for job, spec in specs.items():
+            passed, metadata = freshness_evaluation(spec, rows.get(job), last[spec.log_table], now)
+            if cursor.fresh.get(job) == passed:
+                continue
+            cursor.fresh[job] = passed
+            events.append(dg.AssetCheckEvaluation(asset_key=self.targets[job].asset_key, check_name=FRESHNESS,
+                                                  passed=passed, severity=dg.AssetCheckSeverity.ERROR,
+                                                  metadata=metadata))
+        return events
+
+
 # The log rows of the runs' workers. finished_at bounds the (backend_pid, finished_at) index scan:
 # a refresh that started after ``since`` finished after it, so older refreshes of recycled pids
 # are never visited and the query stays O(new runs) however long dwh.refresh_log grows (B3).
@@ -286,6 +319,9 @@ def evaluate_cron_runs(warehouse: WarehouseResource, judge: CronRunJudge, raw_cu
     remember_jobs(cursor, job_rows, now)
     open_jobs = {r["jobname"] for r in runs if int(r["runid"]) in still_open}
     report.events += judge.missed(job_rows, cursor, now, open_jobs)
+    if caught_up:
+        with warehouse.connect() as conn:
+            report.events += judge.freshness(conn, job_rows, cursor, now)
     return report
 
 
@@ -316,12 +352,22 @@ def _with_table_reports(conn: psycopg.Connection, judge: CronRunJudge, report: T
         target = judge.target_of(job, log)
         spec = target.spec
         if spec is None or log.get("window_start") is None and target.partitioned == "window":
-            continue  # nothing refreshed (a mart job with no queued day): no data to check
+            continue  # nothing refreshed (a mart job with nothing it may refresh): no data to check
         extra = {"pg_cron_runid": int(run["runid"]), "pg_cron_job": job}
         if isinstance(spec, catalog.TableSpec):
             events += assets.side_materializations(conn, spec, log, extra)
-        events += [c.evaluation(conn, log, extra) for c in checks.get(log["table_name"], [])]
-    return events
+        events += [c.evaluation(conn, log, extra) for c in checks.get(log["table_name"], [])
+                   if c.name != HELD_CHECK]
+    return events + _held_days(conn, judge, report)
+
+
+def _held_days(conn: psycopg.Connection, judge: CronRunJudge, report: TickReport) -> list[dg.AssetCheckEvaluation]:
+    """``no_days_held`` of every mart whose job ran or whose copies were refreshed this tick, once each."""
+    refreshed = {judge.target_of(job, log).spec for job, _run, log in report.committed}
+    marts = [spec for spec in (t.spec for t in judge.targets.values()) if isinstance(spec, catalog.MartSpec)
+             and (spec in refreshed or any(isinstance(r, catalog.TableSpec) and r.name in spec.stale_when
+                                           for r in refreshed))]
+    return [check.evaluation(conn, {}, {}) for mart in marts for check in mart_checks(mart) if check.name == HELD_CHECK]
 
 
 def remember_jobs(cursor: CronCursor, job_rows: list[dict[str, Any]], now: dt.datetime) -> None:

@@ -9,12 +9,18 @@
 | ``DWH_NIGHTLY_DAYS`` | how many days before today that run re-materialises | 3 |
 | ``DWH_SUPERSET_URL`` | the Superset address in the dashboards' asset metadata | ``http://127.0.0.1:8088`` |
 | ``DWH_DASHBOARDS_DIR`` | the dashboards (Superset's export format) shown as assets | the package's |
+| ``DWH_ALERTS__WEBHOOK_URL_FILE`` | a file (mode 0600) holding the alert webhook's URL | no alerts |
+| ``DWH_ALERTS__WEBHOOK_URL`` | the alert webhook's URL itself (a secret: never shown) | no alerts |
+| ``DWH_ALERTS__LABEL`` | names the deployment in each alert | ``dwh`` |
+| ``DWH_ALERTS__TIMEOUT_SECONDS`` | how long a webhook call may take | 10 |
 
 Each is a Dagster ``EnvVar``. ``CodeLocationSettings.from_environment`` reads them when the
 definitions load (never at import) and names every missing or malformed one in a single
-error. The DSN stays an ``EnvVar`` in the resource's config: Dagster resolves it when a run
-or a sensor connects, so its value never enters a definitions snapshot. ``dwh env`` prints
-the two required ones for a deployment.
+error. The DSN and the webhook URL stay ``EnvVar``s in their resources' config: Dagster
+resolves them when a run or a sensor uses them, so their values never enter a definitions
+snapshot. ``dwh env`` prints the two required ones for a deployment, and the alerts' file,
+label and timeout when its ``[alerts]`` names a file (the alert names share the deployment
+configuration's ``DWH_ALERTS__*`` overrides).
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ NIGHTLY_CRON = dg.EnvVar("DWH_NIGHTLY_CRON")
 NIGHTLY_DAYS = dg.EnvVar("DWH_NIGHTLY_DAYS")
 SUPERSET_URL = dg.EnvVar("DWH_SUPERSET_URL")
 DASHBOARDS_DIR = dg.EnvVar("DWH_DASHBOARDS_DIR")
+ALERTS_WEBHOOK_URL = dg.EnvVar("DWH_ALERTS__WEBHOOK_URL")
+ALERTS_WEBHOOK_URL_FILE = dg.EnvVar("DWH_ALERTS__WEBHOOK_URL_FILE")
+ALERTS_LABEL = dg.EnvVar("DWH_ALERTS__LABEL")
+ALERTS_TIMEOUT_SECONDS = dg.EnvVar("DWH_ALERTS__TIMEOUT_SECONDS")
 
 
 class SettingsError(DwhError):
@@ -57,6 +67,15 @@ class CodeLocationSettings:
     nightly_days: int = 3
     superset_url: str = "http://127.0.0.1:8088"
     dashboards_dir: Path = PACKAGED_DASHBOARDS
+    alerts_webhook_url: str | None = None  # the EnvVar when set (resolved by Dagster), never the value
+    alerts_webhook_url_file: Path | None = None
+    alerts_label: str = "dwh"
+    alerts_timeout_seconds: float = 10.0
+
+    @property
+    def alerts(self) -> bool:
+        """Whether an alert webhook is configured (the alert sensor exists only then)."""
+        return self.alerts_webhook_url is not None or self.alerts_webhook_url_file is not None
 
     @classmethod
     def from_environment(cls) -> CodeLocationSettings:
@@ -123,6 +142,32 @@ def _http_url(raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _webhook_url(raw: str) -> str:
+    if not raw.startswith(("https://", "http://")):
+        raise ValueError("not a URL")
+    return ALERTS_WEBHOOK_URL  # resolved by Dagster when the sensor sends
+
+
+def _file(raw: str) -> Path:
+    path = Path(raw)
+    if not path.is_file():
+        raise ValueError(raw)
+    return path
+
+
+def _label(raw: str) -> str:
+    if not raw.isprintable():
+        raise ValueError(raw)
+    return raw
+
+
+def _positive_seconds(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
 def _directory(raw: str) -> Path:
     path = Path(raw)
     if not path.is_dir():
@@ -141,5 +186,10 @@ SETTINGS = (
     Setting(NIGHTLY_DAYS, "nightly_days", "a whole number of days >= 1", "3", _positive_int),
     Setting(SUPERSET_URL, "superset_url", "an http:// or https:// URL", "http://127.0.0.1:8088", _http_url),
     Setting(DASHBOARDS_DIR, "dashboards_dir", "a directory", "/path/to/dashboards", _directory),
+    Setting(ALERTS_WEBHOOK_URL, "alerts_webhook_url", "an https:// URL", "https://hooks.slack.com/services/…",
+            _webhook_url, shown=False),
+    Setting(ALERTS_WEBHOOK_URL_FILE, "alerts_webhook_url_file", "an existing file", "/etc/dwh/alert-webhook-url", _file),
+    Setting(ALERTS_LABEL, "alerts_label", "one line of printable text", "'dwh production'", _label),
+    Setting(ALERTS_TIMEOUT_SECONDS, "alerts_timeout_seconds", "a number of seconds > 0", "10", _positive_seconds),
 )
 _DEFAULTS = {f.name: f.default for f in fields(CodeLocationSettings)}
