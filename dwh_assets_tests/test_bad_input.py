@@ -21,6 +21,7 @@ from psycopg import errors, sql
 
 from dwh_assets.local.config import OWNER_ROLE, StackConfig, free_port
 from dwh_assets.local.process import ManagedProcess
+from dwh_assets.warehouse import catalog
 from dwh_assets.warehouse.sources.reader_install import install_settings, reader_program
 from dwh_assets_tests.fault_helpers import TableState, connect, failing_refresh, refresh
 from dwh_assets_tests.tiers import integration_fixture
@@ -236,13 +237,14 @@ def openmetrics_escape(value: str) -> str:
 
 @integration_fixture()
 def nasty_prometheus(tmp_path, marker):
-    """A real Prometheus serving one memory series with hostile label values over [D0, D1)."""
+    """A real Prometheus serving one series of each copied metric, with hostile label values, over
+    [D0, D1) (every metric: a day on which a copied metric is absent is refused as renamed)."""
     labels = {k: v.format(m=marker) for k, v in NASTY_LABELS.items()}
     label_text = ",".join(f'{k}="{openmetrics_escape(v)}"' for k, v in labels.items())
     samples = [(int(D0.timestamp()) + 3600 * k, float(k)) for k in range(24)]
     om = tmp_path / "nasty.om"
-    om.write_text("# TYPE dwh_instance_memory_bytes gauge\n"
-                  + "".join(f"dwh_instance_memory_bytes{{{label_text}}} {v} {t}\n" for t, v in samples) + "# EOF\n")
+    om.write_text("".join(f"# TYPE {name} gauge\n" + "".join(f"{name}{{{label_text}}} {v} {t}\n" for t, v in samples)
+                          for name in sorted(catalog.DEFAULT_METRICS.values())) + "# EOF\n")
     data = tmp_path / "data"
     subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(om), str(data)],
                    check=True, capture_output=True, timeout=120)
@@ -272,11 +274,11 @@ def test_label_values_with_shell_and_sql_syntax_are_stored_verbatim(cfg, owner_t
         log = refresh(owner_tx, "refresh_metrics", D0, D1)
         stored = owner_tx.execute(
             "SELECT s.labels, extract(epoch FROM m.ts)::bigint, m.value FROM dwh.metrics m"
-            " JOIN dwh.metric_series s USING (series_id) WHERE m.ts >= %s AND m.ts < %s ORDER BY m.ts",
-            (D0, D1)).fetchall()
+            " JOIN dwh.metric_series s USING (series_id) WHERE m.ts >= %s AND m.ts < %s"
+            " AND s.metric_name = %s ORDER BY m.ts", (D0, D1, catalog.DEFAULT_METRICS["memory"])).fetchall()
     finally:
         variant.unlink()
-    assert log["rows_inserted"] == len(samples) == 24
+    assert log["rows_inserted"] == len(catalog.DEFAULT_METRICS) * len(samples) == 72
     assert {json.dumps(row[0], sort_keys=True) for row in stored} == {json.dumps(labels, sort_keys=True)}
     assert [(t, v) for _, t, v in stored] == samples
     assert owner_tx.execute("SELECT to_regclass('dwh.metrics') IS NOT NULL").fetchone()[0]
