@@ -21,7 +21,10 @@ FROM pg_rewrite r
 JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
 LEFT JOIN pg_class c ON d.refclassid = 'pg_class'::regclass AND c.oid = d.refobjid
 LEFT JOIN pg_proc p ON d.refclassid = 'pg_proc'::regclass AND p.oid = d.refobjid
-WHERE r.ev_class = %s::regclass AND (c.oid IS NOT NULL AND c.oid <> r.ev_class OR p.pronamespace = 'dwh'::regnamespace)
+WHERE r.ev_class = %s::regclass
+  AND (c.oid IS NOT NULL AND c.oid <> r.ev_class
+       -- a function of dwh that reads tables; an immutable one (dwh.schedule_interval) reads none
+       OR p.pronamespace = 'dwh'::regnamespace AND p.provolatile <> 'i')
 """
 
 
