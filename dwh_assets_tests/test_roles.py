@@ -119,19 +119,23 @@ def executable_routines(conn: psycopg.Connection, role: str) -> set[str]:
 
 
 def test_only_refresh_routines_are_executable_and_only_by_the_loader(owner):
-    # The one exception for the reader: pg_cron's runs of the dwh: jobs (a fixed projection, no
-    # arguments; the loader's refreshes and the owner's maintenance) for the health dashboard,
-    # through mart.cron_job_runs.
-    assert executable_routines(owner, "dwh_reader") == {"cron_job_runs", "cron_owner_job_runs"}
+    # The exceptions for the reader, all for the health dashboard: pg_cron's runs of the dwh: jobs
+    # (a fixed projection, no arguments; the loader's refreshes and the owner's maintenance) through
+    # mart.cron_job_runs, and the immutable parsers of a cron schedule that mart.refresh_freshness
+    # calls (a view's functions run with its reader's privileges).
+    assert executable_routines(owner, "dwh_reader") == {"cron_job_runs", "cron_owner_job_runs",
+                                                        "schedule_interval", "cron_field_values"}
     loader_may = executable_routines(owner, LOADER_ROLE)
     assert {f"refresh_{spec.name}" for spec in catalog.CATALOG} | {"refresh_pending_mart"} <= loader_may
     assert {f"refresh_mart_{mart.name}" for mart in catalog.MARTS} <= loader_may
     # Helpers (ensure_partitions, merge_dimension, reader_command, raise_source_failure, ...) run only
     # inside the routines; dwh.setting and dwh.is_forgotten are granted for Dagster's checks (settings
     # hold no secrets; the latter answers for one id it is given); cron_job_runs is the loader's own
-    # (below); cron_owner_job_runs, for reading mart.cron_job_runs.
+    # (below); cron_owner_job_runs, for reading mart.cron_job_runs; reconcile_facts (and reconcile,
+    # one fact) is the daily reconciliation the loader's pg_cron job runs.
     assert {name for name in loader_may if not name.startswith("refresh_")} <= {
-        "setting", "is_forgotten", "cron_job_runs", "cron_owner_job_runs"}, loader_may
+        "setting", "is_forgotten", "cron_job_runs", "cron_owner_job_runs", "schedule_interval",
+        "cron_field_values", "reconcile", "reconcile_facts"}, loader_may
 
 
 # ----- the loader ---------------------------------------------------------------------------
