@@ -134,7 +134,14 @@ BEGIN
             USING HINT = 'A fact declares it in the catalog (arrival); dwh migrate records it in dwh.arrival_watermarks.';
     END IF;
     IF w.arrival_column IS NOT NULL THEN
-        a := dwh.arrived_days(w);
+        BEGIN
+            a := dwh.arrived_days(w);
+        EXCEPTION
+            WHEN query_canceled OR data_exception OR syntax_error_or_access_rule_violation OR fdw_error THEN
+                -- The lookup is the run's first read of the source: a stall or drift is named as the refresh's own.
+                PERFORM dwh.raise_source_read_error(p_table, SQLSTATE, SQLERRM);
+                RAISE;
+        END;
         v_kept := dwh.first_kept_day(p_table);
         -- A day at or after the window's start is in the window (or not yet refreshable: the window reaches it later).
         v_late := ARRAY(
