@@ -59,38 +59,43 @@ def test_a_stalled_control_plane_is_bounded_by_the_jobs_timeout(cfg, superuser, 
     (command,) = [job.command for job in cron_jobs.desired_jobs(cfg.deployment())
                   if job.name == catalog.get("instance_state").cron_job_name]
     assert command.startswith(f"SET statement_timeout = '{TIMEOUT_SECONDS}s'; ")
-    window = (utc_midnight(-1), utc_midnight(1))  # what the command refreshes
     with connect(cfg) as loader, connect_control_plane(cfg) as source:
-        before = TableState.of(loader, "instance_state", window)
-        locker = psycopg.connect(cfg.superuser_dsn("control_plane"))
-        jobid = None
         try:
-            locker.execute("LOCK TABLE public.instance_state_history IN ACCESS EXCLUSIVE MODE")
-            jobid = schedule_every_minute(superuser, JOB, command)
-            failed = wait_for(lambda: settled(superuser, jobid, 0), 150, "pg_cron's run of the stalled refresh to end")
-            assert locker.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS, "the lock was held throughout"
-        finally:
-            locker.close()  # the stall ends: the lock is released
-            released = dt.datetime.now(dt.timezone.utc)
-        assert failed["status"] == "failed"
-        assert failed["return_message"].startswith(
-            f"ERROR:  dwh.refresh_instance_state: source {SOURCE} did not answer within the run's timeout "
-            f"(statement_timeout {TIMEOUT_SECONDS}s)"), failed["return_message"]
-        before.assert_unchanged(loader, failed["job_pid"])
-
-        (check,) = sensor_events(cfg, failed["runid"], window)
-        assert isinstance(check, dg.AssetCheckEvaluation) and not check.passed
-        assert (check.asset_key, check.check_name) == (key_of("dwh.instance_state"), PG_CRON_HEALTH)
-        assert "did not answer within the run's timeout" in check.metadata["reason"].value
-
-        try:
-            recovered = wait_for(lambda: settled(superuser, jobid, failed["runid"]), 150, "the next run of the job")
-            # Kept, inactive: the sensor reads a run through its job (an unscheduled job's runs are not its).
-            superuser.execute("SELECT cron.alter_job(%s, active := false)", (jobid,))
-            assert_recovered(cfg, loader, source, recovered, failed, released, window)
-        finally:
+            _stall_and_recover(cfg, superuser, loader, source)
+        finally:  # whatever failed, no job of this test keeps refreshing the table every minute
             unschedule(superuser, JOB)
 
+
+def _stall_and_recover(cfg, superuser, loader, source) -> None:
+    window = (utc_midnight(-1), utc_midnight(1))  # what the command refreshes
+    (command,) = [job.command for job in cron_jobs.desired_jobs(cfg.deployment())
+                  if job.name == catalog.get("instance_state").cron_job_name]
+    before = TableState.of(loader, "instance_state", window)
+    locker = psycopg.connect(cfg.superuser_dsn("control_plane"))
+    jobid = None
+    try:
+        locker.execute("LOCK TABLE public.instance_state_history IN ACCESS EXCLUSIVE MODE")
+        jobid = schedule_every_minute(superuser, JOB, command)
+        failed = wait_for(lambda: settled(superuser, jobid, 0), 150, "pg_cron's run of the stalled refresh to end")
+        assert locker.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS, "the lock was held throughout"
+    finally:
+        locker.close()  # the stall ends: the lock is released
+        released = dt.datetime.now(dt.timezone.utc)
+    assert failed["status"] == "failed"
+    assert failed["return_message"].startswith(
+        f"ERROR:  dwh.refresh_instance_state: source {SOURCE} did not answer within the run's timeout "
+        f"(statement_timeout {TIMEOUT_SECONDS}s)"), failed["return_message"]
+    before.assert_unchanged(loader, failed["job_pid"])
+
+    (check,) = sensor_events(cfg, failed["runid"], window)
+    assert isinstance(check, dg.AssetCheckEvaluation) and not check.passed
+    assert (check.asset_key, check.check_name) == (key_of("dwh.instance_state"), PG_CRON_HEALTH)
+    assert "did not answer within the run's timeout" in check.metadata["reason"].value
+
+    recovered = wait_for(lambda: settled(superuser, jobid, failed["runid"]), 150, "the next run of the job")
+    # Kept, inactive: the sensor reads a run through its job (an unscheduled job's runs are not its).
+    superuser.execute("SELECT cron.alter_job(%s, active := false)", (jobid,))
+    assert_recovered(cfg, loader, source, recovered, failed, released, window)
 
 def assert_recovered(cfg, loader, source, recovered: dict, failed: dict, released: dt.datetime, window) -> None:
     """The run after the stall succeeded, made the window equal to the source, and the sensor reports it."""
