@@ -221,6 +221,8 @@ def measure(ctx: BenchContext, stack: LocalStack) -> BenchResult:
                                              path=str(floor_file)))
         with ctx.superuser() as conn:
             sums["floor"] = warehouse_checksum(conn, start, end)
+        ctx.report_partial(BenchResult(rows=copy_rows(measured, sums, source_sum), details=dict(details)),
+                           f"{rnd + 1} of {ctx.repeat} rounds of (a)-(c); (d) the first materialization not run yet")
     floor_file.unlink(missing_ok=True)
     details["prometheus_cpu_seconds_during_copy"] = prometheus_cpu
     rows = copy_rows(measured, sums, source_sum)

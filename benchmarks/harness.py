@@ -127,6 +127,9 @@ class BenchContext:
     # Stacks a benchmark reuses (running) instead of starting its own: "B6" -> [60-day, 365-day
     # home], "B7" -> [1x, 10x fleet home], "B8" -> [the year's home].
     reuse: dict[str, list[Path]] = field(default_factory=dict)
+    # A long benchmark hands what it has measured so far (after each round) to the runner,
+    # which writes it into the reports marked partial: a run that dies keeps its rounds.
+    report_partial: Callable[[BenchResult, str], None] = lambda result, progress: None
 
     @property
     def b6_homes(self) -> dict[int, Path]:

@@ -1,7 +1,8 @@
 """The results files: one dated report per run, and the newest figures of every benchmark.
 
 A run writes its own report, ``<out>/<benchmarks>-<UTC start>.json`` and ``.md`` (rewritten
-after every benchmark, so a run that dies keeps what it measured), then rebuilds
+after every benchmark and each round of a long one, so a run that dies keeps what it
+measured; such an entry is marked partial), then rebuilds
 ``latest.json`` and ``latest.md`` from every dated report in ``<out>``: each benchmark's
 entry comes from the newest report that holds it (by ``finished_at``). A run of some
 benchmarks therefore updates their entries and keeps the others', the dated reports are
@@ -122,6 +123,9 @@ def _load(entry: dict) -> str:
 
 
 def _section(name: str, entry: dict, run_line: str) -> list[str]:
+    partial = entry.get("details", {}).get("partial")
+    if partial:
+        run_line += f" **Partial: {partial}** (the run stopped or was still running; goals not judged)."
     return [f"## {name}: {entry['title']}", "", run_line, "",
             *table_lines(entry["rows"]), "", *goal_lines(entry["goals"]), ""]
 

@@ -5,7 +5,8 @@
 ``--scale 1.0`` is the reference size (B1: 1,000,000 events and a 100,000-row dimension;
 B4: every series of the demo world, scale 1.0). Results go to
 ``benchmarks/results/latest.json`` and ``latest.md`` (``--out`` elsewhere), with the
-machine, the versions and the exact command, rewritten after every benchmark. Exit
+machine, the versions and the exact command, rewritten after every benchmark (and after each
+round of a long one, marked partial). Exit
 status 1 when a method's copy differs from its source or a benchmark failed (the others
 still run); timings never fail a run.
 """
@@ -99,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
             say(f"== {name}: {module.TITLE}")
             # The machine is shared: how busy it was says how far to trust the seconds.
             load = environment["load_average"][name] = {"start": os.getloadavg()}
+
+            def partial(result: BenchResult, progress: str, name: str = name, load: dict = load) -> None:
+                result.details["partial"] = progress
+                load["end"] = os.getloadavg()
+                write_report(args, command, started, environment, modules, results | {name: result}, errors)
+
+            ctx.report_partial = partial
             try:
                 results[name] = module.run(ctx)
             except Exception as e:  # one broken benchmark must not lose the others' results
@@ -129,7 +137,8 @@ def write_report(args: argparse.Namespace, command: str, started: float, environ
         "wall_seconds": round(time.monotonic() - started, 1),
         "scale": args.scale,
         "repeat": args.repeat,
-        "complete": len(results) + len(errors) == len(modules),
+        "complete": len(results) + len(errors) == len(modules)
+                    and not any(result.details.get("partial") for result in results.values()),
         "machine": environment["machine"],
         "versions": environment["versions"],
         "benchmarks": {
