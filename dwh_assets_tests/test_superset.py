@@ -14,16 +14,22 @@ and imports ``dashboards/``. Here:
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import hmac
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+import requests
 import yaml
 
 from dwh_assets.local import secrets
@@ -123,6 +129,29 @@ def test_importing_again_duplicates_nothing(superset: StackConfig, api):
     import_dashboards(superset)
     import_dashboards(superset)
     assert counts(api) == expected
+
+
+def _expired(token: str, key: str) -> str:
+    """The same JWT with an ``exp`` in the past, signed (HS256) with Superset's key, as Superset would."""
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    header, payload, _ = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["exp"] = int(time.time()) - 60
+    signed = f"{header}.{b64(json.dumps(claims).encode())}"
+    return f"{signed}.{b64(hmac.new(key.encode(), signed.encode(), hashlib.sha256).digest())}"
+
+
+def test_an_expired_api_token_is_renewed_and_the_call_answered(superset: StackConfig):
+    api = SupersetApi(superset)
+    expired = _expired(api.session.headers["Authorization"].removeprefix("Bearer "),
+                       superset.superset_secret_key_file.read_text().strip())
+    refused = requests.get(f"{api.url}/api/v1/dashboard/", headers={"Authorization": f"Bearer {expired}"}, timeout=60)
+    assert refused.status_code == 401 and "expired" in refused.text.lower(), refused.text[:300]
+    api.session.headers["Authorization"] = f"Bearer {expired}"
+    assert api.get("/api/v1/dashboard/", q="(page_size:1)")["count"] == len(load_bundle().dashboards)
+    assert api.session.headers["Authorization"] != f"Bearer {expired}"
 
 
 @pytest.fixture()

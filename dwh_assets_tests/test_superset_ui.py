@@ -239,7 +239,7 @@ def test_the_chart_data_api_answers_for_every_chart(filled, api):  # noqa: F811
     charts = api.list_all("chart", ["id", "slice_name"])
     assert len(charts) == len(load_bundle().charts)
     for chart in charts:
-        resp = api.session.get(f"{api.url}/api/v1/chart/{chart['id']}/data/", timeout=api.timeout)
+        resp = api.request("GET", f"/api/v1/chart/{chart['id']}/data/")
         assert resp.status_code == 200, f"{chart['slice_name']}: HTTP {resp.status_code} {resp.text[:300]}"
         rows = sum(int(r.get("rowcount") or 0) for r in resp.json()["result"])
         assert rows > 0, f"{chart['slice_name']}: no rows"

@@ -185,14 +185,23 @@ class Superset(ManagedProcess):
 
 
 class SupersetApi:
-    """Superset's REST API as the admin: a JWT for the API and the session's CSRF token."""
+    """Superset's REST API as the admin: a JWT for the API and the session's CSRF token.
+
+    The JWT lives 15 minutes (Superset's default): a request answered 401 "Token has expired"
+    logs in again and is sent once more, so a long import or a long-lived client keeps working."""
 
     def __init__(self, cfg: StackConfig, timeout: float = 120):
         self.url = cfg.superset_url
         self.timeout = timeout
         self.session = requests.Session()
+        self._cfg = cfg
+        self._login()
+
+    def _login(self) -> None:
+        cfg = self._cfg
+        self.session.headers.pop("Authorization", None)
         password = secrets.superset_admin_password(cfg)
-        resp = self.session.post(f"{self.url}/api/v1/security/login", timeout=timeout,
+        resp = self.session.post(f"{self.url}/api/v1/security/login", timeout=self.timeout,
                                  json={"username": SUPERSET_ADMIN, "password": password, "provider": "db", "refresh": False})
         if resp.status_code != 200:
             raise StackError(f"superset: the admin login was refused (HTTP {resp.status_code}); "
@@ -201,14 +210,22 @@ class SupersetApi:
         csrf = self.get("/api/v1/security/csrf_token/")["result"]
         self.session.headers.update({"X-CSRFToken": csrf, "Referer": self.url})
 
+    def request(self, method: str, path: str, **kw) -> requests.Response:
+        """One API call; an expired token is renewed and the call sent again, once."""
+        resp = self.session.request(method, f"{self.url}{path}", timeout=self.timeout, **kw)
+        if resp.status_code == 401 and "expired" in resp.text.lower():
+            self._login()
+            resp = self.session.request(method, f"{self.url}{path}", timeout=self.timeout, **kw)
+        return resp
+
     def get(self, path: str, **params) -> dict:
-        resp = self.session.get(f"{self.url}{path}", params=params or None, timeout=self.timeout)
+        resp = self.request("GET", path, params=params or None)
         if resp.status_code != 200:
             raise StackError(f"superset: GET {path} answered HTTP {resp.status_code}: {resp.text[:500]}")
         return resp.json()
 
     def post(self, path: str, **kw) -> requests.Response:
-        return self.session.post(f"{self.url}{path}", timeout=self.timeout, **kw)
+        return self.request("POST", path, **kw)
 
     def list_all(self, resource: str, columns: list[str]) -> list[dict]:
         rison = f"(columns:!({','.join(columns)}),page:0,page_size:1000)"
@@ -217,8 +234,8 @@ class SupersetApi:
 
 def save_query_context(api: SupersetApi, chart_id: int, context: dict) -> None:
     """Store a chart's query context, as Explore's Save does: what the chart data API and reports run."""
-    resp = api.session.put(f"{api.url}/api/v1/chart/{chart_id}", timeout=api.timeout,
-                           json={"query_context": json.dumps(context), "query_context_generation": True})
+    resp = api.request("PUT", f"/api/v1/chart/{chart_id}",
+                       json={"query_context": json.dumps(context), "query_context_generation": True})
     if resp.status_code != 200:
         raise StackError(f"superset: saving the query context of chart {chart_id} answered HTTP {resp.status_code}: "
                          f"{resp.text[:500]}")
@@ -313,8 +330,7 @@ def export_dashboards(cfg: StackConfig, root: Path | None = None) -> list[str]:
     ids = [d["id"] for d in api.list_all("dashboard", ["id"])]
     if not ids:
         raise StackError("superset has no dashboard to export")
-    resp = api.session.get(f"{api.url}/api/v1/dashboard/export/", params={"q": f"!({','.join(map(str, ids))})"},
-                           timeout=api.timeout)
+    resp = api.request("GET", "/api/v1/dashboard/export/", params={"q": f"!({','.join(map(str, ids))})"})
     if resp.status_code != 200:
         raise StackError(f"superset: the export answered HTTP {resp.status_code}: {resp.text[:500]}")
     existing: dict[str, Path] = {}
