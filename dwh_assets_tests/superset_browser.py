@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from playwright.sync_api import Browser, Page, Response, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -48,23 +49,35 @@ def launch(playwright) -> Browser:
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 
 
-def login(page: Page, base_url: str, user: str, password: str) -> None:
-    """Superset's own login form, as a person fills it in."""
-    page.goto(f"{base_url}/login/", wait_until="networkidle", timeout=120_000)
+def login(page: Page, base_url: str, user: str, password: str, attempts: int = 3) -> None:
+    """Superset's own login form, as a person fills it in.
+
+    A submit that leaves the browser on the login page (seen twice in a full suite on a busy
+    machine, never on its own) is tried again on a freshly loaded form, as a person would;
+    each attempt's visible message is kept for the error if none gets through."""
     fields = {"input[name='username'], #username": user, "input[name='password'], #password": password}
-    # The form is a React component: what is typed before it has hydrated is lost (on a busy
-    # machine that is seconds after "load"), so type until the fields hold the values.
-    deadline = time.monotonic() + 60
-    while True:
-        for selector, value in fields.items():
-            page.locator(selector).first.fill(value)
-        page.wait_for_timeout(300)
-        if all(page.locator(selector).first.input_value() == value for selector, value in fields.items()):
-            break
-        if time.monotonic() > deadline:
-            raise AssertionError("Superset's login form never kept what was typed into it")
-    page.locator("button[type='submit'], input[type='submit']").first.click()
-    page.wait_for_url(lambda url: "/login" not in url, timeout=60_000)
+    seen: list[str] = []
+    for _ in range(attempts):
+        page.goto(f"{base_url}/login/", wait_until="networkidle", timeout=120_000)
+        # The form is a React component: what is typed before it has hydrated is lost (on a busy
+        # machine that is seconds after "load"), so type until the fields hold the values.
+        deadline = time.monotonic() + 60
+        while True:
+            for selector, value in fields.items():
+                page.locator(selector).first.fill(value)
+            page.wait_for_timeout(300)
+            if all(page.locator(selector).first.input_value() == value for selector, value in fields.items()):
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError("Superset's login form never kept what was typed into it")
+        page.locator("button[type='submit'], input[type='submit']").first.click()
+        try:
+            page.wait_for_url(lambda url: "/login" not in url, timeout=30_000)
+            return
+        except PlaywrightTimeoutError:
+            alerts = page.locator(".ant-alert, .ant-message, .ant-form-item-explain, [role='alert']")
+            seen.append(" | ".join(alerts.all_inner_texts()) or f"still on {page.url}, no message shown")
+    raise AssertionError(f"Superset's login form kept the browser on the login page {attempts} times: {seen}")
 
 
 def _chart_data(resp: Response) -> ChartData:
