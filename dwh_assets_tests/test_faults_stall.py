@@ -61,18 +61,15 @@ def test_a_stalled_control_plane_is_bounded_by_the_jobs_timeout(cfg, superuser, 
     assert command.startswith(f"SET statement_timeout = '{TIMEOUT_SECONDS}s'; ")
     with connect(cfg) as loader, connect_control_plane(cfg) as source:
         try:
-            _stall_and_recover(cfg, superuser, loader, source)
+            _stall_and_recover(cfg, superuser, loader, source, command)
         finally:  # whatever failed, no job of this test keeps refreshing the table every minute
             unschedule(superuser, JOB)
 
 
-def _stall_and_recover(cfg, superuser, loader, source) -> None:
+def _stall_and_recover(cfg, superuser, loader, source, command: str) -> None:
     window = (utc_midnight(-1), utc_midnight(1))  # what the command refreshes
-    (command,) = [job.command for job in cron_jobs.desired_jobs(cfg.deployment())
-                  if job.name == catalog.get("instance_state").cron_job_name]
     before = TableState.of(loader, "instance_state", window)
     locker = psycopg.connect(cfg.superuser_dsn("control_plane"))
-    jobid = None
     try:
         locker.execute("LOCK TABLE public.instance_state_history IN ACCESS EXCLUSIVE MODE")
         jobid = schedule_every_minute(superuser, JOB, command)
