@@ -88,7 +88,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from itertools import chain, repeat
+from itertools import islice, repeat
+from operator import itemgetter
 
 DEFAULT_SETTINGS = {
     "clerk_url": "https://api.clerk.com",
@@ -110,7 +111,7 @@ DEFAULT_SETTINGS = {
     # Samples one query_range answer may hold (points x series), which bounds the memory
     # of Prometheus and of this reader per request whatever the fleet's size: the points
     # per request shrink as the series the previous answer held grow.
-    "max_samples_per_request": 500_000,
+    "max_samples_per_request": 250_000,
     # Refuse windows that would take thousands of requests (a typo in --start, usually).
     "max_points_per_series": 5_000_000,
     # The events refresh's bulk copy (control_plane.transfer = copy): psql, and the 0600
@@ -985,27 +986,34 @@ def answer_columns(body: bytes, metric: str, path: str, lo: int, hi: int, step: 
     return series, times, values
 
 
-def copy_rows(answers: list[tuple[list[tuple[int, int]], list, list]], micros: dict, path: str) -> bytes:
-    """Binary COPY rows (series_id, ts, value) of a group's answers, series by series in id order;
+def series_rows(answer: tuple[list[tuple[int, int]], list, list], micros: dict, path: str) -> list[tuple[int, bytes]]:
+    """(series_id, its binary COPY rows (series_id, ts, value)) of each series of one answer;
     ``micros`` maps each evaluation time of the group to timestamptz's microseconds."""
-    runs = []
-    for series, times, values in answers:
-        try:
-            stamps = list(map(micros.__getitem__, times))
-        except (KeyError, TypeError):
-            raise ReaderError(f"{path} returned a sample off its evaluation grid") from None
-        offset = 0
-        for series_id, n in series:
-            runs.append((series_id, stamps[offset:offset + n], values[offset:offset + n]))
-            offset += n
-    runs.sort(key=lambda run: run[0])
+    series, times, values = answer
+    stamps, values = map(micros.__getitem__, times), iter(values)
+    out = []
     try:
-        # One struct.pack per row, fed by iterators: no Python loop per sample.
-        return b"".join(chain.from_iterable(
-            map(_ROW.pack, repeat(3), repeat(8), repeat(series_id), repeat(8), stamps, repeat(8), values)
-            for series_id, stamps, values in runs))
+        for series_id, n in series:
+            # One struct.pack per row, fed by iterators: no Python loop per sample, no copies.
+            # The stamps come before the values, so a series' map stops without taking its successor's value.
+            out.append((series_id, b"".join(map(_ROW.pack, repeat(3), repeat(8), repeat(series_id), repeat(8),
+                                                 islice(stamps, n), repeat(8), islice(values, n)))))
+    except (KeyError, TypeError):
+        raise ReaderError(f"{path} returned a sample off its evaluation grid") from None
     except struct.error:
         raise ReaderError(f"{path} returned a value that is not a number") from None
+    return out
+
+
+def group_rows(rows: list[tuple[int, bytes]]) -> bytes:
+    """A group's rows, series by series in id order."""
+    rows.sort(key=itemgetter(0))
+    return b"".join(chunk for _, chunk in rows)
+
+
+def copy_rows(answers: list[tuple[list[tuple[int, int]], list, list]], micros: dict, path: str) -> bytes:
+    """Binary COPY rows (series_id, ts, value) of a group's answers, series by series in id order."""
+    return group_rows([row for answer in answers for row in series_rows(answer, micros, path)])
 
 
 def fetch_groups(plan: CopyPlan, settings: dict, metrics: list, step: int):  # noqa: ANN201 (a generator)
@@ -1089,9 +1097,18 @@ def copy_prometheus(settings: dict, start: int, end: int, step: int, metrics: li
     samples = 0
     for lo, hi, bodies in fetch_groups(plan, settings, metrics, step):
         micros = {t: (t - PG_EPOCH_SECONDS) * 1_000_000 for t in range(lo, hi + 1, step)}
-        answers = [answer_columns(body, metric, path, lo, hi, step, ids) for metric, path, body in bodies]
-        samples += sum(len(times) for _, times, _ in answers)
-        writer.write(copy_rows(answers, micros, bodies[-1][1]))
+        # One answer parsed at a time, each dropped once packed: a group's Python objects (~100 bytes
+        # a sample) never exist for all of its metrics at once, only its packed rows (38 bytes) do.
+        rows: list[tuple[int, bytes]] = []
+        while bodies:
+            metric, path, body = bodies.pop()
+            answer = answer_columns(body, metric, path, lo, hi, step, ids)
+            del body
+            samples += len(answer[1])
+            rows += series_rows(answer, micros, path)
+            del answer
+        writer.write(group_rows(rows))
+        del rows
     # Only a read that ended well gets COPY's trailer and waits for its rows to be written; a
     # failure exits at once and fails the COPY.
     writer.write(COPY_TRAILER)
