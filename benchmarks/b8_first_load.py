@@ -203,6 +203,7 @@ def measure(ctx: BenchContext, stack: LocalStack) -> BenchResult:
     measured: dict[str, list[Measurement]] = {m: [] for m in METHODS}
     sums: dict[str, str] = {}
     prometheus_cpu: list[float] = []
+    details["prometheus_cpu_seconds_during_copy"] = prometheus_cpu  # filled round by round
     for rnd in range(ctx.repeat):
         ctx.progress(f"B8: round {rnd + 1} of {ctx.repeat}: {METHODS['serve']} ...")
         measured["serve"].append(ctx.measure(f"{HERE}:serve", settings=settings, start=window[0], end=window[1],
@@ -225,7 +226,6 @@ def measure(ctx: BenchContext, stack: LocalStack) -> BenchResult:
                                              path=str(floor_file)))
         with ctx.superuser() as conn:
             sums["floor"] = warehouse_checksum(conn, start, end)
-        details["prometheus_cpu_seconds_during_copy"] = prometheus_cpu
         rows = [*copy_rows(measured, sums, source_sum), first_load_row(first_load)]
         if rnd + 1 < ctx.repeat:
             ctx.report_partial(BenchResult(rows=rows, goals=goals(rows, first_load), details=dict(details)),

@@ -241,7 +241,7 @@ def series_ids(answer) -> r.SeriesIds:
 def rows_of(body: bytes, answer=ANSWER) -> list[tuple[int, int, float]]:
     micros = {t: (t - r.PG_EPOCH_SECONDS) * 1_000_000 for t in range(0, 7201, 3600)}
     columns = r.answer_columns(body, "m", "/q", 0, 7200, 3600, series_ids(answer))
-    return decode_rows(r.copy_rows([columns], micros, "/q"))
+    return decode_rows(r.group_rows(r.series_rows(columns, micros, "/q")))
 
 
 def test_answers_become_rows_of_dwh_metrics_in_series_order_without_a_full_parse():
@@ -276,7 +276,7 @@ def test_a_sample_the_window_cannot_hold_fails_the_read(bad):
     micros = {t: t for t in range(0, 7201, 3600)}
     with pytest.raises(r.ReaderError) as failure:
         columns = r.answer_columns(matrix(answer), "m", "/q", 0, 7200, 3600, ids)
-        r.copy_rows([columns], micros, "/q")
+        r.series_rows(columns, micros, "/q")
     expected = r.EXIT_SERIES_CHANGED if bad == "unknown_series" else r.EXIT_MALFORMED
     assert failure.value.exit_code == expected, str(failure.value)
 

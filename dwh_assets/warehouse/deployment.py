@@ -193,7 +193,7 @@ class ReaderSettings(Section):
     max_points_per_series: int = Field(5_000_000, ge=1)
     # Samples (points x series) one Prometheus answer may hold: bounds the memory of
     # Prometheus and of the reader per request, whatever the fleet's size. 250,000 halves
-    # both against 500,000 for ~2% more time on a large copy (benchmarks/README.md, B8).
+    # both against 500,000 for 1-3% more time on a 60-day copy (benchmarks/README.md, B8).
     max_samples_per_request: int = Field(250_000, ge=1)
     # psql on the database host, for control_plane.transfer = "copy" (Debian: its wrapper).
     psql: str = "/usr/bin/psql"

@@ -1011,11 +1011,6 @@ def group_rows(rows: list[tuple[int, bytes]]) -> bytes:
     return b"".join(chunk for _, chunk in rows)
 
 
-def copy_rows(answers: list[tuple[list[tuple[int, int]], list, list]], micros: dict, path: str) -> bytes:
-    """Binary COPY rows (series_id, ts, value) of a group's answers, series by series in id order."""
-    return group_rows([row for answer in answers for row in series_rows(answer, micros, path)])
-
-
 def fetch_groups(plan: CopyPlan, settings: dict, metrics: list, step: int):  # noqa: ANN201 (a generator)
     """(first, last, [(metric, path, answer body)]) of each group of ``plan``, fetched by a thread
     one group ahead of the caller, so Prometheus answers while the reader turns the previous
